@@ -1,0 +1,166 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The real binary: configuration errors, signals, restarts, logs.
+
+use crate::common::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+fn config_with_port(dir: &std::path::Path, config: &str) -> (std::path::PathBuf, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    (write_config(dir, config, &format!("inet:{addr}")), addr)
+}
+
+#[tokio::test]
+async fn a_bad_config_names_file_line_and_key_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "socket = \"inet:127.0.0.1:7025\"\n\n[[rule]]\nname = \"x\"\nrate = \"lots\"\naction = \"tempfail\"\n",
+    )
+    .unwrap();
+    for args in [&["run"][..], &["check-config"], &["locks", "list"]] {
+        let out = cli(&path, args);
+        assert_eq!(out.status.code(), Some(78), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.starts_with(&format!(
+                "egress-milter: {}: line 5: key \"rule[0].rate\": invalid rate \"lots\"",
+                path.display()
+            )),
+            "{err}"
+        );
+    }
+    let out = cli(&dir.path().join("missing.toml"), &["run"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml: cannot read"));
+}
+
+#[tokio::test]
+async fn the_example_config_checks_clean() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/egress-milter.toml");
+    let out = cli(&path, &["check-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+}
+
+#[tokio::test]
+async fn sighup_applies_a_changed_limit_and_keeps_the_old_config_if_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fixture("escalation.toml").replace("3/1m", "1/1h");
+    let (path, addr) = config_with_port(dir.path(), &config);
+    let p = Process::start(&path, addr).await;
+    let send = |login: &'static str| async move { Mta::send(addr, &Msg::from_user(login)).await };
+    assert!(send("a@example.com").await.accepted());
+    assert!(!send("a@example.com").await.accepted());
+
+    // Raise the limit and reload.
+    let raised = std::fs::read_to_string(&path).unwrap().replace("1/1h", "3/1h");
+    std::fs::write(&path, &raised).unwrap();
+    p.signal("HUP");
+    eventually(Duration::from_secs(10), "raised limit in force", async || {
+        send("b@example.com").await.accepted() && send("b@example.com").await.accepted()
+    })
+    .await;
+
+    // A broken file: the daemon says why and keeps the running config.
+    std::fs::write(&path, raised.replace("action = \"tempfail\"", "action = \"explode\"")).unwrap();
+    p.signal("HUP");
+    eventually(Duration::from_secs(10), "reload failure logged", async || {
+        p.log_text()
+            .contains("configuration not reloaded, keeping the running one")
+    })
+    .await;
+    let log = p.log_text();
+    assert!(
+        log.contains("line ") && log.contains("unknown variant `explode`"),
+        "{log}"
+    );
+    assert!(send("c@example.com").await.accepted());
+    assert!(send("c@example.com").await.accepted());
+    assert!(send("c@example.com").await.accepted());
+    assert!(!send("c@example.com").await.accepted(), "still the 3/1h limit");
+    assert!(p.stop().await.success());
+}
+
+#[tokio::test]
+async fn sigterm_writes_pending_locks_and_a_restart_enforces_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, addr) = config_with_port(dir.path(), &fixture("escalation.toml").replace("3/1m", "3/1h"));
+    let p = Process::start(&path, addr).await;
+    for _ in 0..7 {
+        Mta::send(addr, &Msg::from_user("mallory@example.com")).await;
+    }
+    assert!(p.stop().await.success());
+    let list = read_lock_list(&dir.path().join("locks.toml"));
+    assert!(list.get("mallory@example.com").is_some());
+
+    let p = Process::start(&path, addr).await;
+    let out = Mta::send(addr, &Msg::from_user("mallory@example.com")).await;
+    assert!(out.refusal().unwrap().contains("is suspended"));
+    let log = p.log_text();
+    assert!(
+        log.contains("identity locked") && log.contains("mallory@example.com"),
+        "{log}"
+    );
+    assert!(p.stop().await.success());
+}
+
+#[tokio::test]
+async fn dry_run_logs_what_it_would_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, addr) = config_with_port(dir.path(), &fixture("dry-run.toml"));
+    let p = Process::start(&path, addr).await;
+    for _ in 0..8 {
+        assert!(Mta::send(addr, &Msg::from_user("mallory@example.com")).await.accepted());
+    }
+    let log = p.log_text();
+    assert!(log.contains("would tempfail [dry run, not done]"), "{log}");
+    assert!(log.contains("would lock [dry run, not done]"), "{log}");
+    assert!(
+        log.contains("rule=per-minute") || log.contains("rule=\"per-minute\""),
+        "{log}"
+    );
+    assert!(p.stop().await.success());
+    assert!(read_lock_list(&dir.path().join("locks.toml")).entries.is_empty());
+}
+
+#[tokio::test]
+async fn a_unix_socket_works_and_a_stale_one_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("milter.sock");
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let path = write_config(
+        dir.path(),
+        &fixture("escalation.toml"),
+        &format!("unix:{}", sock.display()),
+    );
+    let log = path.with_extension("log");
+    let mut child = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .arg("run")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(10), "unix socket answers", async || {
+        tokio::net::UnixStream::connect(&sock).await.is_ok()
+    })
+    .await;
+    let mut conn = indymilter_test::TestConnection::configure()
+        .open_unix(&sock)
+        .await
+        .unwrap();
+    conn.connect("localhost", sock.to_str().unwrap()).await.unwrap();
+    conn.close().await.unwrap();
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
+    assert!(!sock.exists(), "socket removed at exit");
+}

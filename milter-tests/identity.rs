@@ -1,0 +1,130 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! Who is counted: SASL logins, trusted headers, forged headers.
+
+use crate::common::*;
+use indymilter_test::*;
+
+#[tokio::test]
+async fn negotiation_requests_only_what_is_needed() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    let mta = m.mta().await;
+    assert_eq!(mta.negotiated_actions(), Actions::QUARANTINE);
+    let mail = mta.requested_macros().get(&MacroStage::Mail).unwrap();
+    assert_eq!(mail.to_str().unwrap(), "i {auth_authen}");
+    mta.close().await;
+}
+
+#[tokio::test]
+async fn sasl_logins_are_counted_separately_and_normalised() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    for login in ["alice@example.com", "ALICE@Example.COM", "<alice@example.com>"] {
+        assert!(Mta::send(m.addr, &Msg::from_user(login)).await.accepted(), "{login}");
+    }
+    let fourth = Mta::send(m.addr, &Msg::from_user("Alice@example.com")).await;
+    assert_eq!(
+        fourth.refusal().as_deref(),
+        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for alice@example.com, retry in 20s")
+    );
+    // Bob has his own counters, whatever the envelope sender says.
+    let mut bob = Msg::from_user("bob@example.com");
+    bob.from = "<alice@example.com>".into();
+    assert!(Mta::send(m.addr, &bob).await.accepted());
+}
+
+#[tokio::test]
+async fn header_identity_from_trusted_relay_is_counted_per_header() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    let relay = [10, 1, 2, 3];
+    for _ in 0..3 {
+        let msg =
+            Msg::unauthenticated(relay, "bounce@lists.example").header("X-Authenticated-Sender", "carol@example.org");
+        assert!(Mta::send(m.addr, &msg).await.accepted());
+    }
+    let msg = Msg::unauthenticated(relay, "other@lists.example")
+        .header("X-Authenticated-Sender", "Carol <carol@example.org>");
+    let out = Mta::send(m.addr, &msg).await;
+    assert!(
+        out.mail == Some(Status::Continue),
+        "a header identity is refused only after the headers"
+    );
+    assert_eq!(
+        out.refusal().as_deref(),
+        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for carol@example.org, retry in 20s")
+    );
+    // Another header identity through the same relay is not affected.
+    let dave = Msg::unauthenticated(relay, "x@lists.example").header("X-Authenticated-Sender", "dave@example.org");
+    assert!(Mta::send(m.addr, &dave).await.accepted());
+}
+
+#[tokio::test]
+async fn forged_header_from_untrusted_client_never_chooses_the_identity() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    let outsider = [198, 51, 100, 7];
+    // A spammer inventing a fresh identity per message is still one client.
+    for i in 0..3 {
+        let msg = Msg::unauthenticated(outsider, "x@spam.example")
+            .header("X-Authenticated-Sender", &format!("fresh-{i}@example.org"));
+        let out = Mta::send(m.addr, &msg).await;
+        assert!(out.accepted(), "{out:?}");
+    }
+    let msg = Msg::unauthenticated(outsider, "x@spam.example").header("X-Authenticated-Sender", "fresh-99@example.org");
+    let out = Mta::send(m.addr, &msg).await;
+    assert!(
+        matches!(out.mail, Some(Status::Tempfail { .. })),
+        "refused at MAIL by client address: {out:?}"
+    );
+    assert_eq!(
+        out.refusal().as_deref(),
+        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for 198.51.100.7, retry in 20s")
+    );
+}
+
+#[tokio::test]
+async fn authenticated_session_header_is_not_believed_by_default() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    for i in 0..3 {
+        let msg = Msg::from_user("mallory@example.com").header("X-Authenticated-Sender", &format!("v{i}@example.org"));
+        assert!(Mta::send(m.addr, &msg).await.accepted());
+    }
+    let out = Mta::send(m.addr, &Msg::from_user("mallory@example.com")).await;
+    assert!(out.refusal().unwrap().contains("mallory@example.com"));
+}
+
+#[tokio::test]
+async fn conflicting_header_copies_from_a_trusted_relay_are_refused() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    let msg = Msg::unauthenticated([10, 0, 0, 9], "x@lists.example")
+        .header("X-Authenticated-Sender", "erin@example.org")
+        .header("X-Authenticated-Sender", "frank@example.org");
+    let out = Mta::send(m.addr, &msg).await;
+    assert_eq!(
+        out.refusal().as_deref(),
+        Some("451 4.3.0 Conflicting x-authenticated-sender headers: the sender cannot be identified")
+    );
+    // Identical copies are fine.
+    let same = Msg::unauthenticated([10, 0, 0, 9], "x@lists.example")
+        .header("X-Authenticated-Sender", "erin@example.org")
+        .header("x-authenticated-sender", "<ERIN@example.org>");
+    assert!(Mta::send(m.addr, &same).await.accepted());
+}
+
+#[tokio::test]
+async fn garbage_logins_fall_through_without_harm() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    let long = "x".repeat(5000);
+    let garbage = |login: &str| {
+        let mut msg = Msg::from_user(login);
+        msg.from = "<someone@example.com>".into();
+        msg
+    };
+    for bad in ["", "a b", long.as_str()] {
+        let out = Mta::send(m.addr, &garbage(bad)).await;
+        assert!(out.accepted(), "{bad:?}: {out:?}");
+    }
+    // All fell back to the client address and used up its allowance.
+    let out = Mta::send(m.addr, &garbage("@")).await;
+    assert!(out.refusal().unwrap().contains("192.0.2.10"), "{out:?}");
+}

@@ -1,0 +1,172 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The lock list as admins use it: persistence, hand edits, the CLI, corruption.
+
+use crate::common::*;
+use egress_milter::clock::Clock;
+use std::time::Duration;
+
+const LOCKED: &str = "550 5.7.1 Sending as mallory@example.com is suspended; please contact your postmaster";
+
+async fn lock_mallory(m: &Milter) {
+    for _ in 0..7 {
+        Mta::send(m.addr, &Msg::from_user("mallory@example.com")).await;
+    }
+    eventually(Duration::from_secs(5), "lock written", async || {
+        m.lock_list().get("mallory@example.com").is_some()
+    })
+    .await;
+}
+
+async fn refusal(m: &Milter, login: &str) -> Option<String> {
+    Mta::send(m.addr, &Msg::from_user(login)).await.refusal()
+}
+
+#[tokio::test]
+async fn locks_survive_a_restart() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    lock_mallory(&m).await;
+    let dir = m.shutdown().await;
+    let m = Milter::spawn_in(dir, &fixture("escalation.toml"), Clock::manual()).await;
+    assert_eq!(refusal(&m, "mallory@example.com").await.as_deref(), Some(LOCKED));
+    assert_eq!(refusal(&m, "alice@example.com").await, None);
+}
+
+#[tokio::test]
+async fn a_lock_set_just_before_shutdown_is_written_on_the_way_out() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    for _ in 0..7 {
+        Mta::send(m.addr, &Msg::from_user("mallory@example.com")).await;
+    }
+    let dir = m.shutdown().await;
+    let list = read_lock_list(&dir.path().join("locks.toml"));
+    assert!(list.get("mallory@example.com").is_some());
+}
+
+#[tokio::test]
+async fn hand_edits_are_picked_up_without_a_restart() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    lock_mallory(&m).await;
+    // The admin deletes the entry and adds one by hand.
+    std::fs::write(
+        &m.lock_path,
+        "[[lock]]\nidentity = \"Eve@Example.com\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"phishing kit found\"\n",
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), "mallory unlocked", async || {
+        refusal(&m, "mallory@example.com").await.is_none()
+    })
+    .await;
+    let eve = "550 5.7.1 Sending as eve@example.com is suspended; please contact your postmaster";
+    assert_eq!(refusal(&m, "eve@example.com").await.as_deref(), Some(eve));
+}
+
+#[tokio::test]
+async fn a_corrupt_lock_list_keeps_the_last_good_one_in_force_and_is_not_overwritten() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    lock_mallory(&m).await;
+    let broken = "[[lock]]\nidentity = \"mallory@example.com\"\nsource = \"manu";
+    std::fs::write(&m.lock_path, broken).unwrap();
+    // Let the watcher see the broken file (it polls every 2 s) ...
+    m.reload().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(refusal(&m, "mallory@example.com").await.as_deref(), Some(LOCKED));
+    // ... and lock someone else meanwhile: enforced, but the file is left alone.
+    for _ in 0..7 {
+        Mta::send(m.addr, &Msg::from_user("trent@example.com")).await;
+    }
+    assert!(
+        refusal(&m, "trent@example.com")
+            .await
+            .unwrap()
+            .contains("trent@example.com is suspended")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(std::fs::read_to_string(&m.lock_path).unwrap(), broken);
+    // Once the admin fixes the file, the pending lock is written into it.
+    std::fs::write(&m.lock_path, "").unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "pending lock written after the fix",
+        async || m.lock_list().get("trent@example.com").is_some(),
+    )
+    .await;
+    // Mallory was unlocked by the fixed (empty) file; trent stays locked.
+    assert_eq!(refusal(&m, "mallory@example.com").await, None);
+    assert!(refusal(&m, "trent@example.com").await.is_some());
+}
+
+#[tokio::test]
+async fn cli_changes_are_picked_up_by_the_running_daemon() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    let out = cli(
+        &m.config_path,
+        &[
+            "locks",
+            "add",
+            "Oscar@Example.com",
+            "--reason",
+            "password leaked",
+            "--expires",
+            "24h",
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "locked oscar@example.com for 1d\n"
+    );
+    eventually(Duration::from_secs(10), "manual lock enforced", async || {
+        refusal(&m, "oscar@example.com").await.is_some()
+    })
+    .await;
+    let list = cli(&m.config_path, &["locks", "list"]);
+    let table = String::from_utf8_lossy(&list.stdout);
+    assert!(table.starts_with("IDENTITY"), "{table}");
+    assert!(table.contains("oscar@example.com") && table.contains("manual") && table.contains("password leaked"));
+    let show = cli(&m.config_path, &["locks", "show", "oscar@example.com"]);
+    assert!(String::from_utf8_lossy(&show.stdout).contains("reason:         password leaked"));
+    // Adding twice is refused and says since when.
+    let again = cli(&m.config_path, &["locks", "add", "oscar@example.com", "--reason", "x"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already locked since"));
+
+    let out = cli(&m.config_path, &["locks", "remove", "oscar@example.com"]);
+    assert!(out.status.success());
+    eventually(Duration::from_secs(10), "unlocked", async || {
+        refusal(&m, "oscar@example.com").await.is_none()
+    })
+    .await;
+    let missing = cli(&m.config_path, &["locks", "remove", "oscar@example.com"]);
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn the_cli_refuses_to_overwrite_a_corrupt_lock_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &fixture("escalation.toml"), "inet:127.0.0.1:7025");
+    std::fs::write(dir.path().join("locks.toml"), "[[lock]]\nidentity = 42\n").unwrap();
+    let out = cli(&config, &["locks", "add", "a@example.com", "--reason", "r"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locks.toml: line 2"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("locks.toml")).unwrap(),
+        "[[lock]]\nidentity = 42\n"
+    );
+    let check = cli(&config, &["check-config"]);
+    assert_eq!(check.status.code(), Some(1));
+}
+
+#[tokio::test]
+async fn expired_locks_lift_themselves() {
+    let m =
+        Milter::spawn(&fixture("escalation.toml").replace("[locks]\n", "[locks]\nauto_lock_duration = \"1h\"\n")).await;
+    lock_mallory(&m).await;
+    assert!(m.lock_list().get("mallory@example.com").unwrap().expires_at.is_some());
+    assert_eq!(refusal(&m, "mallory@example.com").await.as_deref(), Some(LOCKED));
+    m.clock.advance(Duration::from_secs(3601));
+    assert_eq!(refusal(&m, "mallory@example.com").await, None);
+}

@@ -1,0 +1,13 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! Protocol-level tests: the daemon driven the way Postfix drives it.
+
+mod common;
+
+mod daemon;
+mod identity;
+mod limits;
+mod lock_list;
+mod locking;

@@ -1,0 +1,210 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The milter adapter: negotiation, then one thin callback per SMTP stage
+//! that hands the event to the [`Session`] and turns its verdict into a
+//! milter status and reply.
+
+use crate::config::ErrorPolicy;
+use crate::policy::Policy;
+use crate::session::{Session, Verdict};
+use indymilter::{
+    Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, Macros, NegotiateContext, ProtoOpts,
+    SetErrorReply, SmtpReply, SocketInfo, Status,
+};
+use std::ffi::CString;
+use std::sync::{Arc, RwLock};
+use tracing::{error, warn};
+
+/// The policy new connections use; replaced atomically on reload. Each
+/// connection keeps the snapshot it started with.
+pub type CurrentPolicy = Arc<RwLock<Arc<Policy>>>;
+
+/// Reads the current policy snapshot.
+pub fn snapshot(current: &CurrentPolicy) -> Arc<Policy> {
+    match current.read() {
+        Ok(p) => p.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Per-connection data.
+pub struct Connection {
+    session: Session,
+    /// The MTA was asked not to wait for a reply to each header.
+    noreply_header: bool,
+}
+
+pub fn make_callbacks(current: CurrentPolicy) -> Callbacks<Connection> {
+    let (c1, c2, c3, c4, c5, c6) = (
+        current.clone(),
+        current.clone(),
+        current.clone(),
+        current.clone(),
+        current.clone(),
+        current.clone(),
+    );
+    Callbacks::new()
+        .on_negotiate(move |cx, actions, opts| Box::pin(handle_negotiate(current.clone(), cx, actions, opts)))
+        .on_connect(move |cx, _host, socket| Box::pin(handle_connect(c1.clone(), cx, socket)))
+        .on_mail(move |cx, args| Box::pin(handle_mail(c2.clone(), cx, args)))
+        .on_rcpt(move |cx, args| Box::pin(handle_rcpt(c3.clone(), cx, args)))
+        .on_header(move |cx, name, value| Box::pin(handle_header(c4.clone(), cx, name, value)))
+        .on_eoh(move |cx| Box::pin(handle_eoh(c5.clone(), cx)))
+        .on_eom(move |cx| Box::pin(handle_eom(c6.clone(), cx)))
+        .on_abort(|cx| Box::pin(handle_abort(cx)))
+}
+
+/// Returns the connection's data or, if it is missing (an MTA that skipped
+/// negotiation), answers with the `on_error` policy.
+macro_rules! connection {
+    ($current:expr, $cx:expr) => {
+        match $cx.data.as_mut() {
+            Some(conn) => conn,
+            None => {
+                error!("milter stage without a negotiated session, answering with the error policy");
+                return error_status(&snapshot(&$current), &mut $cx.reply);
+            }
+        }
+    };
+}
+
+async fn handle_negotiate(
+    current: CurrentPolicy,
+    cx: &mut NegotiateContext<Connection>,
+    actions: Actions,
+    opts: ProtoOpts,
+) -> Status {
+    let session = Session::new(snapshot(&current));
+    // Quarantine is how a locked identity's mail is held; ask for nothing else.
+    cx.requested_actions = if actions.contains(Actions::QUARANTINE) {
+        Actions::QUARANTINE
+    } else {
+        warn!("the MTA does not offer the quarantine action: locked_action = \"hold\" will reject instead");
+        Actions::empty()
+    };
+    let noreply_header = opts.contains(ProtoOpts::NOREPLY_HEADER);
+    if noreply_header {
+        cx.requested_opts |= ProtoOpts::NOREPLY_HEADER;
+    }
+    if !session.needs_headers() && opts.contains(ProtoOpts::NO_HEADER | ProtoOpts::NO_EOH) {
+        cx.requested_opts |= ProtoOpts::NO_HEADER | ProtoOpts::NO_EOH;
+    }
+    // One list per stage; it replaces the MTA's own list for that stage.
+    cx.requested_macros.insert(MacroStage::Mail, c"i {auth_authen}".into());
+    for stage in [MacroStage::Rcpt, MacroStage::Eoh, MacroStage::Eom] {
+        cx.requested_macros.insert(stage, c"i".into());
+    }
+    cx.data = Some(Connection {
+        session,
+        noreply_header,
+    });
+    Status::Continue
+}
+
+async fn handle_connect(current: CurrentPolicy, cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
+    let conn = connection!(current, cx);
+    let ip = match socket {
+        SocketInfo::Inet(addr) => Some(addr.ip()),
+        SocketInfo::Unix(_) | SocketInfo::Unknown => None,
+    };
+    conn.session.connect(ip);
+    Status::Continue
+}
+
+async fn handle_mail(current: CurrentPolicy, cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
+    let queue_id = queue_id(&cx.macros);
+    let auth = cx.macros.get(c"{auth_authen}").map(|a| a.to_bytes().to_vec());
+    let conn = connection!(current, cx);
+    let from = args.first().map_or(&b""[..], |a| a.as_bytes());
+    let verdict = conn.session.mail(from, auth.as_deref(), &queue_id);
+    answer(&mut cx.reply, verdict)
+}
+
+async fn handle_rcpt(current: CurrentPolicy, cx: &mut Context<Connection>, args: Vec<CString>) -> Status {
+    let queue_id = queue_id(&cx.macros);
+    let conn = connection!(current, cx);
+    let rcpt = args.first().map_or(&b""[..], |a| a.as_bytes());
+    let verdict = conn.session.rcpt(rcpt, &queue_id);
+    answer(&mut cx.reply, verdict)
+}
+
+async fn handle_header(current: CurrentPolicy, cx: &mut Context<Connection>, name: CString, value: CString) -> Status {
+    let conn = connection!(current, cx);
+    conn.session.header(name.as_bytes(), value.as_bytes());
+    if conn.noreply_header {
+        Status::Noreply
+    } else {
+        Status::Continue
+    }
+}
+
+async fn handle_eoh(current: CurrentPolicy, cx: &mut Context<Connection>) -> Status {
+    let queue_id = queue_id(&cx.macros);
+    let conn = connection!(current, cx);
+    let verdict = conn.session.eoh(&queue_id);
+    answer(&mut cx.reply, verdict)
+}
+
+async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> Status {
+    let queue_id = queue_id(&cx.macros);
+    let conn = connection!(current, cx);
+    let verdict = conn.session.eom(&queue_id);
+    let policy = conn.session.policy().clone();
+    conn.session.abort();
+    if let Verdict::Hold(reason) = &verdict {
+        return match cx.actions.quarantine(reason.as_str()).await {
+            Ok(()) => Status::Continue,
+            Err(e) => {
+                error!(queue_id, "cannot put the message on hold ({e}): rejecting it instead");
+                let locked = policy.config().replies.locked.get_ref();
+                let reply = crate::reply::render(locked, &crate::reply::Vars::default());
+                answer(&mut cx.reply, Verdict::Refuse(reply))
+            }
+        };
+    }
+    answer(&mut cx.reply, verdict)
+}
+
+async fn handle_abort(cx: &mut Context<Connection>) -> Status {
+    if let Some(conn) = cx.data.as_mut() {
+        conn.session.abort();
+    }
+    Status::Continue
+}
+
+fn queue_id(macros: &Macros) -> String {
+    macros
+        .get(c"i")
+        .map_or_else(|| "NONE".to_string(), |i| i.to_string_lossy().into_owned())
+}
+
+/// Turns a verdict into a milter status, setting the reply for refusals.
+fn answer(reply: &mut SmtpReply, verdict: Verdict) -> Status {
+    match verdict {
+        Verdict::Continue | Verdict::Hold(_) => Status::Continue,
+        Verdict::Refuse(r) => {
+            if let Err(e) = reply.set_error_reply(&r.code, Some(&r.status), [r.text.as_str()]) {
+                error!("cannot set the SMTP reply \"{} {} {}\": {e}", r.code, r.status, r.text);
+            }
+            if r.is_temporary() {
+                Status::Tempfail
+            } else {
+                Status::Reject
+            }
+        }
+    }
+}
+
+/// The answer when no decision can be made, per `on_error`.
+fn error_status(policy: &Policy, reply: &mut SmtpReply) -> Status {
+    match policy.config().on_error {
+        ErrorPolicy::Accept => Status::Accept,
+        ErrorPolicy::Tempfail => {
+            let r = policy.config().replies.error.get_ref();
+            let _ = reply.set_error_reply(&r.code, Some(&r.status), [crate::reply::escape(&r.text)]);
+            Status::Tempfail
+        }
+    }
+}

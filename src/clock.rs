@@ -1,0 +1,118 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The one source of time for limits and lock expiry: real in production, manual in tests.
+
+use governor::nanos::Nanos;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+/// A monotonic clock with a matching wall clock.
+///
+/// Rate limiting needs monotonic time (a wall-clock jump must not release or
+/// freeze a bucket); lock expiry needs wall time (`expires_at` is written in
+/// the lock list as RFC 3339). A manual clock moves both together, so tests
+/// can cross a rate window or a lock expiry without sleeping.
+#[derive(Clone, Debug)]
+pub struct Clock {
+    inner: Arc<ClockInner>,
+}
+
+#[derive(Debug)]
+enum ClockInner {
+    Real {
+        epoch: Instant,
+    },
+    Manual {
+        elapsed_nanos: AtomicU64,
+        wall_base: SystemTime,
+    },
+}
+
+impl Clock {
+    /// The system clocks.
+    pub fn real() -> Self {
+        Self {
+            inner: Arc::new(ClockInner::Real { epoch: Instant::now() }),
+        }
+    }
+
+    /// A clock that only moves when [`Clock::advance`] is called. Its wall
+    /// time starts at the current system time.
+    pub fn manual() -> Self {
+        Self {
+            inner: Arc::new(ClockInner::Manual {
+                elapsed_nanos: AtomicU64::new(0),
+                wall_base: SystemTime::now(),
+            }),
+        }
+    }
+
+    /// Moves a manual clock forward; a real clock ignores it.
+    pub fn advance(&self, by: Duration) {
+        if let ClockInner::Manual { elapsed_nanos, .. } = &*self.inner {
+            let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+            elapsed_nanos.fetch_add(by, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether this clock is manual (the daemon warns if so outside tests).
+    pub fn is_manual(&self) -> bool {
+        matches!(&*self.inner, ClockInner::Manual { .. })
+    }
+
+    /// Monotonic nanoseconds since this clock was created.
+    pub fn elapsed_nanos(&self) -> u64 {
+        match &*self.inner {
+            ClockInner::Real { epoch } => u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            ClockInner::Manual { elapsed_nanos, .. } => elapsed_nanos.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The current wall-clock time.
+    pub fn wall_now(&self) -> SystemTime {
+        match &*self.inner {
+            ClockInner::Real { .. } => SystemTime::now(),
+            ClockInner::Manual {
+                elapsed_nanos,
+                wall_base,
+            } => *wall_base + Duration::from_nanos(elapsed_nanos.load(Ordering::SeqCst)),
+        }
+    }
+}
+
+impl governor::clock::Clock for Clock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::new(self.elapsed_nanos())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manual_clock_moves_monotonic_and_wall_time_together() {
+        let clock = Clock::manual();
+        let wall = clock.wall_now();
+        assert_eq!(clock.elapsed_nanos(), 0);
+        clock.advance(Duration::from_secs(90));
+        assert_eq!(clock.elapsed_nanos(), 90_000_000_000);
+        assert_eq!(
+            clock.wall_now().duration_since(wall).ok(),
+            Some(Duration::from_secs(90))
+        );
+    }
+
+    #[test]
+    fn real_clock_ignores_advance() {
+        let clock = Clock::real();
+        let before = clock.elapsed_nanos();
+        clock.advance(Duration::from_secs(3600));
+        assert!(clock.elapsed_nanos() - before < 3_600_000_000_000);
+    }
+}

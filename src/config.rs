@@ -1,0 +1,595 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The configuration file: TOML read with serde, unknown keys refused, then
+//! validated; every error names the file, the line and the key.
+
+pub mod model;
+
+pub use model::*;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::num::NonZeroU32;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Where the daemon and the CLI look for their configuration by default.
+pub const DEFAULT_CONFIG_PATH: &str = match option_env!("EGRESS_MILTER_CONFIG") {
+    Some(path) => path,
+    None => "/etc/egress-milter/egress-milter.toml",
+};
+
+/// A configuration that could not be used, with where the problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ": line {line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ": key \"{key}\"")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration, validated.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where to listen for the MTA, e.g. `inet:127.0.0.1:7025`.
+    pub socket: SocketSpec,
+    /// Permissions of a unix socket.
+    pub socket_mode: FileMode,
+    /// `enforce` or `dry-run`.
+    pub mode: Mode,
+    /// What to answer when the milter cannot decide.
+    pub on_error: ErrorPolicy,
+    pub log_format: LogFormat,
+    /// A tracing filter directive such as `info` or `egress_milter=debug`.
+    pub log_level: String,
+    /// Largest number of simultaneous MTA connections.
+    pub max_connections: usize,
+    pub identity: IdentityConfig,
+    pub limits: LimitsConfig,
+    #[serde(rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+    #[serde(rename = "override")]
+    pub overrides: Vec<Spanned<OverrideConfig>>,
+    pub locks: LocksConfig,
+    pub replies: RepliesConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            socket: SocketSpec::Inet(([127, 0, 0, 1], 7025).into()),
+            socket_mode: FileMode(0o660),
+            mode: Mode::Enforce,
+            on_error: ErrorPolicy::Tempfail,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            max_connections: 500,
+            identity: IdentityConfig::default(),
+            limits: LimitsConfig::default(),
+            rules: Vec::new(),
+            overrides: Vec::new(),
+            locks: LocksConfig::default(),
+            replies: RepliesConfig::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityConfig {
+    /// Tried in order; the first that yields a valid identity wins.
+    pub sources: Spanned<Vec<IdentitySource>>,
+    /// Clients whose identity headers are believed.
+    pub trusted_networks: Vec<Network>,
+    /// Also believe identity headers from SASL-authenticated sessions.
+    pub trust_authenticated_headers: bool,
+    /// Lowercase the local part too (the domain is always lowercased).
+    pub lowercase_local_part: bool,
+    /// Count `alice+news@example.com` as `alice@example.com`.
+    pub fold_subaddress: bool,
+    pub subaddress_separator: char,
+    /// Longer identities are not believed (the next source is tried).
+    pub max_length: usize,
+    /// IPv6 clients are counted per network of this prefix length.
+    pub client_ipv6_prefix: u8,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            sources: Spanned::new(0..0, vec![IdentitySource::Auth, IdentitySource::ClientAddress]),
+            trusted_networks: Vec::new(),
+            trust_authenticated_headers: false,
+            lowercase_local_part: true,
+            fold_subaddress: false,
+            subaddress_separator: '+',
+            max_length: 254,
+            client_ipv6_prefix: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Hard cap on identities (and domains) with counters of their own.
+    pub max_tracked_identities: usize,
+    /// How often idle counters are forgotten.
+    pub eviction_interval: DurationValue,
+    /// Recipients beyond this number in one message are refused at RCPT.
+    pub max_recipients_per_message: u32,
+    /// Count bounces (null envelope sender) too.
+    pub count_bounces: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_tracked_identities: 1_000_000,
+            eviction_interval: DurationValue(Duration::from_secs(60)),
+            max_recipients_per_message: 1000,
+            count_bounces: false,
+        }
+    }
+}
+
+/// One `[[rule]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: Spanned<String>,
+    #[serde(default = "default_counted")]
+    pub count: Counted,
+    #[serde(default = "default_scope")]
+    pub per: Scope,
+    pub rate: Rate,
+    #[serde(default)]
+    pub burst: Option<NonZeroU32>,
+    pub action: Action,
+}
+
+fn default_counted() -> Counted {
+    Counted::Messages
+}
+
+fn default_scope() -> Scope {
+    Scope::Identity
+}
+
+/// One `[[override]]`: different limits for one identity or one domain.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideConfig {
+    #[serde(default)]
+    pub identity: Option<String>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// No rule applies.
+    #[serde(default)]
+    pub exempt: bool,
+    /// Rule name to the rate that replaces the rule's own.
+    #[serde(default)]
+    pub rates: BTreeMap<Spanned<String>, Rate>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocksConfig {
+    /// The lock list: the single source of truth for locks.
+    pub file: PathBuf,
+    /// How often the file is checked for changes made by hand or by the CLI.
+    pub poll_interval: DurationValue,
+    /// How long automatic locks last; absent: until an admin removes them.
+    pub auto_lock_duration: Option<DurationValue>,
+    pub locked_action: LockedAction,
+    /// Addresses a locked identity may still write to: a bare local part
+    /// (`postmaster`) means that mailbox at the identity's own domain and at
+    /// every domain of `local_domains`; a full address means itself.
+    pub allow_recipients: Vec<String>,
+    pub local_domains: Vec<String>,
+    /// Pause between attempts when the lock list cannot be written.
+    pub write_retry_interval: DurationValue,
+}
+
+impl Default for LocksConfig {
+    fn default() -> Self {
+        Self {
+            file: PathBuf::from("/var/lib/egress-milter/locks.toml"),
+            poll_interval: DurationValue(Duration::from_secs(2)),
+            auto_lock_duration: None,
+            locked_action: LockedAction::Reject,
+            allow_recipients: vec!["postmaster".into(), "abuse".into()],
+            local_domains: Vec::new(),
+            write_retry_interval: DurationValue(Duration::from_secs(5)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepliesConfig {
+    pub tempfail: Spanned<ReplySpec>,
+    pub reject: Spanned<ReplySpec>,
+    pub locked: Spanned<ReplySpec>,
+    pub too_many_recipients: Spanned<ReplySpec>,
+    pub error: Spanned<ReplySpec>,
+}
+
+impl Default for RepliesConfig {
+    fn default() -> Self {
+        let spanned = |r| Spanned::new(0..0, r);
+        Self {
+            tempfail: spanned(ReplySpec::new(
+                "451",
+                "4.7.1",
+                "Rate limit \"{rule}\" exceeded for {identity}, retry in {retry}",
+            )),
+            reject: spanned(ReplySpec::new(
+                "550",
+                "5.7.1",
+                "Rate limit \"{rule}\" exceeded for {identity}",
+            )),
+            locked: spanned(ReplySpec::new(
+                "550",
+                "5.7.1",
+                "Sending as {identity} is suspended; please contact your postmaster",
+            )),
+            too_many_recipients: spanned(ReplySpec::new(
+                "550",
+                "5.5.3",
+                "Too many recipients: at most {limit} per message",
+            )),
+            error: spanned(ReplySpec::new(
+                "451",
+                "4.3.0",
+                "Temporary error in the sending policy, try again later",
+            )),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        // Relative paths are relative to the configuration file.
+        if config.locks.file.is_relative()
+            && let Some(dir) = path.parent()
+        {
+            config.locks.file = dir.join(&config.locks.file);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates configuration text; `path` is used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let error = |span: Option<Range<usize>>, key: Option<String>, message: String| ConfigError {
+            file: path.to_owned(),
+            line: span.map(|s| line_of(text, s.start)),
+            key,
+            message,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| error(e.span(), None, e.message().to_string()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let key = (path != ".").then_some(path);
+            let inner = e.into_inner();
+            error(inner.span(), key, inner.message().to_string())
+        })?;
+        config
+            .validate()
+            .map_err(|(span, key, message)| error(span, Some(key), message))?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    fn validate(&self) -> Result<(), (Option<Range<usize>>, String, String)> {
+        let fail = |span: Range<usize>, key: &str, message: String| {
+            Err((Some(span).filter(|s| !s.is_empty()), key.to_string(), message))
+        };
+
+        let sources = &self.identity.sources;
+        if sources.get_ref().is_empty() {
+            return fail(
+                sources.span(),
+                "identity.sources",
+                "at least one identity source is needed".into(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for source in sources.get_ref() {
+            if !seen.insert(source) {
+                return fail(
+                    sources.span(),
+                    "identity.sources",
+                    format!("\"{source}\" is listed twice"),
+                );
+            }
+        }
+        if !(16..=1024).contains(&self.identity.max_length) {
+            return fail(0..0, "identity.max_length", "must be between 16 and 1024".into());
+        }
+        if !(16..=128).contains(&self.identity.client_ipv6_prefix) {
+            return fail(0..0, "identity.client_ipv6_prefix", "must be between 16 and 128".into());
+        }
+        if self.max_connections == 0 {
+            return fail(0..0, "max_connections", "must be at least 1".into());
+        }
+        if self.limits.max_tracked_identities == 0 {
+            return fail(0..0, "limits.max_tracked_identities", "must be at least 1".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
+            return fail(
+                0..0,
+                "log_level",
+                format!("\"{}\" is not a valid log filter", self.log_level),
+            );
+        }
+
+        let mut names = HashSet::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let name = rule.name.get_ref();
+            let key = format!("rule[{i}].name");
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid {
+                return fail(
+                    rule.name.span(),
+                    &key,
+                    format!("\"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"),
+                );
+            }
+            if !names.insert(name.as_str()) {
+                return fail(
+                    rule.name.span(),
+                    &key,
+                    format!("a rule named \"{name}\" already exists"),
+                );
+            }
+        }
+
+        for (i, over) in self.overrides.iter().enumerate() {
+            let span = over.span();
+            let over = over.get_ref();
+            let key = format!("override[{i}]");
+            match (&over.identity, &over.domain) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return fail(span, &key, "give exactly one of \"identity\" or \"domain\"".into());
+                }
+                _ => {}
+            }
+            if over.exempt && !over.rates.is_empty() {
+                return fail(span, &key, "an exempt override cannot also set rates".into());
+            }
+            if !over.exempt && over.rates.is_empty() {
+                return fail(
+                    span,
+                    &key,
+                    "set \"exempt = true\" or at least one entry in \"rates\"".into(),
+                );
+            }
+            for rule_name in over.rates.keys() {
+                let rate_key = format!("override[{i}].rates.{}", rule_name.get_ref());
+                let Some(rule) = self.rules.iter().find(|r| r.name.get_ref() == rule_name.get_ref()) else {
+                    return fail(
+                        rule_name.span(),
+                        &rate_key,
+                        format!("there is no rule named \"{}\"", rule_name.get_ref()),
+                    );
+                };
+                if over.identity.is_some() && rule.per == Scope::Domain {
+                    return fail(
+                        rule_name.span(),
+                        &rate_key,
+                        "an identity override cannot change a per-domain rule; use a domain override".into(),
+                    );
+                }
+            }
+        }
+
+        let replies = &self.replies;
+        for (name, reply, class) in [
+            ("replies.tempfail", &replies.tempfail, 4),
+            ("replies.reject", &replies.reject, 5),
+            ("replies.locked", &replies.locked, 5),
+            ("replies.too_many_recipients", &replies.too_many_recipients, 5),
+            ("replies.error", &replies.error, 4),
+        ] {
+            if let Err(message) = reply.get_ref().check(class) {
+                return fail(reply.span(), name, message);
+            }
+        }
+        for (i, addr) in self.locks.allow_recipients.iter().enumerate() {
+            if addr.is_empty() || addr.contains(char::is_whitespace) || addr.starts_with('@') {
+                return fail(
+                    0..0,
+                    &format!("locks.allow_recipients[{i}]"),
+                    format!("\"{addr}\" is not a local part or an address"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Warnings about a valid but probably unintended configuration.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let has_header = self
+            .identity
+            .sources
+            .get_ref()
+            .iter()
+            .any(|s| matches!(s, IdentitySource::Header(_)));
+        if has_header && self.identity.trusted_networks.is_empty() && !self.identity.trust_authenticated_headers {
+            warnings.push(
+                "identity.sources names a header, but no client is trusted to set it (identity.trusted_networks is empty)"
+                    .to_string(),
+            );
+        }
+        if self.rules.is_empty() {
+            warnings.push("no [[rule]] is configured: only locks are enforced".to_string());
+        }
+        if self.mode == Mode::DryRun {
+            warnings.push("mode is \"dry-run\": decisions are logged, nothing is refused or locked".to_string());
+        }
+        warnings
+    }
+
+    /// Parameters that only take effect at start, named when a reload changes them.
+    pub fn restart_needed(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.socket != new.socket {
+            changed.push("socket");
+        }
+        if self.socket_mode != new.socket_mode {
+            changed.push("socket_mode");
+        }
+        if self.log_format != new.log_format {
+            changed.push("log_format");
+        }
+        if self.log_level != new.log_level {
+            changed.push("log_level");
+        }
+        if self.max_connections != new.max_connections {
+            changed.push("max_connections");
+        }
+        if self.locks.file != new.locks.file {
+            changed.push("locks.file");
+        }
+        changed
+    }
+}
+
+/// The 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    fn err(text: &str) -> ConfigError {
+        parse(text).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn empty_config_is_the_documented_default() {
+        let c = parse("").unwrap();
+        assert_eq!(c.socket.to_string(), "inet:127.0.0.1:7025");
+        assert_eq!(c.mode, Mode::Enforce);
+        assert_eq!(
+            c.identity.sources.get_ref(),
+            &[IdentitySource::Auth, IdentitySource::ClientAddress]
+        );
+        assert_eq!(c.locks.allow_recipients, ["postmaster", "abuse"]);
+        assert!(c.rules.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = err("mode = \"enforce\"\n\n[limits]\nmax_trackd_identities = 5\n");
+        assert_eq!(e.line, Some(4));
+        assert_eq!(e.key.as_deref(), Some("limits.max_trackd_identities"));
+        assert!(e.message.contains("unknown field `max_trackd_identities`"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_names_line_and_key() {
+        let e = err(
+            "[[rule]]\nname = \"a\"\nrate = \"30/1m\"\naction = \"tempfail\"\n\n[[rule]]\nname = \"b\"\nrate = \"30 per minute\"\naction = \"lock\"\n",
+        );
+        assert_eq!(e.line, Some(8), "{e}");
+        assert_eq!(e.key.as_deref(), Some("rule[1].rate"));
+        assert!(e.message.contains("invalid rate"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("test.toml: line 8: key \"rule[1].rate\": {}", e.message)
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let e = err("socket = \"inet:127.0.0.1:7025\"\nmode = enforce\n");
+        assert_eq!(e.line, Some(2), "{e}");
+    }
+
+    #[test]
+    fn duplicate_rule_name_is_refused_at_its_line() {
+        let e = err(
+            "[[rule]]\nname = \"x\"\nrate = \"1/1m\"\naction = \"log\"\n[[rule]]\nname = \"x\"\nrate = \"1/1m\"\naction = \"log\"\n",
+        );
+        assert_eq!(e.line, Some(6));
+        assert_eq!(e.key.as_deref(), Some("rule[1].name"));
+    }
+
+    #[test]
+    fn override_must_name_existing_rules() {
+        let e = err(
+            "[[rule]]\nname = \"x\"\nrate = \"1/1m\"\naction = \"log\"\n[[override]]\nidentity = \"a@b\"\nrates = { y = \"5/1m\" }\n",
+        );
+        assert_eq!(e.line, Some(7));
+        assert!(e.message.contains("no rule named \"y\""), "{e}");
+        let e = err("[[override]]\nidentity = \"a@b\"\ndomain = \"b\"\nexempt = true\n");
+        assert!(e.message.contains("exactly one"), "{e}");
+        let e = err(
+            "[[rule]]\nname = \"d\"\nper = \"domain\"\nrate = \"1/1m\"\naction = \"log\"\n[[override]]\nidentity = \"a@b\"\nrates = { d = \"5/1m\" }\n",
+        );
+        assert!(e.message.contains("per-domain"), "{e}");
+    }
+
+    #[test]
+    fn reply_class_is_checked() {
+        let e = err("[replies]\ntempfail = { code = \"550\", status = \"5.7.1\", text = \"no\" }\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.key.as_deref(), Some("replies.tempfail"));
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let e = Config::read(Path::new("/nonexistent/egress.toml")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("/nonexistent/egress.toml: cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn restart_needed_names_changed_parameters() {
+        let a = parse("").unwrap();
+        let b = parse("socket = \"unix:/run/x.sock\"\nmode = \"dry-run\"\n").unwrap();
+        assert_eq!(a.restart_needed(&b), ["socket"]);
+    }
+}

@@ -1,0 +1,181 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The running daemon: state, background tasks, reload and shutdown.
+
+use crate::callbacks::{self, CurrentPolicy};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::identity::normalise_address;
+use crate::listener::MilterListener;
+use crate::lockfile::LockFileError;
+use crate::locks::{FileLocks, Normaliser};
+use crate::policy::{Counters, Policy};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+/// How identities written in the lock list are compared with resolved ones.
+pub fn lock_normaliser(config: &Config) -> Normaliser {
+    let identity = config.identity.clone();
+    Arc::new(move |s: &str| normalise_address(&identity, s.as_bytes()).unwrap_or_else(|_| s.trim().to_lowercase()))
+}
+
+/// Opens the lock list named by the configuration.
+pub fn open_locks(config: &Config) -> Result<Arc<FileLocks>, LockFileError> {
+    FileLocks::open(&config.locks.file, lock_normaliser(config))
+}
+
+/// Checks that the lock list's directory is writable by this process, so a
+/// lock set at run time can be persisted.
+pub fn check_lock_dir(path: &Path) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the lock list's directory ({}): {e}", dir.display()))?;
+    }
+    let guard = crate::lockfile::guard_path(path);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&guard)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "cannot write in the lock list's directory ({}): {e}",
+                guard.parent().unwrap_or(Path::new(".")).display()
+            )
+        })
+}
+
+/// Runs the milter until `shutdown` resolves; each message on `reload`
+/// re-reads the configuration file and the lock list.
+pub async fn run(
+    listener: MilterListener,
+    config_path: PathBuf,
+    config: Config,
+    locks: Arc<FileLocks>,
+    clock: Clock,
+    mut reload: mpsc::Receiver<()>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let counters = Counters::new(clock);
+    let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()));
+    let current: CurrentPolicy = Arc::new(RwLock::new(policy));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let writer = tokio::spawn(
+        locks
+            .clone()
+            .run_writer(config.locks.write_retry_interval.0, stopped(stop_rx.clone())),
+    );
+    let unlocked = {
+        let counters = counters.clone();
+        move |ids: &[String]| {
+            for id in ids {
+                counters.forget(id);
+            }
+        }
+    };
+    tokio::spawn(
+        locks
+            .clone()
+            .run_watcher(config.locks.poll_interval.0, unlocked, stopped(stop_rx.clone())),
+    );
+    tokio::spawn(housekeeping(
+        counters.clone(),
+        current.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    {
+        let current = current.clone();
+        let locks = locks.clone();
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            while reload.recv().await.is_some() {
+                reload_config(&config_path, &current, &counters, &locks).await;
+            }
+        });
+    }
+
+    let milter_config = indymilter::Config {
+        max_connections: config.max_connections,
+        connection_timeout: Duration::from_secs(7210),
+        ..Default::default()
+    };
+    info!(socket = %config.socket, mode = ?config.mode, rules = config.rules.len(), "egress-milter started");
+    let result = indymilter::run(listener, callbacks::make_callbacks(current), milter_config, shutdown).await;
+    info!("stopped accepting connections; writing pending locks");
+    let _ = stop_tx.send(true);
+    if let Err(e) = writer.await {
+        error!("lock list writer did not finish: {e}");
+    }
+    result
+}
+
+async fn reload_config(path: &Path, current: &CurrentPolicy, counters: &Arc<Counters>, locks: &Arc<FileLocks>) {
+    let read_path = path.to_owned();
+    let read = tokio::task::spawn_blocking(move || Config::read(&read_path)).await;
+    match read {
+        Ok(Ok(new)) => {
+            let old = callbacks::snapshot(current);
+            for param in old.config().restart_needed(&new) {
+                warn!("parameter \"{param}\" changed; it takes effect only after a restart");
+            }
+            for w in new.warnings() {
+                warn!("{w}");
+            }
+            let policy = Policy::new(Arc::new(new), counters.clone(), locks.clone() as _);
+            match current.write() {
+                Ok(mut c) => *c = Arc::new(policy),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+            }
+            info!(file = %path.display(), "configuration reloaded");
+        }
+        Ok(Err(e)) => error!("configuration not reloaded, keeping the running one: {e}"),
+        Err(e) => error!("configuration not reloaded: {e}"),
+    }
+    let locks = locks.clone();
+    if let Ok(unlocked) = tokio::task::spawn_blocking(move || locks.reload(true)).await {
+        for id in unlocked {
+            counters.forget(&id);
+        }
+    }
+}
+
+/// Forgets idle counters periodically, which bounds memory by the number of
+/// recently active identities.
+async fn housekeeping(counters: Arc<Counters>, current: CurrentPolicy, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    loop {
+        let interval = callbacks::snapshot(&current).config().limits.eviction_interval.0;
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = &mut stop => return,
+        }
+        let started = std::time::Instant::now();
+        let (removed, tracked) = counters.evict_idle();
+        debug!(
+            removed,
+            tracked,
+            took_ms = started.elapsed().as_millis() as u64,
+            "idle counters evicted"
+        );
+        let cap = callbacks::snapshot(&current).config().limits.max_tracked_identities;
+        if tracked >= cap {
+            warn!(
+                tracked,
+                cap,
+                "identity cap reached: new identities share one overflow bucket per rule (limits.max_tracked_identities)"
+            );
+        }
+    }
+}

@@ -1,0 +1,435 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The lock list file: its TOML format, strict parsing with line numbers, and
+//! atomic read-modify-write shared safely by the daemon and the CLI.
+//!
+//! Every writer takes an exclusive `flock` on a sidecar file (`<list>.lock`),
+//! re-reads the list, applies its change and replaces the file by writing a
+//! temporary file, fsyncing it, renaming it over the list and fsyncing the
+//! directory. A crash at any point leaves the old or the new list, and two
+//! writers never lose each other's entries. A list that does not parse is
+//! never overwritten.
+
+use serde::Deserialize;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+/// Whether a lock was set by the daemon or by an admin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockSource {
+    Auto,
+    Manual,
+}
+
+impl fmt::Display for LockSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockSource::Auto => "auto",
+            LockSource::Manual => "manual",
+        })
+    }
+}
+
+/// A point in time written as RFC 3339, e.g. `"2026-11-23T14:07:00Z"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub SystemTime);
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(de)?;
+        humantime::parse_rfc3339_weak(s.trim()).map(Timestamp).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid time \"{s}\": {e} (expected RFC 3339, e.g. \"2026-11-23T14:07:00Z\")"
+            ))
+        })
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_rfc3339_seconds(self.0))
+    }
+}
+
+/// One locked identity.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockEntry {
+    /// The identity as the milter resolves it (login, address or client address).
+    pub identity: String,
+    pub source: LockSource,
+    pub locked_at: Timestamp,
+    /// Why: for automatic locks the rule, the count and the window.
+    pub reason: String,
+    /// The rule that locked it (automatic locks).
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// How many times this identity was locked before this lock.
+    #[serde(default)]
+    pub previous_locks: u32,
+    /// When the lock lifts itself; absent: when an admin removes it.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// Free text for admins.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl LockEntry {
+    /// Whether the lock is in force at `now`.
+    pub fn is_active(&self, now: SystemTime) -> bool {
+        self.expires_at.is_none_or(|t| t.0 > now)
+    }
+}
+
+/// The parsed lock list, in file order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockList {
+    pub entries: Vec<LockEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileShape {
+    #[serde(default, rename = "lock")]
+    locks: Vec<toml::Spanned<LockEntry>>,
+}
+
+/// Why the lock list could not be read or written.
+#[derive(Debug)]
+pub enum LockFileError {
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    /// The file does not parse; it is left untouched.
+    Corrupt {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+impl fmt::Display for LockFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockFileError::Io { path, action, source } => {
+                write!(f, "{}: cannot {action}: {source}", path.display())
+            }
+            LockFileError::Corrupt { path, line, message } => {
+                write!(f, "{}", path.display())?;
+                if let Some(line) = line {
+                    write!(f, ": line {line}")?;
+                }
+                write!(f, ": {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LockFileError {}
+
+fn io_error<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> LockFileError + 'a {
+    move |source| LockFileError::Io {
+        path: path.to_owned(),
+        action,
+        source,
+    }
+}
+
+impl LockList {
+    /// Parses lock list text. Duplicate identities are an error, so a
+    /// half-finished edit is noticed rather than half applied. `normalise`
+    /// maps an identity to the form the milter compares.
+    pub fn parse(text: &str, path: &Path, normalise: impl Fn(&str) -> String) -> Result<LockList, LockFileError> {
+        let corrupt = |span: Option<std::ops::Range<usize>>, message: String| LockFileError::Corrupt {
+            path: path.to_owned(),
+            line: span.map(|s| {
+                text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+                    + 1
+            }),
+            message,
+        };
+        let shape: FileShape = toml::from_str(text).map_err(|e| corrupt(e.span(), e.message().to_string()))?;
+        let mut seen = std::collections::HashSet::new();
+        let mut entries = Vec::with_capacity(shape.locks.len());
+        for spanned in shape.locks {
+            let span = spanned.span();
+            let mut entry = spanned.into_inner();
+            let key = normalise(&entry.identity);
+            if key.is_empty() {
+                return Err(corrupt(Some(span), "a lock needs a non-empty identity".into()));
+            }
+            if !seen.insert(key.clone()) {
+                return Err(corrupt(Some(span), format!("identity \"{key}\" is listed twice")));
+            }
+            entry.identity = key;
+            entries.push(entry);
+        }
+        Ok(LockList { entries })
+    }
+
+    /// Reads the list; a missing file is an empty list.
+    pub fn read(path: &Path, normalise: impl Fn(&str) -> String) -> Result<LockList, LockFileError> {
+        match fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path, normalise),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(LockList::default()),
+            Err(e) => Err(io_error(path, "read the lock list")(e)),
+        }
+    }
+
+    pub fn get(&self, identity: &str) -> Option<&LockEntry> {
+        self.entries.iter().find(|e| e.identity == identity)
+    }
+
+    /// Adds or replaces the entry for `entry.identity`.
+    pub fn upsert(&mut self, entry: LockEntry) {
+        match self.entries.iter_mut().find(|e| e.identity == entry.identity) {
+            Some(slot) => *slot = entry,
+            None => self.entries.push(entry),
+        }
+    }
+
+    /// Removes an identity's entry; returns it if there was one.
+    pub fn remove(&mut self, identity: &str) -> Option<LockEntry> {
+        let pos = self.entries.iter().position(|e| e.identity == identity)?;
+        Some(self.entries.remove(pos))
+    }
+
+    /// The file text: a comment header, then one `[[lock]]` table per entry.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(HEADER);
+        for e in &self.entries {
+            let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+            out.push_str("\n[[lock]]\n");
+            out.push_str(&format!("identity = {}\n", q(&e.identity)));
+            out.push_str(&format!("source = {}\n", q(&e.source.to_string())));
+            out.push_str(&format!("locked_at = {}\n", q(&e.locked_at.to_string())));
+            out.push_str(&format!("reason = {}\n", q(&e.reason)));
+            if let Some(rule) = &e.rule {
+                out.push_str(&format!("rule = {}\n", q(rule)));
+            }
+            out.push_str(&format!("previous_locks = {}\n", e.previous_locks));
+            if let Some(t) = &e.expires_at {
+                out.push_str(&format!("expires_at = {}\n", q(&t.to_string())));
+            }
+            if let Some(note) = &e.note {
+                out.push_str(&format!("note = {}\n", q(note)));
+            }
+        }
+        out
+    }
+}
+
+const HEADER: &str = "\
+# egress-milter lock list.
+#
+# Every [[lock]] below refuses (or holds) mail from one identity. This file is
+# the single source of truth: the daemon adds automatic locks here and picks up
+# your edits within seconds. Delete an entry (or run `egress-milter locks remove
+# IDENTITY`) to unlock. If you leave the file unparsable, the daemon keeps the
+# last good list in force and logs the line at fault. See egress-milter-locks(5).
+";
+
+/// The path of the sidecar file writers lock.
+pub fn guard_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".lock");
+    path.with_file_name(name)
+}
+
+/// Applies `change` to the lock list under the writers' lock and writes the
+/// result atomically. Returns the list as written. `change` returning `false`
+/// means nothing changed and nothing is written.
+pub fn update(
+    path: &Path,
+    normalise: impl Fn(&str) -> String,
+    change: impl FnOnce(&mut LockList) -> bool,
+) -> Result<LockList, LockFileError> {
+    let guard_path = guard_path(path);
+    let guard = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&guard_path)
+        .map_err(io_error(&guard_path, "open the writers' lock"))?;
+    guard.lock().map_err(io_error(&guard_path, "take the writers' lock"))?;
+    let mut list = LockList::read(path, normalise)?;
+    if change(&mut list) {
+        write_atomically(path, list.to_toml().as_bytes())?;
+    }
+    // The flock is released when `guard` is closed.
+    drop(guard);
+    Ok(list)
+}
+
+/// Replaces `path` with `contents`: temp file, fsync, rename, fsync directory.
+fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), LockFileError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = File::create(&tmp).map_err(io_error(&tmp, "create a temporary lock list"))?;
+        // Keep the permissions of the list an admin may have set.
+        if let Ok(meta) = fs::metadata(path) {
+            let _ = file.set_permissions(meta.permissions());
+        }
+        file.write_all(contents)
+            .map_err(io_error(&tmp, "write the temporary lock list"))?;
+        file.sync_all()
+            .map_err(io_error(&tmp, "fsync the temporary lock list"))?;
+        fs::rename(&tmp, path).map_err(io_error(path, "rename the temporary lock list into place"))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error(dir, "fsync the lock list directory"))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn lower(s: &str) -> String {
+        s.trim().to_lowercase()
+    }
+
+    fn entry(id: &str) -> LockEntry {
+        LockEntry {
+            identity: id.into(),
+            source: LockSource::Auto,
+            locked_at: Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
+            reason: "rule \"lock-hour\": 151/150 messages in 1h".into(),
+            rule: Some("lock-hour".into()),
+            previous_locks: 2,
+            expires_at: Some(Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_086_400))),
+            note: Some("ticket \"#42\"\nsecond line".into()),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let list = LockList {
+            entries: vec![entry("alice@example.com"), entry("192.0.2.1")],
+        };
+        let text = list.to_toml();
+        assert!(text.starts_with("# egress-milter lock list."));
+        let back = LockList::parse(&text, Path::new("l.toml"), lower).unwrap();
+        assert_eq!(back, list);
+    }
+
+    #[test]
+    fn hand_written_entries_parse_and_normalise() {
+        let text = "[[lock]]\nidentity = \"Bob@Example.COM\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"phishing report\"\n";
+        let list = LockList::parse(text, Path::new("l.toml"), lower).unwrap();
+        assert_eq!(list.entries[0].identity, "bob@example.com");
+        assert_eq!(list.entries[0].previous_locks, 0);
+        assert!(list.entries[0].is_active(SystemTime::now()));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let bad_time = "[[lock]]\nidentity = \"a\"\nsource = \"manual\"\nlocked_at = \"yesterday\"\nreason = \"x\"\n";
+        let e = LockList::parse(bad_time, Path::new("l.toml"), lower).unwrap_err();
+        assert!(e.to_string().starts_with("l.toml: line 4: invalid time"), "{e}");
+
+        let dup = "[[lock]]\nidentity = \"a\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"x\"\n\n[[lock]]\nidentity = \"A\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"x\"\n";
+        let e = LockList::parse(dup, Path::new("l.toml"), lower).unwrap_err();
+        assert!(
+            e.to_string().contains("line 7") && e.to_string().contains("listed twice"),
+            "{e}"
+        );
+
+        let half = "[[lock]]\nidentity = \"a\"\nsource = \"manual\n";
+        assert!(LockList::parse(half, Path::new("l.toml"), lower).is_err());
+        let unknown = "[[lock]]\nidentity = \"a\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"x\"\ncolour = \"red\"\n";
+        assert!(LockList::parse(unknown, Path::new("l.toml"), lower).is_err());
+    }
+
+    #[test]
+    fn expiry() {
+        let mut e = entry("a");
+        let expires = e.expires_at.unwrap().0;
+        assert!(e.is_active(expires - Duration::from_secs(1)));
+        assert!(!e.is_active(expires));
+        e.expires_at = None;
+        assert!(e.is_active(expires + Duration::from_secs(1_000_000)));
+    }
+
+    #[test]
+    fn update_writes_atomically_and_refuses_to_overwrite_a_corrupt_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let list = update(&path, lower, |l| {
+            l.upsert(entry("a"));
+            true
+        })
+        .unwrap();
+        assert_eq!(list.entries.len(), 1);
+        let list = update(&path, lower, |l| {
+            l.upsert(entry("b"));
+            true
+        })
+        .unwrap();
+        assert_eq!(list.entries.len(), 2);
+        assert_eq!(LockList::read(&path, lower).unwrap(), list);
+        // No temporary files are left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+
+        fs::write(&path, "[[lock]]\nidentity = ").unwrap();
+        let e = update(&path, lower, |l| {
+            l.upsert(entry("c"));
+            true
+        })
+        .unwrap_err();
+        assert!(matches!(e, LockFileError::Corrupt { .. }));
+        assert_eq!(fs::read_to_string(&path).unwrap(), "[[lock]]\nidentity = ");
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        update(&path, lower, |l| {
+                            l.upsert(entry(&format!("t{t}-{i}")));
+                            true
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(LockList::read(&path, lower).unwrap().entries.len(), 200);
+    }
+}

@@ -1,0 +1,435 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! Locks in force: an in-memory view of the lock list, updated at once when
+//! the daemon locks an identity and persisted by a background writer, plus a
+//! watcher that picks up edits made by hand or by the CLI.
+
+use crate::lockfile::{self, LockEntry, LockFileError, LockList};
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+/// What the milter needs of a lock store. It is deliberately narrow so that a
+/// shared backend for a fleet of MTAs can stand in for the file.
+pub trait LockStore: Send + Sync + 'static {
+    /// The lock in force for a normalised identity at `now`, if any.
+    fn lookup(&self, identity: &str, now: SystemTime) -> Option<Arc<LockEntry>>;
+
+    /// Locks an identity at once; it is persisted in the background. Returns
+    /// `false` if the identity was already locked.
+    fn lock(&self, entry: LockEntry, now: SystemTime) -> bool;
+}
+
+/// Maps an identity written by an admin to the form the milter compares.
+pub type Normaliser = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// The lock list file as a [`LockStore`].
+pub struct FileLocks {
+    path: PathBuf,
+    normalise: Normaliser,
+    /// The last list read or written successfully.
+    active: RwLock<Arc<HashMap<String, Arc<LockEntry>>>>,
+    /// Locks set by the daemon and not yet written to the file. They are
+    /// enforced from the moment they are set.
+    pending: DashMap<String, Arc<LockEntry>>,
+    /// Wakes the writer.
+    wake: Notify,
+    /// Identity of the file last loaded (or found unparsable), to notice changes.
+    seen: Mutex<Option<Fingerprint>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    inode: u64,
+    len: u64,
+    mtime_nanos: i128,
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        inode: meta.ino(),
+        len: meta.len(),
+        mtime_nanos: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    })
+}
+
+impl FileLocks {
+    /// Loads the lock list. An unparsable list is an error here: at start
+    /// there is no last good list to keep in force.
+    pub fn open(path: &Path, normalise: Normaliser) -> Result<Arc<Self>, LockFileError> {
+        let seen = fingerprint(path);
+        let list = LockList::read(path, &*normalise)?;
+        let locks = Arc::new(Self {
+            path: path.to_owned(),
+            normalise,
+            active: RwLock::new(Arc::new(HashMap::new())),
+            pending: DashMap::new(),
+            wake: Notify::new(),
+            seen: Mutex::new(seen),
+        });
+        locks.install(list);
+        Ok(locks)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn install(&self, list: LockList) -> Arc<HashMap<String, Arc<LockEntry>>> {
+        let map: HashMap<_, _> = list
+            .entries
+            .into_iter()
+            .map(|e| (e.identity.clone(), Arc::new(e)))
+            .collect();
+        let map = Arc::new(map);
+        match self.active.write() {
+            Ok(mut active) => std::mem::replace(&mut *active, map),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), map),
+        }
+    }
+
+    fn active(&self) -> Arc<HashMap<String, Arc<LockEntry>>> {
+        match self.active.read() {
+            Ok(active) => active.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// All entries in force or recorded, with the unwritten ones, for display.
+    pub fn entries(&self) -> Vec<Arc<LockEntry>> {
+        let active = self.active();
+        let mut all: Vec<_> = active.values().cloned().collect();
+        for p in self.pending.iter() {
+            if !active.contains_key(p.key()) {
+                all.push(p.value().clone());
+            }
+        }
+        all.sort_by(|a, b| a.identity.cmp(&b.identity));
+        all
+    }
+
+    /// Number of locks set by the daemon and not yet written.
+    pub fn pending_writes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Re-reads the file if it changed since it was last seen (or always, if
+    /// `force`). A list that does not parse is logged and the last good list
+    /// stays in force. Returns the identities that were unlocked.
+    pub fn reload(&self, force: bool) -> Vec<String> {
+        let now_seen = fingerprint(&self.path);
+        {
+            let mut seen = match self.seen.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            if !force && *seen == now_seen {
+                return Vec::new();
+            }
+            *seen = now_seen;
+        }
+        match LockList::read(&self.path, &*self.normalise) {
+            Ok(list) => {
+                let old = self.install(list);
+                let new = self.active();
+                let added: Vec<_> = new.keys().filter(|k| !old.contains_key(*k)).cloned().collect();
+                let removed: Vec<_> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+                if !added.is_empty() || !removed.is_empty() || force {
+                    info!(
+                        file = %self.path.display(),
+                        locks = new.len(),
+                        added = %summarise(&added),
+                        removed = %summarise(&removed),
+                        "lock list reloaded"
+                    );
+                }
+                removed
+            }
+            Err(e) => {
+                error!(
+                    "lock list not reloaded, keeping the last good list ({} locks) in force: {e}",
+                    self.active().len()
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// Writes every pending lock to the file. Returns an error (and keeps the
+    /// locks pending, still enforced) if the file cannot be written.
+    pub fn flush(&self) -> Result<usize, LockFileError> {
+        let batch: Vec<LockEntry> = self.pending.iter().map(|e| (**e.value()).clone()).collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let written = batch.len();
+        let list = lockfile::update(&self.path, &*self.normalise, |list| merge(list, &batch))?;
+        *match self.seen.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        } = fingerprint(&self.path);
+        self.install(list);
+        for entry in &batch {
+            self.pending
+                .remove_if(&entry.identity, |_, pending| pending.locked_at == entry.locked_at);
+        }
+        Ok(written)
+    }
+
+    /// The background writer: persists pending locks as they come, batching a
+    /// storm into few writes, retrying failures while the locks stay enforced
+    /// in memory. Returns when `shutdown` resolves, after a last flush.
+    pub async fn run_writer(self: Arc<Self>, retry: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = &mut shutdown => break,
+            }
+            loop {
+                let me = self.clone();
+                match tokio::task::spawn_blocking(move || me.flush()).await {
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => error!(
+                        "cannot write {} new lock(s) to the lock list, retrying in {}s (the locks are enforced meanwhile): {e}",
+                        self.pending.len(),
+                        retry.as_secs()
+                    ),
+                    Err(e) => error!("lock list writer failed: {e}"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(retry) => {}
+                    () = &mut shutdown => return self.final_flush(),
+                }
+            }
+        }
+        self.final_flush();
+    }
+
+    fn final_flush(&self) {
+        match self.flush() {
+            Ok(0) => {}
+            Ok(n) => info!("wrote {n} pending lock(s) to the lock list before stopping"),
+            Err(e) => {
+                for entry in self.pending.iter() {
+                    error!(
+                        identity = %entry.identity,
+                        reason = %entry.reason,
+                        "lock could not be written before stopping; add it again with `egress-milter locks add`"
+                    );
+                }
+                error!("lock list not written before stopping: {e}");
+            }
+        }
+    }
+
+    /// Polls the file for changes every `interval`, until `shutdown`, and
+    /// calls `unlocked` with the identities an edit unlocked.
+    pub async fn run_watcher(
+        self: Arc<Self>,
+        interval: Duration,
+        unlocked: impl Fn(&[String]) + Send + 'static,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let me = self.clone();
+                    match tokio::task::spawn_blocking(move || me.reload(false)).await {
+                        Ok(removed) if !removed.is_empty() => unlocked(&removed),
+                        Ok(_) => {}
+                        Err(e) => warn!("lock list watcher failed: {e}"),
+                    }
+                }
+                () = &mut shutdown => break,
+            }
+        }
+    }
+}
+
+impl LockStore for FileLocks {
+    fn lookup(&self, identity: &str, now: SystemTime) -> Option<Arc<LockEntry>> {
+        if !self.pending.is_empty()
+            && let Some(p) = self.pending.get(identity)
+        {
+            return Some(p.value().clone());
+        }
+        let active = self.active();
+        active.get(identity).filter(|e| e.is_active(now)).cloned()
+    }
+
+    fn lock(&self, entry: LockEntry, now: SystemTime) -> bool {
+        if self.lookup(&entry.identity, now).is_some() {
+            return false;
+        }
+        let id = entry.identity.clone();
+        let fresh = match self.pending.entry(id) {
+            dashmap::mapref::entry::Entry::Occupied(_) => false,
+            dashmap::mapref::entry::Entry::Vacant(slot) => {
+                slot.insert(Arc::new(entry));
+                true
+            }
+        };
+        if fresh {
+            self.wake.notify_one();
+        }
+        fresh
+    }
+}
+
+/// Adds the daemon's locks to the list read from the file. An identity the
+/// file already locks keeps the file's entry; a lapsed entry is replaced and
+/// its count of earlier locks carried on.
+fn merge(list: &mut LockList, batch: &[LockEntry]) -> bool {
+    let now = SystemTime::now();
+    let mut index: HashMap<String, usize> = list
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.identity.clone(), i))
+        .collect();
+    let mut changed = false;
+    for entry in batch {
+        match index.get(&entry.identity) {
+            Some(&i) if list.entries[i].is_active(now) => {}
+            Some(&i) => {
+                let mut entry = entry.clone();
+                entry.previous_locks = list.entries[i].previous_locks + 1;
+                list.entries[i] = entry;
+                changed = true;
+            }
+            None => {
+                index.insert(entry.identity.clone(), list.entries.len());
+                list.entries.push(entry.clone());
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn summarise(ids: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = ids.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(",");
+    if ids.len() > SHOWN {
+        s.push_str(&format!(",+{} more", ids.len() - SHOWN));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lockfile::{LockSource, Timestamp};
+
+    fn norm() -> Normaliser {
+        Arc::new(|s: &str| s.trim().to_lowercase())
+    }
+
+    fn entry(id: &str, at: u64) -> LockEntry {
+        LockEntry {
+            identity: id.into(),
+            source: LockSource::Auto,
+            locked_at: Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(at)),
+            reason: "test".into(),
+            rule: None,
+            previous_locks: 0,
+            expires_at: None,
+            note: None,
+        }
+    }
+
+    #[test]
+    fn locks_are_enforced_before_they_are_written_and_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let locks = FileLocks::open(&path, norm()).unwrap();
+        let now = SystemTime::now();
+        assert!(locks.lock(entry("a@x", 1), now));
+        assert!(!locks.lock(entry("a@x", 2), now), "already locked");
+        assert!(locks.lookup("a@x", now).is_some());
+        assert!(!path.exists(), "nothing written yet");
+        assert_eq!(locks.flush().unwrap(), 1);
+        assert_eq!(locks.pending_writes(), 0);
+        let reopened = FileLocks::open(&path, norm()).unwrap();
+        assert!(reopened.lookup("a@x", now).is_some());
+    }
+
+    #[test]
+    fn hand_edits_are_picked_up_and_corrupt_edits_keep_the_last_good_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let locks = FileLocks::open(&path, norm()).unwrap();
+        let now = SystemTime::now();
+        locks.lock(entry("a@x", 1), now);
+        locks.flush().unwrap();
+
+        // A half-finished edit: "a@x" stays locked.
+        std::fs::write(&path, "[[lock]]\nidentity = \"b@x\"\nsource = ").unwrap();
+        locks.reload(false);
+        assert!(locks.lookup("a@x", now).is_some());
+        assert!(locks.lookup("b@x", now).is_none());
+        // And the writer refuses to overwrite it.
+        locks.lock(entry("c@x", 3), now);
+        assert!(matches!(locks.flush(), Err(LockFileError::Corrupt { .. })));
+        assert!(locks.lookup("c@x", now).is_some(), "still enforced while unwritten");
+
+        // The admin finishes the edit: a@x unlocked, b@x locked, c@x written.
+        std::fs::write(
+            &path,
+            "[[lock]]\nidentity = \"B@x\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"r\"\n",
+        )
+        .unwrap();
+        locks.reload(false);
+        assert!(locks.lookup("a@x", now).is_none());
+        assert!(locks.lookup("b@x", now).is_some());
+        assert_eq!(locks.flush().unwrap(), 1);
+        let list = LockList::read(&path, |s| s.to_string()).unwrap();
+        let ids: Vec<_> = list.entries.iter().map(|e| e.identity.as_str()).collect();
+        assert_eq!(ids, ["b@x", "c@x"]);
+    }
+
+    #[test]
+    fn relocking_after_expiry_counts_earlier_locks() {
+        let mut list = LockList::default();
+        let mut old = entry("a@x", 1);
+        old.previous_locks = 1;
+        old.expires_at = Some(Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(2)));
+        list.entries.push(old);
+        assert!(merge(&mut list, &[entry("a@x", 10)]));
+        assert_eq!(list.entries.len(), 1);
+        assert_eq!(list.entries[0].previous_locks, 2);
+        // An active manual lock is kept as it is.
+        let mut manual = entry("m@x", 1);
+        manual.source = LockSource::Manual;
+        list.entries.push(manual.clone());
+        assert!(!merge(&mut list, &[entry("m@x", 10)]));
+        assert_eq!(list.entries[1], manual);
+    }
+
+    #[test]
+    fn expired_locks_lift_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        std::fs::write(
+            &path,
+            "[[lock]]\nidentity = \"a@x\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"r\"\nexpires_at = \"2026-11-24T10:00:00Z\"\n",
+        )
+        .unwrap();
+        let locks = FileLocks::open(&path, norm()).unwrap();
+        let expiry = humantime::parse_rfc3339("2026-11-24T10:00:00Z").unwrap();
+        assert!(locks.lookup("a@x", expiry - Duration::from_secs(1)).is_some());
+        assert!(locks.lookup("a@x", expiry).is_none());
+    }
+}

@@ -1,0 +1,189 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The `egress-milter` command: argument parsing and dispatch.
+
+use clap::{Parser, Subcommand};
+use egress_milter::clock::Clock;
+use egress_milter::config::{Config, DEFAULT_CONFIG_PATH, DurationValue, SocketSpec};
+use egress_milter::{admin, daemon, listener, logging};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+/// Exit status for an unusable configuration (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+/// Throttles and locks hijacked mail accounts on the outbound path.
+#[derive(Parser)]
+#[command(name = "egress-milter", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG_PATH, value_name = "PATH")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the milter in the foreground (as systemd runs it).
+    Run,
+    /// Check the configuration and the lock list, then exit.
+    CheckConfig,
+    /// Review and change the lock list.
+    Locks {
+        #[command(subcommand)]
+        command: LocksCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocksCommand {
+    /// List locked identities, newest first.
+    List,
+    /// Show one lock in full.
+    Show { identity: String },
+    /// Lock an identity by hand.
+    Add {
+        identity: String,
+        /// Why (shown to admins, kept in the lock list).
+        #[arg(long)]
+        reason: String,
+        /// Lift the lock by itself after this long, e.g. 24h or 7d.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<DurationValue>,
+        /// Free text, e.g. a ticket number.
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Unlock an identity.
+    Remove { identity: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::read(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("egress-milter: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command {
+        Command::Run => return run(cli.config, config),
+        Command::CheckConfig => admin::check_config(&config, &cli.config),
+        Command::Locks { command } => match command {
+            LocksCommand::List => admin::list(&config),
+            LocksCommand::Show { identity } => admin::show(&config, &identity),
+            LocksCommand::Add {
+                identity,
+                reason,
+                expires,
+                note,
+            } => admin::add(&config, &identity, &reason, expires.map(|d| d.0), note),
+            LocksCommand::Remove { identity } => admin::remove(&config, &identity),
+        },
+    };
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("egress-milter: {}", f.message);
+            ExitCode::from(u8::try_from(f.status).unwrap_or(1))
+        }
+    }
+}
+
+fn run(config_path: PathBuf, config: Config) -> ExitCode {
+    logging::init(config.log_format, &config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        if is_root() {
+            warn!("running as root; run egress-milter as an unprivileged user (systemd User=)");
+        }
+        for w in config.warnings() {
+            warn!("{w}");
+        }
+        let locks = match daemon::open_locks(&config) {
+            Ok(l) => l,
+            Err(e) => {
+                error!("cannot load the lock list, not starting (fix or move the file): {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        if let Err(e) = daemon::check_lock_dir(&config.locks.file) {
+            error!("{e}; not starting, as locks could not be persisted");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        let listener = match listener::bind(&config.socket, config.socket_mode).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("cannot listen on {}: {e}", config.socket);
+                return ExitCode::FAILURE;
+            }
+        };
+        let _cleanup = listener::SocketCleanup(match &config.socket {
+            SocketSpec::Unix(path) => Some(path.clone()),
+            SocketSpec::Inet(_) => None,
+        });
+        let (reload_tx, reload_rx) = mpsc::channel(1);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        if let Err(e) = spawn_signal_handler(reload_tx, shutdown_tx) {
+            error!("cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+        let shutdown = async {
+            let _ = shutdown_rx.await;
+        };
+        match daemon::run(listener, config_path, config, locks, Clock::real(), reload_rx, shutdown).await {
+            Ok(()) => {
+                info!("egress-milter stopped");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                error!("milter failed: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// SIGHUP reloads; SIGTERM and SIGINT stop (after the sessions drain).
+fn spawn_signal_handler(reload: mpsc::Sender<()>, shutdown: oneshot::Sender<()>) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading configuration and lock list");
+                    let _ = reload.try_send(());
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        info!("stopping: no new connections, draining sessions");
+        let _ = shutdown.send(());
+    });
+    Ok(())
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}

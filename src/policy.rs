@@ -1,0 +1,790 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The sending policy: which rules apply to an identity, whether its next
+//! message or recipient fits, counting accepted mail, and automatic locking.
+//! It knows nothing of the milter protocol.
+
+use crate::clock::Clock;
+use crate::config::{Action, Config, Counted, Mode, Rate, Scope, format_duration};
+use crate::identity::{Identity, normalise_address};
+use crate::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, Usage, bucket_key};
+use crate::lockfile::{LockEntry, LockSource, Timestamp};
+use crate::locks::LockStore;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::BuildHasher;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Number of stripes serialising the final count of a message. Messages of
+/// one domain share a stripe, so checking and counting all of a message's
+/// rules (identity and domain) is atomic with respect to each other.
+const COMMIT_STRIPES: usize = 64;
+
+/// Counter state that outlives configuration reloads.
+pub struct Counters {
+    clock: Clock,
+    /// Keyed hash of identities to bucket keys; random per process.
+    hasher: std::hash::RandomState,
+    stripes: Box<[Mutex<()>]>,
+    /// Limiters by what they count, so a reload keeps the counts of every
+    /// rule whose definition did not change.
+    registry: Mutex<HashMap<LimiterId, Arc<KeyedLimiter>>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LimiterId {
+    rule: String,
+    count: Counted,
+    per: Scope,
+    rate: Rate,
+    burst: Option<NonZeroU32>,
+    /// `None` for the rule's own rate; the override's target otherwise.
+    variant: Option<String>,
+}
+
+impl Counters {
+    pub fn new(clock: Clock) -> Arc<Self> {
+        Arc::new(Self {
+            clock,
+            hasher: std::hash::RandomState::new(),
+            stripes: (0..COMMIT_STRIPES).map(|_| Mutex::new(())).collect(),
+            registry: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    fn key(&self, s: &str) -> BucketKey {
+        bucket_key(self.hasher.hash_one(s))
+    }
+
+    /// Gives an identity a fresh start: its own buckets in every rule are
+    /// emptied (its domain's are not). Called when an admin unlocks it, so
+    /// the attempts that locked it do not lock it again at once.
+    pub fn forget(&self, identity: &str) {
+        let key = self.key(identity);
+        for limiter in lock(&self.registry).values() {
+            limiter.forget(key);
+        }
+    }
+
+    /// Forgets idle buckets in every limiter; returns (removed, still tracked).
+    pub fn evict_idle(&self) -> (usize, usize) {
+        let limiters: Vec<_> = lock(&self.registry).values().cloned().collect();
+        let removed = limiters.iter().map(|l| l.evict_idle()).sum();
+        let tracked = limiters.iter().map(|l| l.tracked()).max().unwrap_or(0);
+        (removed, tracked)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct CompiledRule {
+    name: String,
+    count: Counted,
+    per: Scope,
+    action: Action,
+    rate: Rate,
+    limiter: Arc<KeyedLimiter>,
+}
+
+#[derive(Default)]
+struct CompiledOverride {
+    exempt: bool,
+    /// Rule index to the override's rate and limiter.
+    rates: HashMap<usize, (Rate, Arc<KeyedLimiter>)>,
+}
+
+/// The policy of one configuration; rebuilt on reload, sharing [`Counters`].
+pub struct Policy {
+    config: Arc<Config>,
+    counters: Arc<Counters>,
+    locks: Arc<dyn LockStore>,
+    rules: Vec<CompiledRule>,
+    identity_overrides: HashMap<String, CompiledOverride>,
+    domain_overrides: HashMap<String, CompiledOverride>,
+}
+
+/// A rule a message (or recipient) would exceed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trip {
+    pub rule: String,
+    pub action: Action,
+    pub counted: Counted,
+    pub scope: Scope,
+    /// What is counted: the identity, its domain, or `overflow`.
+    pub key: String,
+    pub rate: Rate,
+    pub usage: Usage,
+    /// When it would fit again; `None` if it never can (weight over the burst).
+    pub retry_in: Option<Duration>,
+}
+
+impl fmt::Display for Trip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rule=\"{}\" per={} key=\"{}\" count={}/{} {} window={} reset_in={}",
+            self.rule,
+            self.scope,
+            self.key,
+            self.usage.used,
+            self.usage.limit,
+            self.counted,
+            format_duration(self.rate.window),
+            format_duration(self.usage.reset_in),
+        )
+    }
+}
+
+/// The rules that apply to one message's identity, with its bucket keys.
+pub struct Plan {
+    pub identity: Identity,
+    entries: Vec<PlanEntry>,
+    stripe: usize,
+}
+
+struct PlanEntry {
+    rule: usize,
+    /// Lock rules count attempts (see [`Policy::attempt`]); the others count
+    /// accepted mail.
+    counts_attempts: bool,
+    rate: Rate,
+    limiter: Arc<KeyedLimiter>,
+    key: BucketKey,
+}
+
+/// The state of one rule for one identity, for `explain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleState {
+    pub rule: String,
+    pub counted: Counted,
+    pub scope: Scope,
+    pub action: Action,
+    pub rate: Rate,
+    /// `None` when the rule does not apply (exempt, no domain, bounce).
+    pub usage: Option<Usage>,
+}
+
+impl Policy {
+    pub fn new(config: Arc<Config>, counters: Arc<Counters>, locks: Arc<dyn LockStore>) -> Self {
+        let mut registry = lock(&counters.registry);
+        let mut next_registry = HashMap::new();
+        let mut limiter = |id: LimiterId, rate: Rate| {
+            let l = registry
+                .remove(&id)
+                .or_else(|| next_registry.get(&id).cloned())
+                .unwrap_or_else(|| Arc::new(KeyedLimiter::new(rate.quota(id.burst), counters.clock.clone())));
+            next_registry.insert(id, l.clone());
+            l
+        };
+        let rules: Vec<CompiledRule> = config
+            .rules
+            .iter()
+            .map(|r| CompiledRule {
+                name: r.name.get_ref().clone(),
+                count: r.count,
+                per: r.per,
+                action: r.action,
+                rate: r.rate,
+                limiter: limiter(
+                    LimiterId {
+                        rule: r.name.get_ref().clone(),
+                        count: r.count,
+                        per: r.per,
+                        rate: r.rate,
+                        burst: r.burst,
+                        variant: None,
+                    },
+                    r.rate,
+                ),
+            })
+            .collect();
+        let mut identity_overrides = HashMap::new();
+        let mut domain_overrides = HashMap::new();
+        for over in &config.overrides {
+            let over = over.get_ref();
+            let (target, map) = match (&over.identity, &over.domain) {
+                (Some(id), _) => (
+                    normalise_address(&config.identity, id.as_bytes()).unwrap_or_else(|_| id.trim().to_lowercase()),
+                    &mut identity_overrides,
+                ),
+                (None, Some(domain)) => (
+                    domain.trim().trim_end_matches('.').to_lowercase(),
+                    &mut domain_overrides,
+                ),
+                (None, None) => continue,
+            };
+            let mut compiled = CompiledOverride {
+                exempt: over.exempt,
+                ..Default::default()
+            };
+            for (name, rate) in &over.rates {
+                let Some(idx) = rules.iter().position(|r| &r.name == name.get_ref()) else {
+                    continue;
+                };
+                let rule = &config.rules[idx];
+                let id = LimiterId {
+                    rule: rule.name.get_ref().clone(),
+                    count: rule.count,
+                    per: rule.per,
+                    rate: *rate,
+                    burst: None,
+                    variant: Some(target.clone()),
+                };
+                compiled.rates.insert(idx, (*rate, limiter(id, *rate)));
+            }
+            map.insert(target, compiled);
+        }
+        *registry = next_registry;
+        drop(registry);
+        Self {
+            config,
+            counters,
+            locks,
+            rules,
+            identity_overrides,
+            domain_overrides,
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.counters.clock
+    }
+
+    pub fn enforcing(&self) -> bool {
+        self.config.mode == Mode::Enforce
+    }
+
+    /// The rules that apply to `identity`. Bounces are not counted unless
+    /// configured.
+    pub fn plan(&self, identity: Identity, bounce: bool) -> Plan {
+        let counters = &self.counters;
+        let domain = identity.domain().map(str::to_owned);
+        let stripe_key = counters.key(domain.as_deref().unwrap_or(&identity.value));
+        let stripe = usize::try_from(stripe_key % COMMIT_STRIPES as u64).unwrap_or(0);
+        let mut entries = Vec::with_capacity(self.rules.len());
+        if !bounce || self.config.limits.count_bounces {
+            let overrides = [
+                self.identity_overrides.get(&identity.value),
+                domain.as_deref().and_then(|d| self.domain_overrides.get(d)),
+            ];
+            let identity_key = counters.key(&identity.value);
+            let domain_key = domain.as_deref().map(|d| counters.key(d));
+            'rules: for (idx, rule) in self.rules.iter().enumerate() {
+                let key = match rule.per {
+                    Scope::Identity => identity_key,
+                    Scope::Domain => match domain_key {
+                        Some(k) => k,
+                        None => continue,
+                    },
+                };
+                let mut chosen = (rule.rate, &rule.limiter);
+                for over in overrides.iter().flatten() {
+                    if over.exempt {
+                        continue 'rules;
+                    }
+                    if let Some((rate, limiter)) = over.rates.get(&idx) {
+                        chosen = (*rate, limiter);
+                        break;
+                    }
+                }
+                let (rate, limiter) = chosen;
+                entries.push(PlanEntry {
+                    rule: idx,
+                    counts_attempts: rule.action == Action::Lock,
+                    rate,
+                    key: limiter.route(key, self.config.limits.max_tracked_identities),
+                    limiter: limiter.clone(),
+                });
+            }
+        }
+        Plan {
+            identity,
+            entries,
+            stripe,
+        }
+    }
+
+    fn trip(&self, plan: &Plan, entry: &PlanEntry, outcome: Outcome) -> Option<Trip> {
+        let retry_in = match outcome {
+            Outcome::Allowed { .. } => return None,
+            Outcome::Denied { retry_in } => Some(retry_in),
+            Outcome::Never => None,
+        };
+        let rule = &self.rules[entry.rule];
+        let key = if entry.key == OVERFLOW_KEY {
+            "overflow".to_string()
+        } else {
+            match rule.per {
+                Scope::Identity => plan.identity.value.clone(),
+                Scope::Domain => plan.identity.domain().unwrap_or_default().to_string(),
+            }
+        };
+        Some(Trip {
+            rule: rule.name.clone(),
+            action: rule.action,
+            counted: rule.count,
+            scope: rule.per,
+            key,
+            rate: entry.rate,
+            usage: entry.limiter.usage(entry.key),
+            retry_in,
+        })
+    }
+
+    fn weight(&self, entry: &PlanEntry, messages: u32, recipients: u32) -> u32 {
+        match self.rules[entry.rule].count {
+            Counted::Messages => messages,
+            Counted::Recipients => recipients,
+        }
+    }
+
+    /// Rules counting accepted mail that `messages` more messages and
+    /// `recipients` more recipients would exceed. Counts nothing.
+    pub fn peek(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
+        plan.entries
+            .iter()
+            .filter(|e| !e.counts_attempts)
+            .filter_map(|e| {
+                let n = self.weight(e, messages, recipients);
+                (n > 0).then(|| self.trip(plan, e, e.limiter.peek(e.key, n))).flatten()
+            })
+            .collect()
+    }
+
+    /// Counts an attempt against the lock rules, whether the mail is then
+    /// accepted or refused, and returns the lock rules it exceeds.
+    ///
+    /// Throttling rules count only accepted mail, so a throttled user's
+    /// retries never eat their quota. Lock rules measure what an identity
+    /// tries to send: a hijacked account keeps pushing into the throttle at
+    /// a rate no person retries at, and that demand is what locks it. This is
+    /// what makes "throttle at N, lock at a multiple of N" work: accepted
+    /// mail alone can never exceed the throttle.
+    pub fn attempt(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
+        plan.entries
+            .iter()
+            .filter(|e| e.counts_attempts)
+            .filter_map(|e| {
+                let n = self.weight(e, messages, recipients);
+                (n > 0)
+                    .then(|| self.trip(plan, e, e.limiter.commit(e.key, n)))
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// Counts one accepted message with `recipients` recipients against the
+    /// rules counting accepted mail, unless one that refuses would be
+    /// exceeded: then nothing is counted and the trips are returned. Trips of
+    /// `log` rules (and every trip in dry-run mode) do not stop the count;
+    /// the rules that still fit count the message.
+    pub fn commit(&self, plan: &Plan, recipients: u32) -> Vec<Trip> {
+        let _serial = lock(&self.counters.stripes[plan.stripe]);
+        let trips = self.peek(plan, 1, recipients);
+        if self.enforcing() && trips.iter().any(|t| t.action > Action::Log) {
+            return trips;
+        }
+        for e in plan.entries.iter().filter(|e| !e.counts_attempts) {
+            let n = self.weight(e, 1, recipients);
+            if n > 0 {
+                e.limiter.commit(e.key, n);
+            }
+        }
+        trips
+    }
+
+    /// The lock in force for an identity.
+    pub fn lock_of(&self, identity: &str) -> Option<Arc<LockEntry>> {
+        self.locks.lookup(identity, self.counters.clock.wall_now())
+    }
+
+    /// Locks an identity because of `trip` (enforce mode only; in dry-run
+    /// nothing is locked and `None` is returned).
+    pub fn auto_lock(&self, identity: &Identity, trip: &Trip, queue_id: &str) -> Option<Arc<LockEntry>> {
+        if !self.enforcing() {
+            return None;
+        }
+        let now = self.counters.clock.wall_now();
+        let entry = LockEntry {
+            identity: identity.value.clone(),
+            source: LockSource::Auto,
+            locked_at: Timestamp(now),
+            reason: format!(
+                "rule \"{}\" exceeded: {}/{} {} per {} in {} (identity from {}, queue id {queue_id})",
+                trip.rule,
+                trip.usage.used,
+                trip.usage.limit,
+                trip.counted,
+                trip.scope,
+                format_duration(trip.rate.window),
+                identity.source,
+            ),
+            rule: Some(trip.rule.clone()),
+            previous_locks: 0,
+            expires_at: self.config.locks.auto_lock_duration.map(|d| Timestamp(now + d.0)),
+            note: None,
+        };
+        self.locks.lock(entry, now);
+        self.lock_of(&identity.value)
+    }
+
+    /// Whether a locked identity may still write to `recipient` (the
+    /// postmaster and abuse addresses by default).
+    pub fn may_write_while_locked(&self, identity: &Identity, recipient: &[u8]) -> bool {
+        let Ok(rcpt) = std::str::from_utf8(recipient) else {
+            return false;
+        };
+        let rcpt = rcpt.trim().trim_start_matches('<').trim_end_matches('>').to_lowercase();
+        let (local, domain) = match rcpt.rsplit_once('@') {
+            Some((l, d)) => (l, Some(d)),
+            None => (rcpt.as_str(), None),
+        };
+        let locks = &self.config.locks;
+        locks.allow_recipients.iter().any(|allowed| {
+            let allowed = allowed.to_lowercase();
+            if allowed.contains('@') {
+                return allowed == rcpt;
+            }
+            allowed == local
+                && domain.is_none_or(|d| {
+                    identity.domain() == Some(d) || locks.local_domains.iter().any(|l| l.eq_ignore_ascii_case(d))
+                })
+        })
+    }
+
+    /// Every rule's state for one identity, for `explain`.
+    pub fn explain(&self, identity: Identity) -> Vec<RuleState> {
+        let plan = self.plan(identity, false);
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(idx, rule)| {
+                let entry = plan.entries.iter().find(|e| e.rule == idx);
+                RuleState {
+                    rule: rule.name.clone(),
+                    counted: rule.count,
+                    scope: rule.per,
+                    action: rule.action,
+                    rate: entry.map_or(rule.rate, |e| e.rate),
+                    usage: entry.map(|e| e.limiter.usage(e.key)),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The most severe action among trips.
+pub fn most_severe(trips: &[Trip]) -> Option<&Trip> {
+    trips.iter().max_by_key(|t| t.action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IdentitySource;
+    use crate::locks::FileLocks;
+    use std::path::Path;
+
+    struct Fixture {
+        policy: Policy,
+        clock: Clock,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(extra: &str) -> Fixture {
+        fixture_with_locks(extra, "")
+    }
+
+    fn fixture_with_locks(extra: &str, locks_extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let lockfile = dir.path().join("locks.toml");
+        let text = format!("{extra}\n[locks]\nfile = \"{}\"\n{locks_extra}", lockfile.display());
+        let config = Arc::new(Config::parse(&text, Path::new("t.toml")).unwrap());
+        let clock = Clock::manual();
+        let locks = FileLocks::open(&lockfile, Arc::new(|s: &str| s.to_lowercase())).unwrap();
+        let policy = Policy::new(config, Counters::new(clock.clone()), locks);
+        Fixture {
+            policy,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    fn id(v: &str) -> Identity {
+        Identity {
+            value: v.into(),
+            source: IdentitySource::Auth,
+        }
+    }
+
+    const ESCALATION: &str = r#"
+[[rule]]
+name = "per-minute"
+rate = "3/1m"
+action = "tempfail"
+
+[[rule]]
+name = "lock-10m"
+rate = "6/10m"
+action = "lock"
+
+[[rule]]
+name = "rcpts"
+count = "recipients"
+rate = "10/1h"
+action = "reject"
+"#;
+
+    #[test]
+    fn messages_are_counted_once_and_only_when_accepted() {
+        let f = fixture(ESCALATION);
+        let plan = f.policy.plan(id("a@x.org"), false);
+        for _ in 0..10 {
+            assert!(f.policy.peek(&plan, 1, 1).is_empty(), "peeking counts nothing");
+        }
+        for _ in 0..3 {
+            assert!(f.policy.commit(&plan, 1).is_empty());
+        }
+        let trips = f.policy.peek(&plan, 1, 0);
+        assert_eq!(trips.len(), 1);
+        assert_eq!(trips[0].rule, "per-minute");
+        assert_eq!(trips[0].action, Action::Tempfail);
+        assert_eq!(trips[0].usage.used, 3);
+        assert_eq!(trips[0].retry_in, Some(Duration::from_secs(20)));
+        // A refused commit counts nothing in any rule.
+        let refused = f.policy.commit(&plan, 1);
+        assert_eq!(refused.len(), 1);
+        let state = f.policy.explain(id("a@x.org"));
+        assert_eq!(state[0].usage.unwrap().used, 3);
+        assert_eq!(state[2].usage.unwrap().used, 3, "recipients of accepted messages");
+        assert_eq!(
+            state[1].usage.unwrap().used,
+            0,
+            "lock rules count attempts, not commits"
+        );
+    }
+
+    /// Plays one SMTP transaction as the session does: the attempt is counted
+    /// against lock rules, then the accepted-mail rules are checked and, if
+    /// nothing refuses, the message is counted.
+    fn offer(p: &Policy, plan: &Plan) -> Option<Action> {
+        let mut trips = p.attempt(plan, 1, 0);
+        trips.extend(p.peek(plan, 1, 0));
+        if trips.is_empty() {
+            trips = p.commit(plan, 1);
+        }
+        most_severe(&trips).map(|t| t.action)
+    }
+
+    #[test]
+    fn escalation_tempfails_then_locks() {
+        let f = fixture(ESCALATION);
+        let plan = f.policy.plan(id("a@x.org"), false);
+        let outcomes: Vec<_> = (0..8).map(|_| offer(&f.policy, &plan)).collect();
+        use Action::*;
+        // 3 accepted, then throttled; the 7th attempt exceeds the 6/10m lock rule.
+        assert_eq!(
+            outcomes,
+            [
+                None,
+                None,
+                None,
+                Some(Tempfail),
+                Some(Tempfail),
+                Some(Tempfail),
+                Some(Lock),
+                Some(Lock)
+            ]
+        );
+        // Spread out, a normal sender is never throttled nor locked: one
+        // message every 400 s stays under every rule (the tightest is 10
+        // recipients an hour).
+        let g = fixture(ESCALATION);
+        let calm = g.policy.plan(id("b@x.org"), false);
+        for _ in 0..50 {
+            assert_eq!(offer(&g.policy, &calm), None);
+            g.clock.advance(Duration::from_secs(400));
+        }
+        let trip = f
+            .policy
+            .attempt(&plan, 1, 0)
+            .into_iter()
+            .find(|t| t.action == Action::Lock)
+            .unwrap();
+        let entry = f.policy.auto_lock(&plan.identity, &trip, "QID1").unwrap();
+        assert_eq!(entry.rule.as_deref(), Some("lock-10m"));
+        assert!(
+            entry
+                .reason
+                .contains("rule \"lock-10m\" exceeded: 6/6 messages per identity in 10m"),
+            "{}",
+            entry.reason
+        );
+        assert!(entry.reason.contains("QID1"));
+        assert!(f.policy.lock_of("a@x.org").is_some());
+    }
+
+    #[test]
+    fn recipients_count_by_weight_and_a_huge_message_never_fits() {
+        let f = fixture(ESCALATION);
+        let plan = f.policy.plan(id("a@x.org"), false);
+        assert!(f.policy.commit(&plan, 7).is_empty());
+        let trips = f.policy.peek(&plan, 0, 4);
+        assert_eq!(trips[0].rule, "rcpts");
+        assert_eq!(trips[0].usage.used, 7);
+        assert!(f.policy.peek(&plan, 0, 3).is_empty());
+        let never = f.policy.peek(&plan, 0, 11);
+        assert_eq!(never[0].retry_in, None);
+    }
+
+    #[test]
+    fn overrides_follow_identity_then_domain_then_default() {
+        let f = fixture(&format!(
+            "{ESCALATION}
+[[override]]
+domain = \"bulk.example\"
+rates = {{ per-minute = \"100/1m\" }}
+
+[[override]]
+identity = \"News@Bulk.example\"
+exempt = true
+
+[[override]]
+identity = \"vip@x.org\"
+rates = {{ per-minute = \"1/1m\" }}
+"
+        ));
+        let p = &f.policy;
+        let limit = |who: &str| {
+            p.explain(id(who))
+                .into_iter()
+                .find(|r| r.rule == "per-minute")
+                .map(|r| r.usage.map(|u| u.limit))
+                .unwrap()
+        };
+        assert_eq!(limit("a@x.org"), Some(3), "default");
+        assert_eq!(limit("a@bulk.example"), Some(100), "domain override");
+        assert_eq!(
+            limit("news@bulk.example"),
+            None,
+            "identity override (exempt) beats domain"
+        );
+        assert_eq!(limit("vip@x.org"), Some(1), "identity override lowers");
+        // Rules an identity override does not name fall back to the default.
+        let lock_limit = p.explain(id("vip@x.org"))[1].usage.unwrap().limit;
+        assert_eq!(lock_limit, 6);
+    }
+
+    #[test]
+    fn domain_rules_count_all_identities_of_a_domain() {
+        let f = fixture("[[rule]]\nname = \"domain\"\nper = \"domain\"\nrate = \"5/1h\"\naction = \"tempfail\"\n");
+        for who in ["a@x.org", "b@x.org", "c@x.org", "d@x.org", "e@x.org"] {
+            assert!(f.policy.commit(&f.policy.plan(id(who), false), 1).is_empty());
+        }
+        let trips = f.policy.peek(&f.policy.plan(id("f@x.org"), false), 1, 0);
+        assert_eq!(trips[0].key, "x.org");
+        assert!(f.policy.peek(&f.policy.plan(id("a@y.org"), false), 1, 0).is_empty());
+        let ip = Identity {
+            value: "192.0.2.1".into(),
+            source: IdentitySource::ClientAddress,
+        };
+        assert!(f.policy.plan(ip, false).entries.is_empty(), "no domain, no domain rule");
+    }
+
+    #[test]
+    fn bounces_are_not_counted_unless_configured() {
+        let f = fixture(ESCALATION);
+        assert!(f.policy.plan(id("a@x.org"), true).entries.is_empty());
+        let g = fixture(&format!("[limits]\ncount_bounces = true\n{ESCALATION}"));
+        assert_eq!(g.policy.plan(id("a@x.org"), true).entries.len(), 3);
+    }
+
+    #[test]
+    fn at_the_cap_newcomers_share_one_bucket() {
+        let f = fixture(&format!("[limits]\nmax_tracked_identities = 10\n{ESCALATION}"));
+        for i in 0..10 {
+            assert!(
+                f.policy
+                    .commit(&f.policy.plan(id(&format!("u{i}@x.org")), false), 1)
+                    .is_empty()
+            );
+        }
+        // Three newcomers fill the shared bucket of the 3/1m rule ...
+        for i in 10..13 {
+            assert!(
+                f.policy
+                    .commit(&f.policy.plan(id(&format!("u{i}@x.org")), false), 1)
+                    .is_empty()
+            );
+        }
+        // ... and the fourth is throttled, whatever name it invents.
+        let trips = f.policy.commit(&f.policy.plan(id("fresh-999@x.org"), false), 1);
+        assert_eq!(trips[0].key, "overflow");
+        // Known identities keep their own buckets.
+        assert!(f.policy.commit(&f.policy.plan(id("u0@x.org"), false), 1).is_empty());
+    }
+
+    #[test]
+    fn dry_run_counts_and_never_locks() {
+        let f = fixture(&format!("mode = \"dry-run\"\n{ESCALATION}"));
+        let plan = f.policy.plan(id("a@x.org"), false);
+        for _ in 0..3 {
+            f.policy.commit(&plan, 1);
+        }
+        let trips = f.policy.commit(&plan, 1);
+        assert_eq!(trips[0].rule, "per-minute");
+        assert!(f.policy.auto_lock(&plan.identity, &trips[0], "Q").is_none());
+        assert!(f.policy.lock_of("a@x.org").is_none());
+    }
+
+    #[test]
+    fn reload_keeps_counts_of_unchanged_rules_only() {
+        let f = fixture(ESCALATION);
+        let plan = f.policy.plan(id("a@x.org"), false);
+        f.policy.commit(&plan, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let changed = ESCALATION.replace("6/10m", "60/10m");
+        let config = Arc::new(
+            Config::parse(
+                &format!("[locks]\nfile = \"{}/l.toml\"\n{changed}", dir.path().display()),
+                Path::new("t.toml"),
+            )
+            .unwrap(),
+        );
+        let reloaded = Policy::new(config, f.policy.counters.clone(), f.policy.locks.clone());
+        let state = reloaded.explain(id("a@x.org"));
+        assert_eq!(state[0].usage.unwrap().used, 1, "unchanged rule keeps its count");
+        assert_eq!(state[1].usage.unwrap().used, 0, "changed rule starts afresh");
+        assert_eq!(state[2].usage.unwrap().used, 2);
+    }
+
+    #[test]
+    fn locked_identities_may_write_to_support() {
+        let f = fixture_with_locks(
+            "",
+            "local_domains = [\"provider.net\"]\nallow_recipients = [\"postmaster\", \"abuse\", \"help@desk.example\"]\n",
+        );
+        let who = id("a@x.org");
+        let p = &f.policy;
+        assert!(p.may_write_while_locked(&who, b"<postmaster@x.org>"));
+        assert!(p.may_write_while_locked(&who, b"<Abuse@Provider.net>"));
+        assert!(p.may_write_while_locked(&who, b"<postmaster>"));
+        assert!(p.may_write_while_locked(&who, b"<help@desk.example>"));
+        assert!(!p.may_write_while_locked(&who, b"<postmaster@victim.example>"));
+        assert!(!p.may_write_while_locked(&who, b"<alice@x.org>"));
+    }
+}
