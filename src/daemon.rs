@@ -111,7 +111,7 @@ pub async fn run(
         connection_timeout: Duration::from_secs(7210),
         ..Default::default()
     };
-    info!(socket = %config.socket, mode = ?config.mode, rules = config.rules.len(), "egress-milter started");
+    info!(socket = %config.socket, mode = %config.mode, rules = config.rules.len(), "egress-milter started");
     let result = indymilter::run(listener, callbacks::make_callbacks(current), milter_config, shutdown).await;
     info!("stopped accepting connections; writing pending locks");
     let _ = stop_tx.send(true);

@@ -70,6 +70,26 @@ pub struct Usage {
     pub reset_in: Duration,
 }
 
+/// What the policy needs of a rule's counters, one bucket per key. It is
+/// deliberately narrow so that a shared backend for a fleet of MTAs can stand
+/// in for the in-memory [`KeyedLimiter`].
+pub trait RateBuckets: Send + Sync {
+    /// The bucket `key` is counted in, given a cap on tracked keys.
+    fn route(&self, key: BucketKey, cap: usize) -> BucketKey;
+    /// Would `n` more fit? Changes nothing.
+    fn peek(&self, key: BucketKey, n: u32) -> Outcome;
+    /// Counts `n` if they fit; counts nothing if they do not.
+    fn commit(&self, key: BucketKey, n: u32) -> Outcome;
+    /// How full a bucket is.
+    fn usage(&self, key: BucketKey) -> Usage;
+    /// Empties one bucket.
+    fn forget(&self, key: BucketKey);
+    /// Drops buckets that are back to empty; returns how many.
+    fn evict_idle(&self) -> usize;
+    /// Number of keys with a bucket of their own.
+    fn tracked(&self) -> usize;
+}
+
 /// A key for governor plus whether the check may write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Probe {
@@ -186,27 +206,6 @@ impl KeyedLimiter {
         self.quota
     }
 
-    /// The bucket `key` is counted in: its own if it is tracked or there is
-    /// room for it, otherwise the shared overflow bucket.
-    pub fn route(&self, key: BucketKey, cap: usize) -> BucketKey {
-        let inner = &self.buckets.inner;
-        if inner.map.contains_key(&key) || inner.tracked.load(Ordering::Relaxed) < cap {
-            key
-        } else {
-            OVERFLOW_KEY
-        }
-    }
-
-    /// Would `n` more fit? Changes nothing.
-    pub fn peek(&self, key: BucketKey, n: u32) -> Outcome {
-        self.check(Probe { key, commit: false }, n)
-    }
-
-    /// Counts `n` if they fit; counts nothing if they do not.
-    pub fn commit(&self, key: BucketKey, n: u32) -> Outcome {
-        self.check(Probe { key, commit: true }, n)
-    }
-
     fn check(&self, probe: Probe, n: u32) -> Outcome {
         let Some(n) = NonZeroU32::new(n) else {
             return Outcome::Allowed {
@@ -227,8 +226,29 @@ impl KeyedLimiter {
     fn frame_now(&self) -> u64 {
         self.clock.elapsed_nanos().saturating_sub(self.origin)
     }
+}
 
-    pub fn usage(&self, key: BucketKey) -> Usage {
+impl RateBuckets for KeyedLimiter {
+    /// Its own bucket if the key is tracked or there is room for it,
+    /// otherwise the shared overflow bucket.
+    fn route(&self, key: BucketKey, cap: usize) -> BucketKey {
+        let inner = &self.buckets.inner;
+        if inner.map.contains_key(&key) || inner.tracked.load(Ordering::Relaxed) < cap {
+            key
+        } else {
+            OVERFLOW_KEY
+        }
+    }
+
+    fn peek(&self, key: BucketKey, n: u32) -> Outcome {
+        self.check(Probe { key, commit: false }, n)
+    }
+
+    fn commit(&self, key: BucketKey, n: u32) -> Outcome {
+        self.check(Probe { key, commit: true }, n)
+    }
+
+    fn usage(&self, key: BucketKey) -> Usage {
         let limit = self.quota.burst_size().get();
         let tat = self
             .buckets
@@ -248,9 +268,16 @@ impl KeyedLimiter {
         }
     }
 
+    fn forget(&self, key: BucketKey) {
+        let inner = &self.buckets.inner;
+        if inner.map.remove(&key).is_some() {
+            inner.tracked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Forgets keys whose bucket has fully replenished: their state is the
-    /// same as a new key's, so nothing is lost. Returns how many were removed.
-    pub fn evict_idle(&self) -> usize {
+    /// same as a new key's, so nothing is lost.
+    fn evict_idle(&self) -> usize {
         let now = self.frame_now();
         let inner = &self.buckets.inner;
         let mut removed = 0;
@@ -268,16 +295,7 @@ impl KeyedLimiter {
         removed
     }
 
-    /// Forgets one key's bucket, as if it had never sent anything.
-    pub fn forget(&self, key: BucketKey) {
-        let inner = &self.buckets.inner;
-        if inner.map.remove(&key).is_some() {
-            inner.tracked.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Number of keys with a bucket of their own.
-    pub fn tracked(&self) -> usize {
+    fn tracked(&self) -> usize {
         self.buckets.inner.tracked.load(Ordering::Relaxed)
     }
 }

@@ -9,7 +9,7 @@
 use crate::clock::Clock;
 use crate::config::{Action, Config, Counted, Mode, Rate, Scope, format_duration};
 use crate::identity::{Identity, normalise_address};
-use crate::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, Usage, bucket_key};
+use crate::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
 use crate::lockfile::{LockEntry, LockSource, Timestamp};
 use crate::locks::LockStore;
 use std::collections::HashMap;
@@ -32,8 +32,13 @@ pub struct Counters {
     stripes: Box<[Mutex<()>]>,
     /// Limiters by what they count, so a reload keeps the counts of every
     /// rule whose definition did not change.
-    registry: Mutex<HashMap<LimiterId, Arc<KeyedLimiter>>>,
+    registry: Mutex<HashMap<LimiterId, Arc<dyn RateBuckets>>>,
+    /// Makes the counters of one rate: in memory by default.
+    factory: BucketsFactory,
 }
+
+/// Makes a rule's counters for a quota (the seam for a shared backend).
+pub type BucketsFactory = Box<dyn Fn(governor::Quota, &Clock) -> Arc<dyn RateBuckets> + Send + Sync>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LimiterId {
@@ -47,12 +52,21 @@ struct LimiterId {
 }
 
 impl Counters {
+    /// In-memory counters (governor GCRA over dashmap).
     pub fn new(clock: Clock) -> Arc<Self> {
+        Self::with_factory(
+            clock,
+            Box::new(|quota, clock| Arc::new(KeyedLimiter::new(quota, clock.clone()))),
+        )
+    }
+
+    pub fn with_factory(clock: Clock, factory: BucketsFactory) -> Arc<Self> {
         Arc::new(Self {
             clock,
             hasher: std::hash::RandomState::new(),
             stripes: (0..COMMIT_STRIPES).map(|_| Mutex::new(())).collect(),
             registry: Mutex::new(HashMap::new()),
+            factory,
         })
     }
 
@@ -93,14 +107,14 @@ struct CompiledRule {
     per: Scope,
     action: Action,
     rate: Rate,
-    limiter: Arc<KeyedLimiter>,
+    limiter: Arc<dyn RateBuckets>,
 }
 
 #[derive(Default)]
 struct CompiledOverride {
     exempt: bool,
     /// Rule index to the override's rate and limiter.
-    rates: HashMap<usize, (Rate, Arc<KeyedLimiter>)>,
+    rates: HashMap<usize, (Rate, Arc<dyn RateBuckets>)>,
 }
 
 /// The policy of one configuration; rebuilt on reload, sharing [`Counters`].
@@ -158,7 +172,7 @@ struct PlanEntry {
     /// accepted mail.
     counts_attempts: bool,
     rate: Rate,
-    limiter: Arc<KeyedLimiter>,
+    limiter: Arc<dyn RateBuckets>,
     key: BucketKey,
 }
 
@@ -182,7 +196,7 @@ impl Policy {
             let l = registry
                 .remove(&id)
                 .or_else(|| next_registry.get(&id).cloned())
-                .unwrap_or_else(|| Arc::new(KeyedLimiter::new(rate.quota(id.burst), counters.clock.clone())));
+                .unwrap_or_else(|| (counters.factory)(rate.quota(id.burst), &counters.clock));
             next_registry.insert(id, l.clone());
             l
         };
