@@ -1,0 +1,534 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The SMTP sink: where the private Postfix relays everything it delivers
+//! (its `relayhost`). It accepts every message (250) and records each one in
+//! memory: envelope sender, recipients and content. Tests ask for
+//! [`SmtpSink::messages`] or wait with [`SmtpSink::wait_for_count`].
+//!
+//! It speaks the ESMTP that Postfix's smtp client uses: EHLO (advertising
+//! PIPELINING, 8BITMIME, SMTPUTF8, SIZE, ENHANCEDSTATUSCODES), HELO, MAIL
+//! with parameters, RCPT, DATA with dot-unstuffing, RSET, NOOP, VRFY, QUIT.
+//! Commands are read line by line and answered in order, so pipelined
+//! commands work. One thread per connection, at most [`MAX_CONNECTIONS`] at
+//! a time (421 beyond that); each connection is closed after
+//! [`IDLE_TIMEOUT`] without a command. Dropping the sink stops the accept
+//! thread and every connection thread.
+
+#![allow(dead_code)] // harness API: not every helper is used by every test
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Most connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A connection with no command for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest message accepted (also advertised as SIZE).
+pub const MAX_MESSAGE: usize = 50 * 1024 * 1024;
+/// Longest command line accepted.
+const MAX_COMMAND_LINE: usize = 4096;
+/// How often blocked reads wake up to check for shutdown.
+const POLL: Duration = Duration::from_millis(200);
+/// The name the sink gives itself.
+pub const SINK_HOSTNAME: &str = "sink.egress-test.invalid";
+
+/// A message the sink received.
+#[derive(Clone, Debug)]
+pub struct ReceivedMessage {
+    /// Sequence number, from 1, in order of acceptance.
+    pub seq: usize,
+    /// Who sent it (Postfix's smtp client).
+    pub peer: SocketAddr,
+    /// The EHLO/HELO name.
+    pub helo: String,
+    /// Envelope sender, without angle brackets or parameters.
+    pub mail_from: String,
+    /// Envelope recipients, without angle brackets or parameters.
+    pub rcpt_to: Vec<String>,
+    /// The content as received, dot-unstuffed, with its CRLF line ends.
+    pub data: Vec<u8>,
+}
+
+impl ReceivedMessage {
+    /// The content as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.data).into_owned()
+    }
+
+    /// The header section and the body, split at the first empty line.
+    fn split(&self) -> (String, String) {
+        let text = self.text();
+        match text.find("\r\n\r\n") {
+            Some(at) => (text[..at + 2].to_string(), text[at + 4..].to_string()),
+            None => (text, String::new()),
+        }
+    }
+
+    /// Every header as (name, unfolded value), in order.
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let (head, _) = self.split();
+        let mut out: Vec<(String, String)> = Vec::new();
+        for line in head.split("\r\n").filter(|l| !l.is_empty()) {
+            if line.starts_with([' ', '\t']) {
+                if let Some((_, value)) = out.last_mut() {
+                    value.push(' ');
+                    value.push_str(line.trim());
+                }
+            } else if let Some((name, value)) = line.split_once(':') {
+                out.push((name.trim().to_string(), value.trim().to_string()));
+            }
+        }
+        out
+    }
+
+    /// The values of every header called `name` (case-insensitive).
+    pub fn header_values(&self, name: &str) -> Vec<String> {
+        self.headers()
+            .into_iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// The value of the first header called `name`.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.header_values(name).into_iter().next()
+    }
+
+    /// The body (after the first empty line), CRLF line ends.
+    pub fn body(&self) -> String {
+        self.split().1
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    messages: Mutex<Vec<ReceivedMessage>>,
+    arrived: Condvar,
+    stop: AtomicBool,
+    active: AtomicUsize,
+    handlers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn lock_messages(&self) -> MutexGuard<'_, Vec<ReceivedMessage>> {
+        // A panicking handler thread cannot leave the list half-updated: it
+        // only ever pushes whole messages.
+        self.messages.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The sink server. Listens on 127.0.0.1, on a port chosen by the kernel.
+pub struct SmtpSink {
+    port: u16,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl SmtpSink {
+    /// Starts listening and serving in background threads.
+    pub fn start() -> io::Result<SmtpSink> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        let shared = Arc::new(Shared::default());
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name(format!("smtp-sink-{port}"))
+                .spawn(move || accept_loop(listener, shared))?
+        };
+        Ok(SmtpSink {
+            port,
+            shared,
+            acceptor: Some(acceptor),
+        })
+    }
+
+    /// The port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Every message received so far, in order.
+    pub fn messages(&self) -> Vec<ReceivedMessage> {
+        self.shared.lock_messages().clone()
+    }
+
+    /// How many messages were received so far.
+    pub fn count(&self) -> usize {
+        self.shared.lock_messages().len()
+    }
+
+    /// Waits until at least `n` messages were received or `timeout` passed;
+    /// true if they were.
+    pub fn wait_for_count(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut messages = self.shared.lock_messages();
+        while messages.len() < n {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            messages = match self.shared.arrived.wait_timeout(messages, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+
+    /// The messages received for `rcpt` (an envelope recipient).
+    pub fn messages_to(&self, rcpt: &str) -> Vec<ReceivedMessage> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m.rcpt_to.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
+            .collect()
+    }
+
+    /// Forgets every message received so far.
+    pub fn clear(&self) {
+        self.shared.lock_messages().clear();
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept() with a connection of our own.
+        let _ = TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, self.port)), POLL);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        let handlers = std::mem::take(&mut *self.shared.handlers.lock().unwrap_or_else(|p| p.into_inner()));
+        for handler in handlers {
+            let _ = handler.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let mut handlers = shared.handlers.lock().unwrap_or_else(|p| p.into_inner());
+        handlers.retain(|h| !h.is_finished());
+        if shared.active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+            let mut stream = stream;
+            let _ = stream.write_all(b"421 4.3.2 sink: too many connections\r\n");
+            continue;
+        }
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        let worker = Arc::clone(&shared);
+        let spawned = thread::Builder::new()
+            .name("smtp-sink-conn".to_string())
+            .spawn(move || {
+                let peer = stream.peer_addr().ok();
+                if let Err(err) = serve(stream, &worker)
+                    && !worker.stop.load(Ordering::SeqCst)
+                {
+                    eprintln!("smtp sink: connection from {peer:?} ended with an error: {err}");
+                }
+                worker.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(handle) => handlers.push(handle),
+            Err(err) => {
+                shared.active.fetch_sub(1, Ordering::SeqCst);
+                eprintln!("smtp sink: cannot spawn a connection thread: {err}");
+            }
+        }
+    }
+}
+
+/// Reads one line ending in LF into `buf` (cleared first), waking up every
+/// [`POLL`] to check for shutdown. Ok(false) at end of stream, or when the
+/// sink stops. Errors on a line longer than `max` or after [`IDLE_TIMEOUT`].
+fn read_line(reader: &mut BufReader<TcpStream>, buf: &mut Vec<u8>, max: usize, shared: &Shared) -> io::Result<bool> {
+    buf.clear();
+    let started = Instant::now();
+    loop {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let room = (max + 1).saturating_sub(buf.len()) as u64;
+        match reader.by_ref().take(room).read_until(b'\n', buf) {
+            Ok(0) => return Ok(false),
+            Ok(_) if buf.ends_with(b"\n") => return Ok(true),
+            Ok(_) if buf.len() > max => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "line too long"));
+            }
+            // Partial line at end of stream.
+            Ok(_) => return Ok(false),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if started.elapsed() >= IDLE_TIMEOUT {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "client idle too long"));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The address inside `<...>` at the start of `arg` (after `FROM:`/`TO:`),
+/// ignoring ESMTP parameters after it.
+fn parse_path(arg: &str) -> Option<String> {
+    let arg = arg.trim_start();
+    if let Some(rest) = arg.strip_prefix('<') {
+        let end = rest.find('>')?;
+        return Some(rest[..end].to_string());
+    }
+    // Tolerate a bare address.
+    arg.split_whitespace().next().map(str::to_string)
+}
+
+fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    let peer = stream.peer_addr()?;
+    stream.set_read_timeout(Some(POLL))?;
+    stream.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let reply = |writer: &mut TcpStream, text: &str| -> io::Result<()> {
+        writer.write_all(text.as_bytes())?;
+        writer.flush()
+    };
+    reply(
+        &mut writer,
+        &format!("220 {SINK_HOSTNAME} ESMTP egress-milter test sink\r\n"),
+    )?;
+
+    let mut helo = String::new();
+    let mut mail_from: Option<String> = None;
+    let mut rcpt_to: Vec<String> = Vec::new();
+    let mut line = Vec::new();
+    while read_line(&mut reader, &mut line, MAX_COMMAND_LINE, shared)? {
+        let text = String::from_utf8_lossy(&line);
+        let command = text.trim_end_matches(['\r', '\n']);
+        let (verb, arg) = match command.split_once(' ') {
+            Some((verb, arg)) => (verb.to_ascii_uppercase(), arg.trim()),
+            None => (command.to_ascii_uppercase(), ""),
+        };
+        match verb.as_str() {
+            "EHLO" => {
+                helo = arg.to_string();
+                mail_from = None;
+                rcpt_to.clear();
+                reply(
+                    &mut writer,
+                    &format!(
+                        "250-{SINK_HOSTNAME}\r\n250-PIPELINING\r\n250-SIZE {MAX_MESSAGE}\r\n250-8BITMIME\r\n\
+                         250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"
+                    ),
+                )?;
+            }
+            "HELO" => {
+                helo = arg.to_string();
+                mail_from = None;
+                rcpt_to.clear();
+                reply(&mut writer, &format!("250 {SINK_HOSTNAME}\r\n"))?;
+            }
+            "MAIL" => {
+                let path = arg
+                    .get(..5)
+                    .filter(|p| p.eq_ignore_ascii_case("FROM:"))
+                    .and_then(|_| parse_path(&arg[5..]));
+                match path {
+                    _ if mail_from.is_some() => reply(&mut writer, "503 5.5.1 nested MAIL command\r\n")?,
+                    Some(path) => {
+                        mail_from = Some(path);
+                        rcpt_to.clear();
+                        reply(&mut writer, "250 2.1.0 Ok\r\n")?;
+                    }
+                    None => reply(&mut writer, "501 5.5.4 syntax: MAIL FROM:<address>\r\n")?,
+                }
+            }
+            "RCPT" => {
+                let path = arg
+                    .get(..3)
+                    .filter(|p| p.eq_ignore_ascii_case("TO:"))
+                    .and_then(|_| parse_path(&arg[3..]));
+                match path {
+                    _ if mail_from.is_none() => reply(&mut writer, "503 5.5.1 need MAIL command\r\n")?,
+                    Some(path) => {
+                        rcpt_to.push(path);
+                        reply(&mut writer, "250 2.1.5 Ok\r\n")?;
+                    }
+                    None => reply(&mut writer, "501 5.5.4 syntax: RCPT TO:<address>\r\n")?,
+                }
+            }
+            "DATA" => {
+                let Some(from) = mail_from.take() else {
+                    reply(&mut writer, "503 5.5.1 need MAIL command\r\n")?;
+                    continue;
+                };
+                if rcpt_to.is_empty() {
+                    reply(&mut writer, "554 5.5.1 no valid recipients\r\n")?;
+                    continue;
+                }
+                reply(&mut writer, "354 End data with <CR><LF>.<CR><LF>\r\n")?;
+                let Some(data) = read_data(&mut reader, shared)? else {
+                    return Ok(());
+                };
+                if data.len() > MAX_MESSAGE {
+                    rcpt_to.clear();
+                    reply(&mut writer, "552 5.3.4 message too big\r\n")?;
+                    continue;
+                }
+                let seq = {
+                    let mut messages = shared.lock_messages();
+                    let seq = messages.len() + 1;
+                    messages.push(ReceivedMessage {
+                        seq,
+                        peer,
+                        helo: helo.clone(),
+                        mail_from: from,
+                        rcpt_to: std::mem::take(&mut rcpt_to),
+                        data,
+                    });
+                    shared.arrived.notify_all();
+                    seq
+                };
+                reply(&mut writer, &format!("250 2.0.0 Ok: queued as SINK{seq}\r\n"))?;
+            }
+            "RSET" => {
+                mail_from = None;
+                rcpt_to.clear();
+                reply(&mut writer, "250 2.0.0 Ok\r\n")?;
+            }
+            "NOOP" => reply(&mut writer, "250 2.0.0 Ok\r\n")?,
+            "VRFY" => reply(&mut writer, "252 2.0.0 will accept anything\r\n")?,
+            "QUIT" => {
+                reply(&mut writer, "221 2.0.0 Bye\r\n")?;
+                return Ok(());
+            }
+            _ => reply(&mut writer, "502 5.5.2 command not recognized\r\n")?,
+        }
+    }
+    Ok(())
+}
+
+/// Reads message content up to the lone `.`, undoing dot-stuffing. None if
+/// the connection ended first. Content beyond [`MAX_MESSAGE`] is read but
+/// not kept (the caller then refuses the message).
+fn read_data(reader: &mut BufReader<TcpStream>, shared: &Shared) -> io::Result<Option<Vec<u8>>> {
+    let mut data = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        if !read_line(reader, &mut line, MAX_MESSAGE, shared)? {
+            return Ok(None);
+        }
+        if line == b".\r\n" || line == b".\n" {
+            return Ok(Some(data));
+        }
+        let content = if line.starts_with(b".") { &line[1..] } else { &line[..] };
+        if data.len() <= MAX_MESSAGE {
+            data.extend_from_slice(content);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::{Envelope, SmtpClient, build_message, send_message};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn records_envelope_and_unstuffed_content() {
+        let sink = SmtpSink::start().expect("start the sink");
+        let content = build_message(
+            &[("Subject", "dots"), ("X-Folded", "one\r\n\ttwo")],
+            ".leading dot\n..two dots\nplain\n.\n",
+        );
+        let outcome = send_message(
+            &Envelope::new(sink.port(), "a@example.com", &["b@remote.test", "c@remote.test"]).content(&content),
+        )
+        .expect("talk to the sink");
+        assert!(outcome.accepted(), "{}", outcome.transcript);
+        assert_eq!(outcome.queue_id().as_deref(), Some("SINK1"));
+        assert!(sink.wait_for_count(1, WAIT));
+        let message = &sink.messages()[0];
+        assert_eq!(message.mail_from, "a@example.com");
+        assert_eq!(message.rcpt_to, ["b@remote.test", "c@remote.test"]);
+        assert_eq!(message.helo, "client.test");
+        assert_eq!(message.text(), content);
+        assert_eq!(message.header("subject").as_deref(), Some("dots"));
+        assert_eq!(message.header("X-Folded").as_deref(), Some("one two"));
+        assert_eq!(message.body(), ".leading dot\r\n..two dots\r\nplain\r\n.\r\n");
+        assert_eq!(sink.messages_to("C@remote.test").len(), 1);
+    }
+
+    #[test]
+    fn answers_pipelined_commands_in_order() {
+        let sink = SmtpSink::start().expect("start the sink");
+        let mut client = SmtpClient::connect(sink.port(), None).expect("connect");
+        assert_eq!(client.greeting().code, 220);
+        assert!(
+            client
+                .ehlo("pipe.test")
+                .expect("EHLO")
+                .lines
+                .iter()
+                .any(|l| l == "PIPELINING")
+        );
+        // Send a whole transaction in one write, then read the replies.
+        let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, sink.port())).expect("connect raw");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream
+            .write_all(
+                b"EHLO raw.test\r\nMAIL FROM:<> SIZE=10 BODY=8BITMIME\r\nRCPT TO:<x@r.test> NOTIFY=NEVER\r\n\
+                  RSET\r\nMAIL FROM:<s@r.test>\r\nRCPT TO:<y@r.test>\r\nDATA\r\n",
+            )
+            .expect("write");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut codes = Vec::new();
+        let mut line = String::new();
+        while codes.len() < 7 {
+            line.clear();
+            assert!(reader.read_line(&mut line).expect("read") > 0, "sink closed early");
+            if line.as_bytes().get(3) == Some(&b' ') {
+                codes.push(line[..3].to_string());
+            }
+        }
+        assert_eq!(codes, ["220", "250", "250", "250", "250", "250", "250"]);
+        line.clear();
+        reader.read_line(&mut line).expect("read 354");
+        assert!(line.starts_with("354"), "{line}");
+        stream
+            .write_all(b"Subject: raw\r\n\r\nbody\r\n.\r\nQUIT\r\n")
+            .expect("write data");
+        line.clear();
+        reader.read_line(&mut line).expect("read 250");
+        assert!(line.starts_with("250 2.0.0"), "{line}");
+        assert!(sink.wait_for_count(1, WAIT));
+        let message = &sink.messages()[0];
+        assert_eq!(
+            (message.mail_from.as_str(), message.rcpt_to.clone()),
+            ("s@r.test", vec!["y@r.test".to_string()])
+        );
+        assert_eq!(client.noop().expect("NOOP").code, 250);
+        assert_eq!(client.quit().expect("QUIT").code, 221);
+    }
+
+    #[test]
+    fn refuses_out_of_order_commands() {
+        let sink = SmtpSink::start().expect("start the sink");
+        let mut client = SmtpClient::connect(sink.port(), None).expect("connect");
+        assert_eq!(client.rcpt_to("x@r.test").expect("RCPT").code, 503);
+        assert_eq!(client.data_start().expect("DATA").code, 503);
+        assert_eq!(client.command("BDAT 10 LAST").expect("BDAT").code, 502);
+        assert_eq!(client.mail_from("a@r.test").expect("MAIL").code, 250);
+        assert_eq!(client.data_start().expect("DATA").code, 554);
+        assert!(!sink.wait_for_count(1, Duration::from_millis(50)));
+        assert_eq!(sink.count(), 0);
+    }
+}
