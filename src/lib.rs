@@ -25,6 +25,7 @@
 //! - [`callbacks`]: indymilter negotiation and thin stage callbacks;
 //! - [`listener`]: socket specs, stale sockets, TCP_QUICKACK;
 //! - [`daemon`]: background tasks, reload, shutdown;
+//! - [`cli`]: the command line (subcommands and options);
 //! - [`admin`]: `check-config` and `locks` commands;
 //! - [`logging`]: text or JSON logs on stderr.
 
@@ -32,6 +33,7 @@
 
 pub mod admin;
 pub mod callbacks;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;

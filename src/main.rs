@@ -4,9 +4,10 @@
 
 //! The `egress-milter` command: argument parsing and dispatch.
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use egress_milter::cli::{Cli, Command, LocksCommand};
 use egress_milter::clock::Clock;
-use egress_milter::config::{Config, DEFAULT_CONFIG_PATH, DurationValue, SocketSpec};
+use egress_milter::config::{Config, SocketSpec};
 use egress_milter::{admin, daemon, listener, logging};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,53 +17,6 @@ use tracing::{error, info, warn};
 
 /// Exit status for an unusable configuration (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
-
-/// Throttles and locks hijacked mail accounts on the outbound path.
-#[derive(Parser)]
-#[command(name = "egress-milter", version, about, long_about = None)]
-struct Cli {
-    /// Configuration file.
-    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG_PATH, value_name = "PATH")]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the milter in the foreground (as systemd runs it).
-    Run,
-    /// Check the configuration and the lock list, then exit.
-    CheckConfig,
-    /// Review and change the lock list.
-    Locks {
-        #[command(subcommand)]
-        command: LocksCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum LocksCommand {
-    /// List locked identities, newest first.
-    List,
-    /// Show one lock in full.
-    Show { identity: String },
-    /// Lock an identity by hand.
-    Add {
-        identity: String,
-        /// Why (shown to admins, kept in the lock list).
-        #[arg(long)]
-        reason: String,
-        /// Lift the lock by itself after this long, e.g. 24h or 7d.
-        #[arg(long, value_name = "DURATION")]
-        expires: Option<DurationValue>,
-        /// Free text, e.g. a ticket number.
-        #[arg(long)]
-        note: Option<String>,
-    },
-    /// Unlock an identity.
-    Remove { identity: String },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
