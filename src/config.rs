@@ -64,6 +64,10 @@ pub struct Config {
     pub log_level: String,
     /// Largest number of simultaneous MTA connections.
     pub max_connections: usize,
+    /// Re-arm `TCP_QUICKACK` after each read on TCP sockets (Linux), so an
+    /// MTA that writes with Nagle on does not wait ~40 ms per message for
+    /// our delayed ACK. Off only to measure that stall.
+    pub tcp_quickack: bool,
     pub identity: IdentityConfig,
     pub limits: LimitsConfig,
     #[serde(rename = "rule")]
@@ -84,6 +88,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             max_connections: 500,
+            tcp_quickack: true,
             identity: IdentityConfig::default(),
             limits: LimitsConfig::default(),
             rules: Vec::new(),
@@ -479,6 +484,9 @@ impl Config {
         }
         if self.max_connections != new.max_connections {
             changed.push("max_connections");
+        }
+        if self.tcp_quickack != new.tcp_quickack {
+            changed.push("tcp_quickack");
         }
         if self.locks.file != new.locks.file {
             changed.push("locks.file");

@@ -21,12 +21,13 @@ pub type MilterListener = EitherListener<QuickAckListener, UnixListener>;
 
 /// Binds the configured socket. A unix socket left behind by a process that
 /// is gone is removed; one that still answers is in use and is an error, as
-/// is a path that is not a socket at all.
-pub async fn bind(spec: &SocketSpec, mode: FileMode) -> io::Result<MilterListener> {
+/// is a path that is not a socket at all. `quickack` keeps TCP
+/// acknowledgements immediate (see [`QuickAckListener`]).
+pub async fn bind(spec: &SocketSpec, mode: FileMode, quickack: bool) -> io::Result<MilterListener> {
     match spec {
         SocketSpec::Inet(addr) => {
             let listener = TcpListener::bind(addr).await?;
-            Ok(EitherListener::Tcp(QuickAckListener(listener)))
+            Ok(EitherListener::Tcp(QuickAckListener::new(listener, quickack)))
         }
         SocketSpec::Unix(path) => {
             remove_stale_socket(path).await?;
@@ -75,11 +76,20 @@ impl Drop for SocketCleanup {
 /// algorithm on its side and delayed ACKs on ours, each message in an SMTP
 /// session waits ~40 ms for an acknowledgement. Re-arming `TCP_QUICKACK`
 /// after each read (Linux resets it) removes the stall from our side.
-pub struct QuickAckListener(pub TcpListener);
+/// With `enabled` false (config `tcp_quickack = false`) the sockets keep the
+/// kernel's default, which is only useful to measure the stall.
+pub struct QuickAckListener {
+    listener: TcpListener,
+    enabled: bool,
+}
 
 impl QuickAckListener {
+    pub fn new(listener: TcpListener, enabled: bool) -> Self {
+        Self { listener, enabled }
+    }
+
     pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
@@ -87,10 +97,13 @@ impl Listener for QuickAckListener {
     type Io = QuickAckStream;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<QuickAckStream>> {
-        self.0.poll_accept(cx).map_ok(|(stream, _)| {
+        let enabled = self.enabled;
+        self.listener.poll_accept(cx).map_ok(|(stream, _)| {
             let _ = stream.set_nodelay(true);
-            quickack(&stream);
-            QuickAckStream(stream)
+            if enabled {
+                quickack(&stream);
+            }
+            QuickAckStream { stream, enabled }
         })
     }
 }
@@ -102,13 +115,16 @@ fn quickack(stream: &TcpStream) {
     let _ = SockRef::from(stream);
 }
 
-pub struct QuickAckStream(TcpStream);
+pub struct QuickAckStream {
+    stream: TcpStream,
+    enabled: bool,
+}
 
 impl AsyncRead for QuickAckStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.0).poll_read(cx, buf);
-        if polled.is_ready() {
-            quickack(&self.0);
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if polled.is_ready() && self.enabled {
+            quickack(&self.stream);
         }
         polled
     }
@@ -116,23 +132,23 @@ impl AsyncRead for QuickAckStream {
 
 impl AsyncWrite for QuickAckStream {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.stream.is_write_vectored()
     }
 }
 
@@ -147,17 +163,17 @@ mod tests {
         let spec = SocketSpec::Unix(path.clone());
         // A socket nobody listens on any more.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let live = bind(&spec, FileMode(0o660)).await.unwrap();
+        let live = bind(&spec, FileMode(0o660), true).await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
         // While it listens, a second bind must fail and leave it alone.
-        let err = bind(&spec, FileMode(0o660)).await.err().unwrap();
+        let err = bind(&spec, FileMode(0o660), true).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         drop(live);
 
         let file = dir.path().join("not-a-socket");
         std::fs::write(&file, "precious").unwrap();
-        let err = bind(&SocketSpec::Unix(file.clone()), FileMode(0o660))
+        let err = bind(&SocketSpec::Unix(file.clone()), FileMode(0o660), true)
             .await
             .err()
             .unwrap();

@@ -81,7 +81,7 @@ fn run(config_path: PathBuf, config: Config) -> ExitCode {
             error!("{e}; not starting, as locks could not be persisted");
             return ExitCode::from(EXIT_CONFIG);
         }
-        let listener = match listener::bind(&config.socket, config.socket_mode).await {
+        let listener = match listener::bind(&config.socket, config.socket_mode, config.tcp_quickack).await {
             Ok(l) => l,
             Err(e) => {
                 error!("cannot listen on {}: {e}", config.socket);

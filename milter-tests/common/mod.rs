@@ -106,7 +106,7 @@ impl Milter {
         let locks = daemon::open_locks(&config).unwrap_or_else(|e| panic!("{e}"));
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let listener = MilterListener::Tcp(QuickAckListener(listener));
+        let listener = MilterListener::Tcp(QuickAckListener::new(listener, config.tcp_quickack));
         let handle = tokio::spawn(daemon::run(
             listener,
             config_path.clone(),

@@ -92,7 +92,7 @@ fn main() -> ExitCode {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
-        let listener = match listener::bind(&spec, FileMode(0o660)).await {
+        let listener = match listener::bind(&spec, FileMode(0o660), true).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("null-milter: cannot listen on {}: {e}", args.socket);
