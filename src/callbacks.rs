@@ -13,6 +13,7 @@ use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, Macros, NegotiateContext, ProtoOpts,
     SetErrorReply, SmtpReply, SocketInfo, Status,
 };
+use std::borrow::Cow;
 use std::ffi::CString;
 use std::sync::{Arc, RwLock};
 use tracing::{error, warn};
@@ -157,7 +158,7 @@ async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> 
         return match cx.actions.quarantine(reason.as_str()).await {
             Ok(()) => Status::Continue,
             Err(e) => {
-                error!(queue_id, "cannot put the message on hold ({e}): rejecting it instead");
+                error!(queue_id = %queue_id, "cannot put the message on hold ({e}): rejecting it instead");
                 let locked = policy.config().replies.locked.get_ref();
                 let reply = crate::reply::render(locked, &crate::reply::Vars::default());
                 answer(&mut cx.reply, Verdict::Refuse(reply))
@@ -174,10 +175,9 @@ async fn handle_abort(cx: &mut Context<Connection>) -> Status {
     Status::Continue
 }
 
-fn queue_id(macros: &Macros) -> String {
-    macros
-        .get(c"i")
-        .map_or_else(|| "NONE".to_string(), |i| i.to_string_lossy().into_owned())
+/// The queue id (macro `i`) for log lines, borrowed from the macros.
+fn queue_id(macros: &Macros) -> Cow<'_, str> {
+    macros.get(c"i").map_or(Cow::Borrowed("NONE"), |i| i.to_string_lossy())
 }
 
 /// Turns a verdict into a milter status, setting the reply for refusals.

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -209,26 +210,84 @@ impl LockList {
     /// The file text: a comment header, then one `[[lock]]` table per entry.
     pub fn to_toml(&self) -> String {
         let mut out = String::from(HEADER);
+        out.reserve(self.entries.len() * 320);
         for e in &self.entries {
-            let q = |s: &str| toml::Value::String(s.to_string()).to_string();
             out.push_str("\n[[lock]]\n");
-            out.push_str(&format!("identity = {}\n", q(&e.identity)));
-            out.push_str(&format!("source = {}\n", q(&e.source.to_string())));
-            out.push_str(&format!("locked_at = {}\n", q(&e.locked_at.to_string())));
-            out.push_str(&format!("reason = {}\n", q(&e.reason)));
+            push_string(&mut out, "identity", &e.identity);
+            push_string(&mut out, "source", &e.source.to_string());
+            push_string(&mut out, "locked_at", &e.locked_at.to_string());
+            push_string(&mut out, "reason", &e.reason);
             if let Some(rule) = &e.rule {
-                out.push_str(&format!("rule = {}\n", q(rule)));
+                push_string(&mut out, "rule", rule);
             }
             out.push_str(&format!("previous_locks = {}\n", e.previous_locks));
             if let Some(t) = &e.expires_at {
-                out.push_str(&format!("expires_at = {}\n", q(&t.to_string())));
+                push_string(&mut out, "expires_at", &t.to_string());
             }
             if let Some(note) = &e.note {
-                out.push_str(&format!("note = {}\n", q(note)));
+                push_string(&mut out, "note", note);
             }
         }
         out
     }
+}
+
+/// Appends `key = "value"` as a TOML basic string. The daemon rewrites the
+/// whole list on every batch of new locks, so this runs for every entry of
+/// the file each time: it escapes by hand rather than building a TOML value
+/// per field.
+fn push_string(out: &mut String, key: &str, value: &str) {
+    out.push_str(key);
+    out.push_str(" = \"");
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push_str("\"\n");
+}
+
+/// What tells one version of the lock list file from another: any writer's
+/// rename, or an edit in place, changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    inode: u64,
+    len: u64,
+    mtime_nanos: i128,
+}
+
+/// The file's fingerprint now; `None` if it does not exist.
+pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    let meta = fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        inode: meta.ino(),
+        len: meta.len(),
+        mtime_nanos: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    })
+}
+
+/// The lock list as this process last read or wrote it, with the file's
+/// fingerprint at that moment.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub fingerprint: Option<Fingerprint>,
+    pub list: LockList,
+}
+
+/// What [`update_cached`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Updated {
+    /// The file was read and parsed (someone else changed it, or there was
+    /// no snapshot); otherwise the snapshot stood in for it.
+    pub reread: bool,
+    /// The file was rewritten.
+    pub written: bool,
 }
 
 const HEADER: &str = "\
@@ -256,7 +315,24 @@ pub fn update(
     normalise: impl Fn(&str) -> String,
     change: impl FnOnce(&mut LockList) -> bool,
 ) -> Result<LockList, LockFileError> {
+    let mut snapshot = None;
+    update_cached(path, normalise, &mut snapshot, change)?;
+    Ok(snapshot.map(|s| s.list).unwrap_or_default())
+}
+
+/// [`update`] for a long-lived writer: under the writers' lock, the file is
+/// read only if its fingerprint differs from `snapshot`'s (another writer or
+/// an admin changed it); otherwise the snapshot is the list. On success
+/// `snapshot` holds the list as written; on failure it is cleared, so the
+/// next update reads the file again.
+pub fn update_cached(
+    path: &Path,
+    normalise: impl Fn(&str) -> String,
+    snapshot: &mut Option<Snapshot>,
+    change: impl FnOnce(&mut LockList) -> bool,
+) -> Result<Updated, LockFileError> {
     let guard_path = guard_path(path);
+    let previous = snapshot.take();
     let guard = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -264,13 +340,22 @@ pub fn update(
         .open(&guard_path)
         .map_err(io_error(&guard_path, "open the writers' lock"))?;
     guard.lock().map_err(io_error(&guard_path, "take the writers' lock"))?;
-    let mut list = LockList::read(path, normalise)?;
-    if change(&mut list) {
+    let now = fingerprint(path);
+    let (mut list, reread) = match previous {
+        Some(s) if s.fingerprint.is_some() && s.fingerprint == now => (s.list, false),
+        _ => (LockList::read(path, normalise)?, true),
+    };
+    let written = change(&mut list);
+    if written {
         write_atomically(path, list.to_toml().as_bytes())?;
     }
+    *snapshot = Some(Snapshot {
+        fingerprint: if written { fingerprint(path) } else { now },
+        list,
+    });
     // The flock is released when `guard` is closed.
     drop(guard);
-    Ok(list)
+    Ok(Updated { reread, written })
 }
 
 /// Replaces `path` with `contents`: temp file, fsync, rename, fsync directory.
@@ -431,5 +516,60 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(LockList::read(&path, lower).unwrap().entries.len(), 200);
+    }
+
+    #[test]
+    fn any_text_survives_the_hand_written_escaping() {
+        let mut e = entry("a@x");
+        e.reason = "quote \" backslash \\ tab\t cr\r nl\n nul\u{0} del\u{7f} esc\u{1b} c1\u{85} ünï 🔒".into();
+        e.note = Some("\\\"\\".into());
+        let list = LockList { entries: vec![e] };
+        let text = list.to_toml();
+        let parsed = LockList::parse(&text, Path::new("t"), lower).unwrap();
+        assert_eq!(parsed, list);
+    }
+
+    #[test]
+    fn a_long_lived_writer_rereads_only_a_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let mut snapshot = None;
+        let add = |id: &'static str| {
+            move |l: &mut LockList| {
+                l.upsert(entry(id));
+                true
+            }
+        };
+        let first = update_cached(&path, lower, &mut snapshot, add("a@x")).unwrap();
+        assert_eq!(
+            first,
+            Updated {
+                reread: true,
+                written: true
+            }
+        );
+        let second = update_cached(&path, lower, &mut snapshot, add("b@x")).unwrap();
+        assert_eq!(
+            second,
+            Updated {
+                reread: false,
+                written: true
+            }
+        );
+        // Someone else writes: the next update reads their change.
+        update(&path, lower, add("c@x")).unwrap();
+        let third = update_cached(&path, lower, &mut snapshot, add("d@x")).unwrap();
+        assert!(third.reread);
+        let ids: Vec<_> = LockList::read(&path, lower)
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.identity)
+            .collect();
+        assert_eq!(ids, ["a@x", "b@x", "c@x", "d@x"]);
+        // A failed update clears the snapshot, so nothing stale is reused.
+        std::fs::write(&path, "[[lock]]\nidentity = ").unwrap();
+        assert!(update_cached(&path, lower, &mut snapshot, add("e@x")).is_err());
+        assert!(snapshot.is_none());
     }
 }

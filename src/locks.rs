@@ -6,10 +6,9 @@
 //! the daemon locks an identity and persisted by a background writer, plus a
 //! watcher that picks up edits made by hand or by the CLI.
 
-use crate::lockfile::{self, LockEntry, LockFileError, LockList};
+use crate::lockfile::{self, Fingerprint, LockEntry, LockFileError, LockList, Snapshot, fingerprint};
 use dashmap::DashMap;
 use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -43,22 +42,23 @@ pub struct FileLocks {
     wake: Notify,
     /// Identity of the file last loaded (or found unparsable), to notice changes.
     seen: Mutex<Option<Fingerprint>>,
+    /// The list as the writer last wrote it: while nobody else touches the
+    /// file, the next write starts from it instead of re-reading and parsing
+    /// the whole file (which made a lock storm cost O(locks x writes)).
+    written: Mutex<Option<Snapshot>>,
+    /// Identities unlocked by an edit the writer came across (it re-read a
+    /// changed file before the watcher did); the watcher hands them on, so
+    /// their counters are forgotten as for any other unlock.
+    unlocked_backlog: Mutex<Vec<String>>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Fingerprint {
-    inode: u64,
-    len: u64,
-    mtime_nanos: i128,
-}
+/// How long the writer waits after the first new lock before writing, so a
+/// storm of locks becomes a few writes a second instead of one per lock.
+/// The locks are enforced in memory meanwhile.
+const WRITE_COALESCE: Duration = Duration::from_millis(250);
 
-fn fingerprint(path: &Path) -> Option<Fingerprint> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Fingerprint {
-        inode: meta.ino(),
-        len: meta.len(),
-        mtime_nanos: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-    })
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl FileLocks {
@@ -74,6 +74,8 @@ impl FileLocks {
             pending: DashMap::new(),
             wake: Notify::new(),
             seen: Mutex::new(seen),
+            written: Mutex::new(None),
+            unlocked_backlog: Mutex::new(Vec::new()),
         });
         locks.install(list);
         Ok(locks)
@@ -125,14 +127,12 @@ impl FileLocks {
     /// `force`). A list that does not parse is logged and the last good list
     /// stays in force. Returns the identities that were unlocked.
     pub fn reload(&self, force: bool) -> Vec<String> {
+        let backlog = std::mem::take(&mut *lock(&self.unlocked_backlog));
         let now_seen = fingerprint(&self.path);
         {
-            let mut seen = match self.seen.lock() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
+            let mut seen = lock(&self.seen);
             if !force && *seen == now_seen {
-                return Vec::new();
+                return backlog;
             }
             *seen = now_seen;
         }
@@ -141,7 +141,7 @@ impl FileLocks {
                 let old = self.install(list);
                 let new = self.active();
                 let added: Vec<_> = new.keys().filter(|k| !old.contains_key(*k)).cloned().collect();
-                let removed: Vec<_> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+                let mut removed: Vec<_> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
                 if !added.is_empty() || !removed.is_empty() || force {
                     info!(
                         file = %self.path.display(),
@@ -151,6 +151,7 @@ impl FileLocks {
                         "lock list reloaded"
                     );
                 }
+                removed.extend(backlog);
                 removed
             }
             Err(e) => {
@@ -158,7 +159,7 @@ impl FileLocks {
                     "lock list not reloaded, keeping the last good list ({} locks) in force: {e}",
                     self.active().len()
                 );
-                Vec::new()
+                backlog
             }
         }
     }
@@ -170,18 +171,44 @@ impl FileLocks {
         if batch.is_empty() {
             return Ok(0);
         }
-        let written = batch.len();
-        let list = lockfile::update(&self.path, &*self.normalise, |list| merge(list, &batch))?;
-        *match self.seen.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        } = fingerprint(&self.path);
-        self.install(list);
+        let count = batch.len();
+        let mut snapshot = lock(&self.written);
+        let mut changed = Vec::new();
+        let updated = lockfile::update_cached(&self.path, &*self.normalise, &mut snapshot, |list| {
+            changed = merge(list, &batch);
+            !changed.is_empty()
+        })?;
+        let Some(snapshot) = snapshot.as_ref() else {
+            return Ok(0);
+        };
+        *lock(&self.seen) = snapshot.fingerprint;
+        if updated.reread {
+            // Someone else changed the file since our last write: it is the
+            // truth now, including any unlocks the watcher has not seen yet.
+            let old = self.install(snapshot.list.clone());
+            let new = self.active();
+            lock(&self.unlocked_backlog).extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
+        } else {
+            self.extend_active(changed.iter().map(|&i| snapshot.list.entries[i].clone()));
+        }
         for entry in &batch {
             self.pending
                 .remove_if(&entry.identity, |_, pending| pending.locked_at == entry.locked_at);
         }
-        Ok(written)
+        Ok(count)
+    }
+
+    /// Adds entries just written to the locks in force without rebuilding
+    /// the map (it is copied only if a reader holds it at this moment).
+    fn extend_active(&self, entries: impl Iterator<Item = LockEntry>) {
+        let mut active = match self.active.write() {
+            Ok(a) => a,
+            Err(p) => p.into_inner(),
+        };
+        let map = Arc::make_mut(&mut *active);
+        for e in entries {
+            map.insert(e.identity.clone(), Arc::new(e));
+        }
     }
 
     /// The background writer: persists pending locks as they come, batching a
@@ -192,6 +219,10 @@ impl FileLocks {
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
+                () = &mut shutdown => break,
+            }
+            tokio::select! {
+                () = tokio::time::sleep(WRITE_COALESCE) => {}
                 () = &mut shutdown => break,
             }
             loop {
@@ -260,9 +291,8 @@ impl FileLocks {
 
 impl LockStore for FileLocks {
     fn lookup(&self, identity: &str, now: SystemTime) -> Option<Arc<LockEntry>> {
-        if !self.pending.is_empty()
-            && let Some(p) = self.pending.get(identity)
-        {
+        // One shard's read lock; `is_empty()` first would lock them all.
+        if let Some(p) = self.pending.get(identity) {
             return Some(p.value().clone());
         }
         let active = self.active();
@@ -290,8 +320,9 @@ impl LockStore for FileLocks {
 
 /// Adds the daemon's locks to the list read from the file. An identity the
 /// file already locks keeps the file's entry; a lapsed entry is replaced and
-/// its count of earlier locks carried on.
-fn merge(list: &mut LockList, batch: &[LockEntry]) -> bool {
+/// its count of earlier locks carried on. Returns the indices of the entries
+/// added or replaced.
+fn merge(list: &mut LockList, batch: &[LockEntry]) -> Vec<usize> {
     let now = SystemTime::now();
     let mut index: HashMap<String, usize> = list
         .entries
@@ -299,7 +330,7 @@ fn merge(list: &mut LockList, batch: &[LockEntry]) -> bool {
         .enumerate()
         .map(|(i, e)| (e.identity.clone(), i))
         .collect();
-    let mut changed = false;
+    let mut changed = Vec::new();
     for entry in batch {
         match index.get(&entry.identity) {
             Some(&i) if list.entries[i].is_active(now) => {}
@@ -307,12 +338,12 @@ fn merge(list: &mut LockList, batch: &[LockEntry]) -> bool {
                 let mut entry = entry.clone();
                 entry.previous_locks = list.entries[i].previous_locks + 1;
                 list.entries[i] = entry;
-                changed = true;
+                changed.push(i);
             }
             None => {
+                changed.push(list.entries.len());
                 index.insert(entry.identity.clone(), list.entries.len());
                 list.entries.push(entry.clone());
-                changed = true;
             }
         }
     }
@@ -407,14 +438,14 @@ mod tests {
         old.previous_locks = 1;
         old.expires_at = Some(Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(2)));
         list.entries.push(old);
-        assert!(merge(&mut list, &[entry("a@x", 10)]));
+        assert_eq!(merge(&mut list, &[entry("a@x", 10)]), [0]);
         assert_eq!(list.entries.len(), 1);
         assert_eq!(list.entries[0].previous_locks, 2);
         // An active manual lock is kept as it is.
         let mut manual = entry("m@x", 1);
         manual.source = LockSource::Manual;
         list.entries.push(manual.clone());
-        assert!(!merge(&mut list, &[entry("m@x", 10)]));
+        assert!(merge(&mut list, &[entry("m@x", 10)]).is_empty());
         assert_eq!(list.entries[1], manual);
     }
 
@@ -431,5 +462,56 @@ mod tests {
         let expiry = humantime::parse_rfc3339("2026-11-24T10:00:00Z").unwrap();
         assert!(locks.lookup("a@x", expiry - Duration::from_secs(1)).is_some());
         assert!(locks.lookup("a@x", expiry).is_none());
+    }
+
+    #[test]
+    fn an_unlock_the_writer_comes_across_reaches_the_watcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let locks = FileLocks::open(&path, norm()).unwrap();
+        let now = SystemTime::now();
+        locks.lock(entry("a@x", 1), now);
+        locks.flush().unwrap();
+        // The admin deletes a@x by hand; before the watcher looks, a new lock
+        // makes the writer re-read the changed file.
+        std::fs::write(&path, "").unwrap();
+        locks.lock(entry("b@x", 2), now);
+        assert_eq!(locks.flush().unwrap(), 1);
+        assert!(locks.lookup("a@x", now).is_none());
+        assert!(locks.lookup("b@x", now).is_some());
+        // The file is unchanged since the writer saw it, yet the watcher
+        // still learns that a@x was unlocked (so its counters are forgotten).
+        assert_eq!(locks.reload(false), ["a@x"]);
+        assert!(locks.reload(false).is_empty());
+    }
+
+    #[test]
+    fn the_writer_rereads_only_what_someone_else_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let locks = FileLocks::open(&path, norm()).unwrap();
+        let now = SystemTime::now();
+        for i in 0..5 {
+            locks.lock(entry(&format!("u{i}@x"), i), now);
+            locks.flush().unwrap();
+        }
+        // Another writer (the CLI) adds an entry under the writers' lock.
+        lockfile::update(
+            &path,
+            |s: &str| s.to_string(),
+            |l| {
+                l.upsert(entry("cli@x", 9));
+                true
+            },
+        )
+        .unwrap();
+        locks.lock(entry("u9@x", 10), now);
+        locks.flush().unwrap();
+        let list = LockList::read(&path, |s| s.to_string()).unwrap();
+        let ids: Vec<_> = list.entries.iter().map(|e| e.identity.as_str()).collect();
+        assert_eq!(ids, ["u0@x", "u1@x", "u2@x", "u3@x", "u4@x", "cli@x", "u9@x"]);
+        for id in ids {
+            assert!(locks.lookup(id, now).is_some(), "{id} in force");
+        }
     }
 }

@@ -286,17 +286,17 @@ impl Policy {
     /// configured.
     pub fn plan(&self, identity: Identity, bounce: bool) -> Plan {
         let counters = &self.counters;
-        let domain = identity.domain().map(str::to_owned);
-        let stripe_key = counters.key(domain.as_deref().unwrap_or(&identity.value));
+        let domain = identity.domain();
+        let identity_key = counters.key(&identity.value);
+        let domain_key = domain.map(|d| counters.key(d));
+        let stripe_key = domain_key.unwrap_or(identity_key);
         let stripe = usize::try_from(stripe_key % COMMIT_STRIPES as u64).unwrap_or(0);
         let mut entries = Vec::with_capacity(self.rules.len());
         if !bounce || self.config.limits.count_bounces {
             let overrides = [
                 self.identity_overrides.get(&identity.value),
-                domain.as_deref().and_then(|d| self.domain_overrides.get(d)),
+                domain.and_then(|d| self.domain_overrides.get(d)),
             ];
-            let identity_key = counters.key(&identity.value);
-            let domain_key = domain.as_deref().map(|d| counters.key(d));
             'rules: for (idx, rule) in self.rules.iter().enumerate() {
                 let key = match rule.per {
                     Scope::Identity => identity_key,
