@@ -126,3 +126,28 @@ async fn header_identities_are_locked_after_the_headers() {
     );
     assert!(matches!(last.eoh, Some(Status::Reject { .. })));
 }
+
+#[tokio::test]
+async fn a_locked_header_identity_cannot_hide_victims_behind_support_addresses() {
+    let config =
+        fixture("escalation.toml").replace("max_recipients_per_message = 5", "max_recipients_per_message = 500");
+    let m = Milter::spawn(&config).await;
+    let relay = [10, 0, 0, 1];
+    let zed = || Msg::unauthenticated(relay, "x@lists.example").header("X-Authenticated-Sender", "zed@example.org");
+    for _ in 0..8 {
+        Mta::send(m.addr, &zed()).await;
+    }
+    // Recipients arrive before the header names the (locked) identity: only
+    // a message to support addresses alone may pass.
+    let support_only = zed().to(&["postmaster@example.org", "abuse@example.org"]);
+    assert!(Mta::send(m.addr, &support_only).await.accepted());
+    let one_victim = zed().to(&["postmaster@example.org", "victim@elsewhere.example"]);
+    let out = Mta::send(m.addr, &one_victim).await;
+    assert!(matches!(out.eoh, Some(Status::Reject { .. })), "{out:?}");
+    // More support recipients than are remembered, then a victim.
+    let mut rcpts = vec!["postmaster@example.org"; 150];
+    rcpts.push("victim@elsewhere.example");
+    let out = Mta::send(m.addr, &zed().to(&rcpts)).await;
+    assert!(out.rcpts.iter().all(|s| *s == Status::Continue));
+    assert!(matches!(out.eoh, Some(Status::Reject { .. })), "{out:?}");
+}

@@ -459,6 +459,27 @@ impl Policy {
     /// Whether a locked identity may still write to `recipient` (the
     /// postmaster and abuse addresses by default).
     pub fn may_write_while_locked(&self, identity: &Identity, recipient: &[u8]) -> bool {
+        self.support_address_match(recipient, |domain| {
+            identity.domain() == Some(domain)
+                || self
+                    .config
+                    .locks
+                    .local_domains
+                    .iter()
+                    .any(|l| l.eq_ignore_ascii_case(domain))
+        })
+    }
+
+    /// Whether `recipient` could be a support address for some identity
+    /// (its domain not yet known): used while the identity is pending, so
+    /// that only such recipients need to be remembered.
+    pub fn may_be_support_address(&self, recipient: &[u8]) -> bool {
+        self.support_address_match(recipient, |_| true)
+    }
+
+    /// Matches `recipient` against `allow_recipients`; a bare local part
+    /// matches at any domain `domain_ok` accepts.
+    fn support_address_match(&self, recipient: &[u8], domain_ok: impl Fn(&str) -> bool) -> bool {
         let Ok(rcpt) = std::str::from_utf8(recipient) else {
             return false;
         };
@@ -467,16 +488,12 @@ impl Policy {
             Some((l, d)) => (l, Some(d)),
             None => (rcpt.as_str(), None),
         };
-        let locks = &self.config.locks;
-        locks.allow_recipients.iter().any(|allowed| {
+        self.config.locks.allow_recipients.iter().any(|allowed| {
             let allowed = allowed.to_lowercase();
             if allowed.contains('@') {
                 return allowed == rcpt;
             }
-            allowed == local
-                && domain.is_none_or(|d| {
-                    identity.domain() == Some(d) || locks.local_domains.iter().any(|l| l.eq_ignore_ascii_case(d))
-                })
+            allowed == local && domain.is_none_or(&domain_ok)
         })
     }
 

@@ -25,7 +25,10 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 /// Largest number of recipients remembered while the identity is pending.
-const MAX_PENDING_RECIPIENTS: usize = 10_000;
+/// Only recipients that could be support addresses are remembered (and at
+/// most this many of them); any other recipient, or one past the cap, means
+/// the message is not to support addresses only.
+const MAX_PENDING_RECIPIENTS: usize = 100;
 
 /// What the milter should answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,8 +60,12 @@ struct Message {
     recipients: u32,
     /// Whether every accepted recipient is a support address.
     support_only: bool,
-    /// Recipients kept while the identity is pending (bounded).
+    /// Recipients that could be support addresses, kept while the identity
+    /// is pending (bounded).
     pending_recipients: Vec<Vec<u8>>,
+    /// A recipient seen while the identity was pending can not be a support
+    /// address (or was past the cap).
+    pending_not_support: bool,
 }
 
 impl Session {
@@ -95,6 +102,7 @@ impl Session {
             recipients: 0,
             support_only: true,
             pending_recipients: Vec::new(),
+            pending_not_support: false,
         };
         let message = self.message.insert(message);
         let policy = &self.policy;
@@ -153,9 +161,12 @@ impl Session {
             return Verdict::Refuse(reply);
         }
         let Some(plan) = &message.plan else {
-            // Identity pending until the headers: remember the recipient.
-            if message.pending_recipients.len() < MAX_PENDING_RECIPIENTS {
+            // Identity pending until the headers: remember what is needed to
+            // tell, should it be locked, whether it writes to support only.
+            if message.pending_recipients.len() < MAX_PENDING_RECIPIENTS && policy.may_be_support_address(rcpt) {
                 message.pending_recipients.push(rcpt.to_vec());
+            } else {
+                message.pending_not_support = true;
             }
             message.recipients += 1;
             return Verdict::Continue;
@@ -232,10 +243,11 @@ impl Session {
         let plan = policy.plan(identity, message.bounce);
         message.lock = policy.lock_of(&plan.identity.value);
         if message.lock.is_some() {
-            message.support_only = message
-                .pending_recipients
-                .iter()
-                .all(|r| policy.may_write_while_locked(&plan.identity, r));
+            message.support_only = !message.pending_not_support
+                && message
+                    .pending_recipients
+                    .iter()
+                    .all(|r| policy.may_write_while_locked(&plan.identity, r));
             message.pending_recipients = Vec::new();
             message.plan = Some(plan);
             if message.support_only || policy.config().locks.locked_action == LockedAction::Hold {
