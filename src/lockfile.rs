@@ -297,7 +297,8 @@ const HEADER: &str = "\
 # the single source of truth: the daemon adds automatic locks here and picks up
 # your edits within seconds. Delete an entry (or run `egress-milter locks remove
 # IDENTITY`) to unlock. If you leave the file unparsable, the daemon keeps the
-# last good list in force and logs the line at fault. See egress-milter-locks(5).
+# last good list in force and logs the line at fault. Format and workflow:
+# docs/lock-list.md (installed in /usr/share/doc/egress-milter/).
 ";
 
 /// The path of the sidecar file writers lock.
