@@ -7,6 +7,7 @@
 mod common;
 
 mod daemon;
+mod examples;
 mod identity;
 mod limits;
 mod lock_list;
