@@ -113,11 +113,19 @@ async fn sigterm_writes_pending_locks_and_a_restart_enforces_them() {
 async fn dry_run_logs_what_it_would_do() {
     let dir = tempfile::tempdir().unwrap();
     let (path, addr) = config_with_port(dir.path(), &fixture("dry-run.toml"));
+    let added = cli(&path, &["locks", "add", "locked@example.com", "--reason", "test"]);
+    assert!(added.status.success(), "{added:?}");
     let p = Process::start(&path, addr).await;
     for _ in 0..8 {
         assert!(Mta::send(addr, &Msg::from_user("mallory@example.com")).await.accepted());
     }
+    // A lock already in the list is logged, not enforced, in dry-run.
+    assert!(Mta::send(addr, &Msg::from_user("locked@example.com")).await.accepted());
     let log = p.log_text();
+    assert!(
+        log.contains("identity is locked, would refuse [dry run, not done]"),
+        "{log}"
+    );
     assert!(log.contains("would tempfail [dry run, not done]"), "{log}");
     assert!(log.contains("would lock [dry run, not done]"), "{log}");
     assert!(
@@ -125,7 +133,9 @@ async fn dry_run_logs_what_it_would_do() {
         "{log}"
     );
     assert!(p.stop().await.success());
-    assert!(read_lock_list(&dir.path().join("locks.toml")).entries.is_empty());
+    let after = read_lock_list(&dir.path().join("locks.toml"));
+    let ids: Vec<_> = after.entries.iter().map(|e| e.identity.as_str()).collect();
+    assert_eq!(ids, ["locked@example.com"], "dry-run locks nothing new");
 }
 
 #[tokio::test]

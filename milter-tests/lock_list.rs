@@ -149,7 +149,7 @@ async fn the_cli_refuses_to_overwrite_a_corrupt_lock_list() {
     let config = write_config(dir.path(), &fixture("escalation.toml"), "inet:127.0.0.1:7025");
     std::fs::write(dir.path().join("locks.toml"), "[[lock]]\nidentity = 42\n").unwrap();
     let out = cli(&config, &["locks", "add", "a@example.com", "--reason", "r"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(78), "an unusable lock list is EX_CONFIG");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("locks.toml: line 2"), "{err}");
     assert_eq!(
@@ -157,7 +157,7 @@ async fn the_cli_refuses_to_overwrite_a_corrupt_lock_list() {
         "[[lock]]\nidentity = 42\n"
     );
     let check = cli(&config, &["check-config"]);
-    assert_eq!(check.status.code(), Some(1));
+    assert_eq!(check.status.code(), Some(78));
 }
 
 #[tokio::test]

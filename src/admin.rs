@@ -19,11 +19,28 @@ pub struct Failure {
     pub status: i32,
 }
 
+/// Exit status for an unusable configuration or lock list (sysexits EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+
 impl Failure {
     fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             status: 1,
+        }
+    }
+}
+
+impl From<lockfile::LockFileError> for Failure {
+    /// A lock list that does not parse is unusable (78); an I/O error is not.
+    fn from(e: lockfile::LockFileError) -> Self {
+        let status = match e {
+            lockfile::LockFileError::Corrupt { .. } => EXIT_CONFIG,
+            lockfile::LockFileError::Io { .. } => 1,
+        };
+        Self {
+            message: e.to_string(),
+            status,
         }
     }
 }
@@ -35,15 +52,16 @@ pub fn check_config(config: &Config, path: &std::path::Path) -> Result<String, F
     for w in config.warnings() {
         let _ = writeln!(out, "warning: {w}");
     }
-    let list =
-        LockList::read(&config.locks.file, &*lock_normaliser(config)).map_err(|e| Failure::new(e.to_string()))?;
+    let list = LockList::read(&config.locks.file, &*lock_normaliser(config)).map_err(Failure::from)?;
     let _ = writeln!(
         out,
         "{}: lock list is valid ({} entries)",
         config.locks.file.display(),
         list.entries.len()
     );
-    if let Err(e) = check_lock_dir(&config.locks.file) {
+    // Checks only: creating the directory or the guard file here, perhaps
+    // as root, could leave files the daemon's user cannot write.
+    if let Err(e) = check_lock_dir(&config.locks.file, false) {
         let _ = writeln!(out, "warning: {e}");
     }
     Ok(out)
@@ -59,7 +77,7 @@ fn state(entry: &LockEntry, now: SystemTime) -> &'static str {
 }
 
 fn read_list(config: &Config) -> Result<LockList, Failure> {
-    LockList::read(&config.locks.file, &*lock_normaliser(config)).map_err(|e| Failure::new(e.to_string()))
+    LockList::read(&config.locks.file, &*lock_normaliser(config)).map_err(Failure::from)
 }
 
 /// `locks list`: a table, newest lock first.
@@ -170,7 +188,7 @@ pub fn add(
         });
         true
     })
-    .map_err(|e| Failure::new(e.to_string()))?;
+    .map_err(Failure::from)?;
     outcome?;
     Ok(format!(
         "locked {id}{}\n",
@@ -186,7 +204,7 @@ pub fn remove(config: &Config, identity: &str) -> Result<String, Failure> {
         removed = list.remove(&id);
         removed.is_some()
     })
-    .map_err(|e| Failure::new(e.to_string()))?;
+    .map_err(Failure::from)?;
     match removed {
         Some(e) => Ok(format!("unlocked {id} (locked since {}: {})\n", e.locked_at, e.reason)),
         None => Err(Failure::new(format!("{id} is not in the lock list"))),

@@ -152,16 +152,13 @@ async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> 
     let queue_id = queue_id(&cx.macros);
     let conn = connection!(current, cx);
     let verdict = conn.session.eom(&queue_id);
-    let policy = conn.session.policy().clone();
     conn.session.abort();
-    if let Verdict::Hold(reason) = &verdict {
+    if let Verdict::Hold { reason, fallback } = verdict {
         return match cx.actions.quarantine(reason.as_str()).await {
             Ok(()) => Status::Continue,
             Err(e) => {
                 error!(queue_id = %queue_id, "cannot put the message on hold ({e}): rejecting it instead");
-                let locked = policy.config().replies.locked.get_ref();
-                let reply = crate::reply::render(locked, &crate::reply::Vars::default());
-                answer(&mut cx.reply, Verdict::Refuse(reply))
+                answer(&mut cx.reply, Verdict::Refuse(fallback))
             }
         };
     }
@@ -183,7 +180,7 @@ fn queue_id(macros: &Macros) -> Cow<'_, str> {
 /// Turns a verdict into a milter status, setting the reply for refusals.
 fn answer(reply: &mut SmtpReply, verdict: Verdict) -> Status {
     match verdict {
-        Verdict::Continue | Verdict::Hold(_) => Status::Continue,
+        Verdict::Continue | Verdict::Hold { .. } => Status::Continue,
         Verdict::Refuse(r) => {
             if let Err(e) = reply.set_error_reply(&r.code, Some(&r.status), [r.text.as_str()]) {
                 error!("cannot set the SMTP reply \"{} {} {}\": {e}", r.code, r.status, r.text);

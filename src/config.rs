@@ -296,13 +296,16 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let error = |span: Option<Range<usize>>, key: Option<String>, message: String| ConfigError {
             file: path.to_owned(),
-            line: span.map(|s| line_of(text, s.start)),
+            line: span
+                .map(|s| line_of(text, s.start))
+                .or_else(|| key.as_deref().and_then(|k| line_of_key(text, k))),
             key,
             message,
         };
         let de = toml::Deserializer::parse(text).map_err(|e| error(e.span(), None, e.message().to_string()))?;
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
+            // Spanned<T> fields show up as a serde-internal path segment.
+            let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let key = (path != ".").then_some(path);
             let inner = e.into_inner();
             error(inner.span(), key, inner.message().to_string())
@@ -380,15 +383,30 @@ impl Config {
             }
         }
 
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule.action == Action::Lock && rule.per != Scope::Identity {
+                return fail(
+                    rule.name.span(),
+                    &format!("rule[{i}].per"),
+                    "a lock rule must count per identity: a per-domain count would lock whichever sender crossed the domain's limit".into(),
+                );
+            }
+        }
+
+        let mut targets = HashSet::new();
         for (i, over) in self.overrides.iter().enumerate() {
             let span = over.span();
             let over = over.get_ref();
             let key = format!("override[{i}]");
-            match (&over.identity, &over.domain) {
-                (Some(_), Some(_)) | (None, None) => {
+            let target = match (&over.identity, &over.domain) {
+                (Some(id), None) => format!("identity {}", id.trim().to_lowercase()),
+                (None, Some(d)) => format!("domain {}", d.trim().trim_end_matches('.').to_lowercase()),
+                _ => {
                     return fail(span, &key, "give exactly one of \"identity\" or \"domain\"".into());
                 }
-                _ => {}
+            };
+            if !targets.insert(target.clone()) {
+                return fail(span, &key, format!("{target} already has an override; merge the two"));
             }
             if over.exempt && !over.rates.is_empty() {
                 return fail(span, &key, "an exempt override cannot also set rates".into());
@@ -491,8 +509,49 @@ impl Config {
         if self.locks.file != new.locks.file {
             changed.push("locks.file");
         }
+        if self.locks.poll_interval != new.locks.poll_interval {
+            changed.push("locks.poll_interval");
+        }
+        if self.locks.write_retry_interval != new.locks.write_retry_interval {
+            changed.push("locks.write_retry_interval");
+        }
+        // New mail is resolved with the new normalisation at once, but the
+        // lock list's identities stay normalised as at start.
+        let (a, b) = (&self.identity, &new.identity);
+        if a.lowercase_local_part != b.lowercase_local_part {
+            changed.push("identity.lowercase_local_part (for the lock list)");
+        }
+        if a.fold_subaddress != b.fold_subaddress || a.subaddress_separator != b.subaddress_separator {
+            changed.push("identity.fold_subaddress (for the lock list)");
+        }
+        if a.max_length != b.max_length {
+            changed.push("identity.max_length (for the lock list)");
+        }
         changed
     }
+}
+
+/// The line where a dotted key such as `identity.max_length` or
+/// `locks.allow_recipients[0]` is set, for errors about values that carry no
+/// position of their own. Looks for `leaf =` under the key's `[table]`.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let key = key.split('[').next().unwrap_or(key);
+    let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
+    let mut current = "";
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            current = header.trim_start_matches('[').split(']').next().unwrap_or("").trim();
+            continue;
+        }
+        if current == table
+            && let Some(rest) = line.strip_prefix(leaf)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(n + 1);
+        }
+    }
+    None
 }
 
 /// The 1-based line of a byte offset.
@@ -524,6 +583,39 @@ mod tests {
         );
         assert_eq!(c.locks.allow_recipients, ["postmaster", "abuse"]);
         assert!(c.rules.is_empty());
+    }
+
+    #[test]
+    fn values_without_a_position_are_found_by_key() {
+        let e = err("mode = \"enforce\"\n[identity]\n# max_length = 10\nmax_length = 10\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(4), Some("identity.max_length")),
+            "{e}"
+        );
+        let e = err("[locks]\nallow_recipients = [\"ok\", \"@bad\"]\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("log_level = \"egress_milter=shouting\"\n");
+        assert_eq!(e.line, Some(1), "{e}");
+    }
+
+    #[test]
+    fn error_keys_show_no_serde_internals() {
+        let e = err("[identity]\nsources = [\"auth\", \"carrier-pigeon\"]\n");
+        assert_eq!(e.key.as_deref(), Some("identity.sources[1]"), "{e}");
+        assert_eq!(e.line, Some(2));
+    }
+
+    #[test]
+    fn lock_rules_count_per_identity_and_overrides_are_unique() {
+        let e = err("[[rule]]\nname = \"d\"\nper = \"domain\"\nrate = \"9/1h\"\naction = \"lock\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("rule[0].per")), "{e}");
+        let rule = "[[rule]]\nname = \"r\"\nrate = \"9/1h\"\naction = \"tempfail\"\n";
+        let e = err(&format!(
+            "{rule}[[override]]\ndomain = \"x.org\"\nexempt = true\n[[override]]\ndomain = \"X.org.\"\nrates = {{ r = \"1/1h\" }}\n"
+        ));
+        assert_eq!((e.line, e.key.as_deref()), (Some(8), Some("override[1]")), "{e}");
+        assert!(e.message.contains("domain x.org already has an override"), "{e}");
     }
 
     #[test]

@@ -31,25 +31,33 @@ pub fn open_locks(config: &Config) -> Result<Arc<FileLocks>, LockFileError> {
 }
 
 /// Checks that the lock list's directory is writable by this process, so a
-/// lock set at run time can be persisted.
-pub fn check_lock_dir(path: &Path) -> Result<(), String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+/// lock set at run time can be persisted. With `create`, a missing directory
+/// is created (the daemon at start); without, nothing is left on disk
+/// (`check-config`, which an admin may run as root).
+pub fn check_lock_dir(path: &Path, create: bool) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        if !create {
+            return Err(format!(
+                "the lock list's directory ({}) does not exist; the daemon creates it at start if it can",
+                dir.display()
+            ));
+        }
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create the lock list's directory ({}): {e}", dir.display()))?;
     }
-    let guard = crate::lockfile::guard_path(path);
+    let probe = dir.join(format!(".egress-milter-probe.{}", std::process::id()));
     std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
+        .create_new(true)
         .write(true)
-        .open(&guard)
+        .open(&probe)
         .map(drop)
-        .map_err(|e| {
-            format!(
-                "cannot write in the lock list's directory ({}): {e}",
-                guard.parent().unwrap_or(Path::new(".")).display()
-            )
-        })
+        .map_err(|e| format!("cannot write in the lock list's directory ({}): {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Runs the milter until `shutdown` resolves; each message on `reload`

@@ -334,12 +334,7 @@ pub fn update_cached(
 ) -> Result<Updated, LockFileError> {
     let guard_path = guard_path(path);
     let previous = snapshot.take();
-    let guard = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&guard_path)
-        .map_err(io_error(&guard_path, "open the writers' lock"))?;
+    let guard = open_guard(&guard_path)?;
     guard.lock().map_err(io_error(&guard_path, "take the writers' lock"))?;
     let now = fingerprint(path);
     let (mut list, reread) = match previous {
@@ -359,6 +354,41 @@ pub fn update_cached(
     Ok(Updated { reread, written })
 }
 
+/// Opens the writers' lock file. flock needs no write access, so an existing
+/// guard is opened read-only: one created by root (the CLI run as root)
+/// must not lock the daemon's user out. A new one is given the directory's
+/// owner, as is the lock list itself (see [`write_atomically`]).
+fn open_guard(guard_path: &Path) -> Result<File, LockFileError> {
+    match File::open(guard_path) {
+        Ok(f) => return Ok(f),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_error(guard_path, "open the writers' lock")(e));
+        }
+        Err(_) => {}
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(guard_path)
+        .map_err(io_error(guard_path, "create the writers' lock"))?;
+    give_to_directory_owner(guard_path);
+    Ok(file)
+}
+
+/// Makes a file this process created belong to the owner of its directory.
+/// As root (an admin running the CLI) that keeps the lock list writable by
+/// the daemon's user; as anyone else it changes nothing.
+fn give_to_directory_owner(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(meta) = fs::metadata(dir) {
+        let _ = std::os::unix::fs::chown(path, Some(meta.uid()), Some(meta.gid()));
+    }
+}
+
 /// Replaces `path` with `contents`: temp file, fsync, rename, fsync directory.
 fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), LockFileError> {
     let dir = match path.parent() {
@@ -371,10 +401,12 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), LockFileError> {
     let tmp = dir.join(tmp_name);
     let result = (|| {
         let mut file = File::create(&tmp).map_err(io_error(&tmp, "create a temporary lock list"))?;
-        // Keep the permissions of the list an admin may have set.
+        // Keep the permissions of the list an admin may have set, and the
+        // directory owner's ownership.
         if let Ok(meta) = fs::metadata(path) {
             let _ = file.set_permissions(meta.permissions());
         }
+        give_to_directory_owner(&tmp);
         file.write_all(contents)
             .map_err(io_error(&tmp, "write the temporary lock list"))?;
         file.sync_all()
@@ -572,5 +604,27 @@ mod tests {
         std::fs::write(&path, "[[lock]]\nidentity = ").unwrap();
         assert!(update_cached(&path, lower, &mut snapshot, add("e@x")).is_err());
         assert!(snapshot.is_none());
+    }
+
+    #[test]
+    fn files_written_as_root_belong_to_the_directory_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        if std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).is_err() {
+            eprintln!("skipped: needs root to hand the directory to another user");
+            return;
+        }
+        let path = dir.path().join("locks.toml");
+        update(&path, lower, |l| {
+            l.upsert(entry("a@x"));
+            true
+        })
+        .unwrap();
+        for file in [path.clone(), guard_path(&path)] {
+            let meta = fs::metadata(&file).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{}", file.display());
+        }
+        // A guard file the daemon's user cannot write still serves for flock.
+        std::fs::set_permissions(guard_path(&path), std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+        assert!(open_guard(&guard_path(&path)).is_ok());
     }
 }

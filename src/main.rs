@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
 /// Exit status for an unusable configuration (sysexits EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
+const EXIT_CONFIG: u8 = admin::EXIT_CONFIG as u8;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -77,7 +77,7 @@ fn run(config_path: PathBuf, config: Config) -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        if let Err(e) = daemon::check_lock_dir(&config.locks.file) {
+        if let Err(e) = daemon::check_lock_dir(&config.locks.file, true) {
             error!("{e}; not starting, as locks could not be persisted");
             return ExitCode::from(EXIT_CONFIG);
         }

@@ -36,8 +36,13 @@ pub enum Verdict {
     Continue,
     /// Refuse (the message, or at RCPT the recipient) with this reply.
     Refuse(Reply),
-    /// Accept the message into the MTA's hold queue (end of message only).
-    Hold(String),
+    /// Accept the message into the MTA's hold queue (end of message only),
+    /// with the quarantine reason; if the MTA cannot hold it, refuse it
+    /// with the reply.
+    Hold {
+        reason: String,
+        fallback: Reply,
+    },
 }
 
 /// Per-connection state.
@@ -120,7 +125,7 @@ impl Session {
             Resolution::Pending | Resolution::Conflict { .. } => return Verdict::Continue,
         };
         message.plan = Some(policy.plan(identity, message.bounce));
-        message.lock = message.plan.as_ref().and_then(|p| policy.lock_of(&p.identity.value));
+        message.lock = message.plan.as_ref().and_then(|p| lock_in_force(policy, p, queue_id));
         if message.lock.is_some() {
             let no_exceptions = policy.config().locks.allow_recipients.is_empty();
             let hold = policy.config().locks.locked_action == LockedAction::Hold;
@@ -241,7 +246,7 @@ impl Session {
             }
         };
         let plan = policy.plan(identity, message.bounce);
-        message.lock = policy.lock_of(&plan.identity.value);
+        message.lock = lock_in_force(policy, &plan, queue_id);
         if message.lock.is_some() {
             message.support_only = !message.pending_not_support
                 && message
@@ -303,6 +308,22 @@ impl Session {
     }
 }
 
+/// The identity's lock, if it is to be enforced. In dry-run mode a lock is
+/// only logged: nothing is refused, locks included.
+fn lock_in_force(policy: &Policy, plan: &Plan, queue_id: &str) -> Option<Arc<LockEntry>> {
+    let lock = policy.lock_of(&plan.identity.value)?;
+    if policy.enforcing() {
+        return Some(lock);
+    }
+    info!(
+        queue_id,
+        identity = %plan.identity,
+        source = %plan.identity.source,
+        "identity is locked, would refuse [dry run, not done]"
+    );
+    None
+}
+
 fn header_sources(policy: &Policy) -> impl Iterator<Item = &IdentitySource> {
     policy
         .config()
@@ -347,10 +368,10 @@ fn act(policy: &Policy, message: &mut Message, trips: Vec<Trip>, queue_id: &str,
         .map(|t| t.rule.as_str())
         .collect();
     if worst.action == Action::Log || !policy.enforcing() {
-        let dry = if worst.action == Action::Log {
-            ""
+        let what = if worst.action == Action::Log {
+            "limit exceeded (action log: nothing refused)".to_string()
         } else {
-            " [dry run, not done]"
+            format!("limit exceeded, would {} [dry run, not done]", worst.action)
         };
         info!(
             queue_id,
@@ -363,8 +384,7 @@ fn act(policy: &Policy, message: &mut Message, trips: Vec<Trip>, queue_id: &str,
             limit = worst.usage.limit,
             window = %crate::config::format_duration(worst.rate.window),
             also = %others.join(","),
-            "limit exceeded, would {}{dry}",
-            worst.action
+            "{what}"
         );
         return Verdict::Continue;
     }
@@ -433,7 +453,7 @@ fn refuse_locked(policy: &Policy, message: &Message, queue_id: &str, stage: &str
     let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
     info!(
         queue_id,
-        identity,
+        identity = %identity,
         stage,
         action = "locked",
         "refused: identity is locked"
@@ -449,19 +469,23 @@ fn refuse_locked(policy: &Policy, message: &Message, queue_id: &str, stage: &str
 
 fn locked_eom(policy: &Policy, plan: &Plan, lock: &LockEntry, recipients: u32, queue_id: &str) -> Verdict {
     let identity = &plan.identity;
-    if policy.config().locks.locked_action == LockedAction::Hold {
-        info!(queue_id, identity = %identity, recipients, action = "hold", "held: identity is locked");
-        return Verdict::Hold(reply::escape(&format!(
-            "egress-milter: {} is locked ({})",
-            identity.value, lock.reason
-        )));
-    }
-    info!(queue_id, identity = %identity, action = "locked", "refused: identity is locked");
-    Verdict::Refuse(reply::render(
+    let locked_reply = reply::render(
         policy.config().replies.locked.get_ref(),
         &Vars {
             identity: &identity.value,
             ..Vars::default()
         },
-    ))
+    );
+    if policy.config().locks.locked_action == LockedAction::Hold {
+        info!(queue_id, identity = %identity, recipients, action = "hold", "held: identity is locked");
+        return Verdict::Hold {
+            reason: reply::escape(&format!(
+                "egress-milter: {} is locked ({})",
+                identity.value, lock.reason
+            )),
+            fallback: locked_reply,
+        };
+    }
+    info!(queue_id, identity = %identity, action = "locked", "refused: identity is locked");
+    Verdict::Refuse(locked_reply)
 }
