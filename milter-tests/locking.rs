@@ -103,8 +103,12 @@ async fn dry_run_refuses_nothing_and_locks_nothing() {
     for o in blast(&m, "mallory@example.com").await {
         assert!(o.accepted() && !o.held(), "{o:?}");
     }
-    let out = Mta::send(m.addr, &Msg::from_user("mallory@example.com").rcpts(5)).await;
-    assert!(out.accepted());
+    // Past max_recipients_per_message (5 here): logged, not refused.
+    let out = Mta::send(m.addr, &Msg::from_user("mallory@example.com").rcpts(8)).await;
+    assert!(
+        out.accepted() && out.rcpts.iter().all(|s| *s == Status::Continue),
+        "{out:?}"
+    );
     let dir = m.shutdown().await;
     assert!(
         !dir.path().join("locks.toml").exists() || read_lock_list(&dir.path().join("locks.toml")).entries.is_empty()

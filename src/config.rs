@@ -399,7 +399,11 @@ impl Config {
             let over = over.get_ref();
             let key = format!("override[{i}]");
             let target = match (&over.identity, &over.domain) {
-                (Some(id), None) => format!("identity {}", id.trim().to_lowercase()),
+                (Some(id), None) => format!(
+                    "identity {}",
+                    crate::identity::normalise_address(&self.identity, id.as_bytes())
+                        .unwrap_or_else(|_| id.trim().to_lowercase())
+                ),
                 (None, Some(d)) => format!("domain {}", d.trim().trim_end_matches('.').to_lowercase()),
                 _ => {
                     return fail(span, &key, "give exactly one of \"identity\" or \"domain\"".into());
@@ -480,7 +484,7 @@ impl Config {
             warnings.push("no [[rule]] is configured: only locks are enforced".to_string());
         }
         if self.mode == Mode::DryRun {
-            warnings.push("mode is \"dry-run\": decisions are logged, nothing is refused or locked".to_string());
+            warnings.push("mode is \"dry-run\": decisions are logged, nothing is refused, held or locked".to_string());
         }
         warnings
     }

@@ -438,7 +438,7 @@ impl Policy {
             source: LockSource::Auto,
             locked_at: Timestamp(now),
             reason: format!(
-                "rule \"{}\" exceeded: {}/{} {} per {} in {} (identity from {}, queue id {queue_id})",
+                "rule \"{}\" exceeded: {}/{} {} per {} in {} (identity from {}{})",
                 trip.rule,
                 trip.usage.used,
                 trip.usage.limit,
@@ -446,6 +446,13 @@ impl Policy {
                 trip.scope,
                 format_duration(trip.rate.window),
                 identity.source,
+                // Postfix assigns the queue id only after the first valid
+                // RCPT, so a lock set at MAIL has none.
+                if queue_id == "NONE" {
+                    String::new()
+                } else {
+                    format!(", queue id {queue_id}")
+                },
             ),
             rule: Some(trip.rule.clone()),
             previous_locks: 0,

@@ -154,6 +154,10 @@ impl Session {
         };
         let cap = policy.config().limits.max_recipients_per_message;
         if cap > 0 && message.recipients >= cap {
+            if !policy.enforcing() {
+                info!(queue_id, recipient = %lossy(rcpt), cap, "too many recipients in one message, would refuse [dry run, not done]");
+                return Verdict::Continue;
+            }
             let reply = reply::render(
                 policy.config().replies.too_many_recipients.get_ref(),
                 &Vars {
