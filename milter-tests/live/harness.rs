@@ -31,7 +31,8 @@ pub fn skip_unless_live() -> bool {
 }
 
 /// A private Postfix and the sink it relays to. Fields drop in order:
-/// Postfix stops before the sink goes away.
+/// Postfix stops before the sink goes away. The sink also writes every
+/// message it receives to `DIR/sink/NNNN.eml` of the Postfix instance.
 pub struct LiveMta {
     /// The Postfix instance.
     pub postfix: PostfixInstance,
@@ -53,6 +54,10 @@ impl LiveMta {
                  skip): {err}"
             )
         });
+        // A copy of every delivered message in the instance directory, for
+        // people watching a test (EGRESS_MILTER_LIVE_KEEP=1).
+        sink.record_to(&postfix.dir().join("sink"))
+            .expect("live harness: cannot create the sink's directory");
         LiveMta { postfix, sink }
     }
 }

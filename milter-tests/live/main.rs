@@ -7,8 +7,10 @@
 //! `EGRESS_MILTER_LIVE=1`, as root, with Postfix installed
 //! (milter-tests/install-deps.sh); otherwise each one says it is skipped.
 
+mod egress;
 mod harness;
 mod postfix;
+mod scenarios;
 mod sink;
 mod smtp;
 

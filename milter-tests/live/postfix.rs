@@ -256,6 +256,13 @@ impl PostfixInstance {
         self.relay_port
     }
 
+    /// The PID of the running master process (from `spool/pid/master.pid`),
+    /// to tell that Postfix was neither restarted nor reloaded.
+    pub fn master_pid(&self) -> Option<u32> {
+        self.master_pid
+            .or_else(|| read_pid(&self.queue_dir().join("pid/master.pid")))
+    }
+
     /// The mail log so far (empty if there is none yet).
     pub fn log(&self) -> String {
         fs::read(self.log_path())
@@ -818,7 +825,7 @@ fn free_ports() -> io::Result<[u16; 2]> {
 /// Whether something listens on 127.0.0.1:`port` (or 0.0.0.0), from
 /// /proc/net/tcp. Checked this way rather than by connecting, because a
 /// probe connection would reach smtpd, and through it the milter under test.
-fn is_listening(port: u16) -> bool {
+pub fn is_listening(port: u16) -> bool {
     let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
         return false;
     };

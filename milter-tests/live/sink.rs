@@ -20,6 +20,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -114,9 +115,41 @@ struct Shared {
     stop: AtomicBool,
     active: AtomicUsize,
     handlers: Mutex<Vec<JoinHandle<()>>>,
+    /// Where each message is also written, if anywhere ([`SmtpSink::record_to`]).
+    record_dir: Mutex<Option<PathBuf>>,
+    /// Messages written there so far (file names never repeat).
+    recorded: AtomicUsize,
 }
 
 impl Shared {
+    /// Writes `message` to the record directory, if one is set, as
+    /// `NNNN.eml`: two `X-Sink-Envelope-*` lines, then the content as
+    /// received. A failure is reported, not fatal: the copy is for people.
+    fn record(&self, message: &ReceivedMessage) {
+        let dir = self.record_dir.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(dir) = dir else { return };
+        let n = self.recorded.fetch_add(1, Ordering::SeqCst) + 1;
+        let path = dir.join(format!("{n:04}.eml"));
+        let mut file = Vec::with_capacity(message.data.len() + 256);
+        file.extend_from_slice(
+            format!(
+                "X-Sink-Envelope-From: <{}>\r\nX-Sink-Envelope-To: {}\r\n",
+                message.mail_from,
+                message
+                    .rcpt_to
+                    .iter()
+                    .map(|r| format!("<{r}>"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+            .as_bytes(),
+        );
+        file.extend_from_slice(&message.data);
+        if let Err(err) = std::fs::write(&path, file) {
+            eprintln!("smtp sink: cannot record a message in {}: {err}", path.display());
+        }
+    }
+
     fn lock_messages(&self) -> MutexGuard<'_, Vec<ReceivedMessage>> {
         // A panicking handler thread cannot leave the list half-updated: it
         // only ever pushes whole messages.
@@ -189,6 +222,16 @@ impl SmtpSink {
             .into_iter()
             .filter(|m| m.rcpt_to.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
             .collect()
+    }
+
+    /// From now on also writes each message to `dir` (created if missing)
+    /// as `0001.eml`, `0002.eml`, ...: the envelope in two
+    /// `X-Sink-Envelope-From`/`X-Sink-Envelope-To` lines, then the content
+    /// as received. For people watching a test, not for assertions.
+    pub fn record_to(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        *self.shared.record_dir.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
+        Ok(())
     }
 
     /// Forgets every message received so far.
@@ -385,14 +428,16 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
                 let seq = {
                     let mut messages = shared.lock_messages();
                     let seq = messages.len() + 1;
-                    messages.push(ReceivedMessage {
+                    let message = ReceivedMessage {
                         seq,
                         peer,
                         helo: helo.clone(),
                         mail_from: from,
                         rcpt_to: std::mem::take(&mut rcpt_to),
                         data,
-                    });
+                    };
+                    shared.record(&message);
+                    messages.push(message);
                     shared.arrived.notify_all();
                     seq
                 };
@@ -465,6 +510,32 @@ mod tests {
         assert_eq!(message.header("X-Folded").as_deref(), Some("one two"));
         assert_eq!(message.body(), ".leading dot\r\n..two dots\r\nplain\r\n.\r\n");
         assert_eq!(sink.messages_to("C@remote.test").len(), 1);
+    }
+
+    #[test]
+    fn records_each_message_to_a_directory() {
+        let sink = SmtpSink::start().expect("start the sink");
+        let dir = tempfile::tempdir().expect("temp dir");
+        sink.record_to(&dir.path().join("sink")).expect("record_to");
+        let content = build_message(&[("Subject", "kept")], "body\n");
+        for _ in 0..2 {
+            let outcome = send_message(
+                &Envelope::new(sink.port(), "a@example.com", &["b@remote.test", "c@remote.test"]).content(&content),
+            )
+            .expect("talk to the sink");
+            assert!(outcome.accepted(), "{}", outcome.transcript);
+        }
+        assert!(sink.wait_for_count(2, WAIT));
+        for name in ["0001.eml", "0002.eml"] {
+            let file = std::fs::read_to_string(dir.path().join("sink").join(name)).expect(name);
+            assert_eq!(
+                file,
+                format!(
+                    "X-Sink-Envelope-From: <a@example.com>\r\nX-Sink-Envelope-To: <b@remote.test>, \
+                     <c@remote.test>\r\n{content}"
+                )
+            );
+        }
     }
 
     #[test]

@@ -587,6 +587,11 @@ fn play(client: &mut SmtpClient, envelope: &Envelope, outcome: &mut SendOutcome)
             return Ok(());
         }
     }
+    play_transaction(client, envelope, outcome)
+}
+
+/// MAIL FROM, each RCPT TO, DATA and content (if any recipient was accepted).
+fn play_transaction(client: &mut SmtpClient, envelope: &Envelope, outcome: &mut SendOutcome) -> io::Result<()> {
     let mail = client.mail_from(&envelope.mail_from)?;
     outcome.mail_from = Some(mail.clone());
     if !mail.is_positive() {
@@ -617,6 +622,64 @@ fn play(client: &mut SmtpClient, envelope: &Envelope, outcome: &mut SendOutcome)
         outcome.refused = Some((Stage::DataEnd, done));
     }
     Ok(())
+}
+
+/// Opens a session for [`send_transaction`]: connects to `envelope.port`
+/// (from `envelope.source`), says EHLO and authenticates if
+/// `envelope.auth` is set. An error unless every step got a 2xx.
+pub fn open_session(envelope: &Envelope) -> io::Result<SmtpClient> {
+    let mut client = SmtpClient::connect(envelope.port, envelope.source)?;
+    let refused = |client: &SmtpClient, what: &str, reply: &Reply| {
+        io::Error::other(format!("{what} refused: {reply}\n{}", client.transcript()))
+    };
+    if !client.greeting().is_positive() {
+        let greeting = client.greeting().clone();
+        return Err(refused(&client, "session", &greeting));
+    }
+    let ehlo = client.ehlo(&envelope.helo)?;
+    if !ehlo.is_positive() {
+        return Err(refused(&client, "EHLO", &ehlo));
+    }
+    if let Some((login, password)) = &envelope.auth {
+        let auth = client.auth_plain(login, password)?;
+        if !auth.is_positive() {
+            return Err(refused(&client, "AUTH", &auth));
+        }
+    }
+    Ok(client)
+}
+
+/// Plays one more transaction (MAIL FROM to the end of DATA) on a session
+/// opened with [`open_session`], as a client sending many messages over one
+/// connection does. `envelope.port`, `source`, `helo` and `auth` are not
+/// used here. After a refusal before DATA it sends RSET, so the session can
+/// go on. The outcome's `greeting` is the session's, `ehlo`/`auth` are
+/// `None`, and its transcript covers this transaction only.
+pub fn send_transaction(client: &mut SmtpClient, envelope: &Envelope) -> io::Result<SendOutcome> {
+    let first_line = client.transcript.len();
+    let mut outcome = SendOutcome {
+        greeting: client.greeting().clone(),
+        ehlo: None,
+        auth: None,
+        mail_from: None,
+        rcpt_to: Vec::new(),
+        data: None,
+        data_end: None,
+        refused: None,
+        transcript: String::new(),
+    };
+    let result = play_transaction(client, envelope, &mut outcome);
+    if result.is_ok()
+        && matches!(
+            outcome.refused_at(),
+            Some(Stage::MailFrom | Stage::RcptTo | Stage::Data)
+        )
+    {
+        client.rset()?;
+    }
+    outcome.transcript = client.transcript[first_line..].join("\n");
+    result?;
+    Ok(outcome)
 }
 
 #[cfg(test)]
