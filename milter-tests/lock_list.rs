@@ -100,7 +100,13 @@ async fn a_corrupt_lock_list_keeps_the_last_good_one_in_force_and_is_not_overwri
 
 #[tokio::test]
 async fn cli_changes_are_picked_up_by_the_running_daemon() {
-    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    // Limits the polling below cannot reach, so only the CLI's lock refuses.
+    let config = fixture("escalation.toml")
+        .replace("rate = \"3/1m\"", "rate = \"1000/1m\"")
+        .replace("rate = \"8/1h\"", "rate = \"1000/1h\"")
+        .replace("rate = \"6/1h\"", "rate = \"1000/1h\"")
+        .replace("[locks]\n", "[locks]\npoll_interval = \"100ms\"\n");
+    let m = Milter::spawn(&config).await;
     let out = cli(
         &m.config_path,
         &[
@@ -119,7 +125,9 @@ async fn cli_changes_are_picked_up_by_the_running_daemon() {
         "locked oscar@example.com for 1d\n"
     );
     eventually(Duration::from_secs(10), "manual lock enforced", async || {
-        refusal(&m, "oscar@example.com").await.is_some()
+        refusal(&m, "oscar@example.com")
+            .await
+            .is_some_and(|r| r.contains("oscar@example.com is suspended"))
     })
     .await;
     let list = cli(&m.config_path, &["locks", "list"]);

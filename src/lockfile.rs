@@ -18,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Whether a lock was set by the daemon or by an admin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -260,6 +260,16 @@ pub struct Fingerprint {
     inode: u64,
     len: u64,
     mtime_nanos: i128,
+}
+
+impl Fingerprint {
+    /// Whether the file was modified less than `d` ago (or in the future).
+    pub fn modified_within(&self, d: Duration) -> bool {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |t| t.as_nanos() as i128);
+        now - self.mtime_nanos < d.as_nanos() as i128
+    }
 }
 
 /// The file's fingerprint now; `None` if it does not exist.

@@ -52,6 +52,12 @@ pub struct FileLocks {
     unlocked_backlog: Mutex<Vec<String>>,
 }
 
+/// How long a changed lock list must stay unmodified before the watcher
+/// reads it. Editors such as nano write in place (truncate, then write); a
+/// read in between would see an empty or half list, unlock everyone and
+/// forget their counters. SIGHUP reads at once.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// How long the writer waits after the first new lock before writing, so a
 /// storm of locks becomes a few writes a second instead of one per lock.
 /// The locks are enforced in memory meanwhile.
@@ -129,6 +135,10 @@ impl FileLocks {
     pub fn reload(&self, force: bool) -> Vec<String> {
         let backlog = std::mem::take(&mut *lock(&self.unlocked_backlog));
         let now_seen = fingerprint(&self.path);
+        if !force && now_seen.is_some_and(|f| f.modified_within(SETTLE)) {
+            // Still being written, perhaps: look again at the next poll.
+            return backlog;
+        }
         {
             let mut seen = lock(&self.seen);
             if !force && *seen == now_seen {
@@ -368,6 +378,18 @@ mod tests {
         Arc::new(|s: &str| s.trim().to_lowercase())
     }
 
+    /// Writes the lock list as an admin would and lets the edit settle.
+    fn hand_edit(path: &Path, text: &str) {
+        std::fs::write(path, text).unwrap();
+        let past = SystemTime::now() - 2 * SETTLE;
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+    }
+
     fn entry(id: &str, at: u64) -> LockEntry {
         LockEntry {
             identity: id.into(),
@@ -407,7 +429,7 @@ mod tests {
         locks.flush().unwrap();
 
         // A half-finished edit: "a@x" stays locked.
-        std::fs::write(&path, "[[lock]]\nidentity = \"b@x\"\nsource = ").unwrap();
+        hand_edit(&path, "[[lock]]\nidentity = \"b@x\"\nsource = ");
         locks.reload(false);
         assert!(locks.lookup("a@x", now).is_some());
         assert!(locks.lookup("b@x", now).is_none());
@@ -417,11 +439,10 @@ mod tests {
         assert!(locks.lookup("c@x", now).is_some(), "still enforced while unwritten");
 
         // The admin finishes the edit: a@x unlocked, b@x locked, c@x written.
-        std::fs::write(
+        hand_edit(
             &path,
             "[[lock]]\nidentity = \"B@x\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"r\"\n",
-        )
-        .unwrap();
+        );
         locks.reload(false);
         assert!(locks.lookup("a@x", now).is_none());
         assert!(locks.lookup("b@x", now).is_some());
@@ -513,5 +534,31 @@ mod tests {
         for id in ids {
             assert!(locks.lookup(id, now).is_some(), "{id} in force");
         }
+    }
+
+    #[test]
+    fn a_file_still_being_written_is_not_read_until_it_settles() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let locks = FileLocks::open(&path, norm()).unwrap();
+        let now = SystemTime::now();
+        locks.lock(entry("a@x", 1), now);
+        locks.flush().unwrap();
+        // An editor writing in place has truncated the file and not yet
+        // written it back: the watcher must not take that as "unlock all".
+        std::fs::write(&path, "").unwrap();
+        assert!(locks.reload(false).is_empty());
+        assert!(locks.lookup("a@x", now).is_some());
+        // Once it has settled, the edit is the truth (here: unlock all).
+        hand_edit(&path, "");
+        assert_eq!(locks.reload(false), ["a@x"]);
+        // SIGHUP does not wait.
+        std::fs::write(
+            &path,
+            "[[lock]]\nidentity = \"b@x\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"r\"\n",
+        )
+        .unwrap();
+        locks.reload(true);
+        assert!(locks.lookup("b@x", now).is_some());
     }
 }
