@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the live-MTA test suite
 # (milter-tests/live/) needs: Postfix, and the Cyrus SASL tools and plugins
-# used for AUTH on the private instances' submission port.
+# used for AUTH on the private instances' submission port; then Sendmail,
+# unpacked into a private root (see the Sendmail section at the end).
 #
-# Idempotent: exits 0 at once when everything is already there. Must run as
+# Idempotent: exits 0 quickly when everything is already there. Must run as
 # root to install anything. Postfix is installed non-interactively ("No
 # configuration") with a temporary /usr/sbin/policy-rc.d that forbids
 # starting services, so the install never starts a system-wide Postfix that
@@ -35,6 +36,8 @@ ensure_default_main_cf() {
     fi
 }
 
+# ---------------------------------------------------------------- Postfix
+install_postfix() {
 missing=()
 for pkg in "${packages[@]}"; do
     installed "$pkg" || missing+=("$pkg")
@@ -43,7 +46,7 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
     ensure_default_main_cf
     say "already installed: ${packages[*]}"
-    exit 0
+    return 0
 fi
 
 if [ "$(id -u)" != 0 ]; then
@@ -99,5 +102,162 @@ if ! compgen -G '/usr/lib/*/sasl2/libplain.so*' >/dev/null; then
     exit 1
 fi
 ensure_default_main_cf
+}
 
+# --------------------------------------------------------------- Sendmail
+# For milter-tests/live/sendmail.rs. Debian's sendmail-bin conflicts with
+# postfix (both provide mail-transport-agent), so installing it would remove
+# Postfix. Instead its packages are downloaded (apt-get download, into
+# $SENDMAIL_CACHE) and unpacked with dpkg-deb -x into a private root,
+# $SENDMAIL_ROOT: no maintainer script runs, nothing is registered with dpkg,
+# nothing is started, /etc/mail is not touched. Only what the unpacked
+# binary links against (the "lib*" dependencies of sendmail-bin) is
+# installed as packages, plus m4, which builds sendmail.cf from the .mc.
+# To refresh: rm -rf "$SENDMAIL_ROOT" and run this script again.
+SENDMAIL_ROOT=${EGRESS_MILTER_SENDMAIL_ROOT:-/opt/egress-milter-tests/sendmail-root}
+SENDMAIL_CACHE=${EGRESS_MILTER_SENDMAIL_CACHE:-/var/cache/egress-milter-tests/sendmail}
+sendmail_debs=(sendmail-bin sendmail-base sendmail-cf)
+# m4 builds sendmail.cf; unshare and mount (util-linux, mount) give each test
+# instance its private host name, /etc/hosts, resolv.conf and SASL config.
+sendmail_tools=(m4 util-linux mount sasl2-bin libsasl2-modules)
+sendmail_bin=$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail
+sendmail_stamp=$SENDMAIL_ROOT/.egress-milter-tests
+
+# Prints the compile options of the sendmail binary $1 (sendmail -d0.1).
+# Sendmail looks up its own host name before anything else (and sleeps a
+# minute when it cannot qualify it), so it runs, as in the tests, in private
+# namespaces where the host name is in /etc/hosts and the only name server
+# is 127.0.0.1: no query leaves the machine.
+sendmail_compile_options() {
+    local tmp rc=0
+    tmp=$(mktemp -d)
+    printf '127.0.0.1\tmta.egress-test.invalid localhost\n' >"$tmp/hosts"
+    printf 'nameserver 127.0.0.1\n' >"$tmp/resolv.conf"
+    # shellcheck disable=SC2016 # expanded by the inner shell
+    unshare --mount --uts -- /bin/sh -c '
+        set -e
+        hostname mta.egress-test.invalid
+        mount --bind "$1" /etc/hosts
+        if [ -e /etc/resolv.conf ]; then mount --bind "$2" /etc/resolv.conf; fi
+        exec "$3" -d0.1 -bt -C /dev/null' sh "$tmp/hosts" "$tmp/resolv.conf" "$1" \
+        </dev/null >"$tmp/out" 2>&1 || rc=$?
+    cat "$tmp/out"
+    rm -rf "$tmp"
+    # -bt with /dev/null as sendmail.cf ends in an error (72) after printing
+    # the options; unshare failing ends in 1.
+    [ "$rc" = 72 ] || [ "$rc" = 0 ]
+}
+
+# The lib* packages sendmail-bin depends on, from apt's metadata (so the
+# list follows the Debian release: libldap-2.5-0 on bookworm, ...).
+sendmail_libraries() {
+    apt-cache depends sendmail-bin 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^lib/ && $2 != "libc6" { print $2 }'
+}
+
+sendmail_ready() {
+    [ -f "$sendmail_stamp" ] && [ -x "$sendmail_bin" ] &&
+        [ -f "$SENDMAIL_ROOT/usr/share/sendmail/cf/m4/cf.m4" ] || return 1
+    local pkg
+    for pkg in "${sendmail_tools[@]}"; do
+        installed "$pkg" || return 1
+    done
+    ! ldd "$sendmail_bin" 2>/dev/null | grep -q 'not found'
+}
+
+install_sendmail() {
+    if sendmail_ready; then
+        say "sendmail already unpacked in $SENDMAIL_ROOT ($(head -n1 "$sendmail_stamp"))"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        say "must run as root to unpack Sendmail into $SENDMAIL_ROOT" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+
+    # Refresh the package lists only when they do not know sendmail-bin.
+    local candidate
+    candidate=$(apt-cache policy sendmail-bin 2>/dev/null || true)
+    if [[ "$candidate" != *"Candidate: "[0-9]* ]]; then
+        say "apt-get update"
+        apt-get update -q
+    fi
+
+    local missing=() pkg
+    for pkg in "${sendmail_tools[@]}" $(sendmail_libraries); do
+        installed "$pkg" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        say "apt-get install ${missing[*]} (for the unpacked Sendmail)"
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+
+    # The .deb files, downloaded once.
+    mkdir -p "$SENDMAIL_CACHE"
+    local debs=() deb
+    for pkg in "${sendmail_debs[@]}"; do
+        deb=$(find "$SENDMAIL_CACHE" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n1)
+        if [ -z "$deb" ]; then
+            say "apt-get download $pkg into $SENDMAIL_CACHE"
+            # apt drops to the _apt user for downloads when it can write there.
+            if id _apt >/dev/null 2>&1; then chown _apt "$SENDMAIL_CACHE"; fi
+            (cd "$SENDMAIL_CACHE" && apt-get download -q "$pkg")
+            deb=$(find "$SENDMAIL_CACHE" -maxdepth 1 -name "${pkg}_*.deb" | sort -V | tail -n1)
+            if [ -z "$deb" ]; then
+                say "error: apt-get download $pkg left no .deb in $SENDMAIL_CACHE" >&2
+                exit 1
+            fi
+        fi
+        debs+=("$deb")
+    done
+
+    # Unpack into a fresh directory beside the root, check, then swap.
+    mkdir -p "$(dirname "$SENDMAIL_ROOT")"
+    local staging
+    staging=$(mktemp -d "$SENDMAIL_ROOT.new.XXXXXX")
+    for deb in "${debs[@]}"; do
+        say "unpacking $(basename "$deb")"
+        dpkg-deb -x "$deb" "$staging"
+    done
+    # Sendmail's file-safety checks want no group- or world-writable
+    # directory on its paths.
+    chmod 755 "$staging"
+
+    local unresolved
+    unresolved=$(ldd "$staging/usr/libexec/sendmail/sendmail" 2>&1 | grep 'not found' || true)
+    if [ -n "$unresolved" ]; then
+        rm -rf "$staging"
+        say "error: the unpacked sendmail lacks libraries:" >&2
+        printf '%s\n' "$unresolved" >&2
+        exit 1
+    fi
+    local options
+    if ! options=$(sendmail_compile_options "$staging/usr/libexec/sendmail/sendmail"); then
+        rm -rf "$staging"
+        say "error: the unpacked sendmail does not run in private namespaces (unshare --mount --uts needs" \
+            "root with CAP_SYS_ADMIN):" >&2
+        printf '%s\n' "$options" >&2
+        exit 1
+    fi
+    local option
+    for option in MILTER SASLv2; do
+        if ! grep -qw "$option" <<<"$options"; then
+            rm -rf "$staging"
+            say "error: the unpacked sendmail is built without $option:" >&2
+            printf '%s\n' "$options" >&2
+            exit 1
+        fi
+    done
+
+    {
+        head -n1 <<<"$options"
+        for deb in "${debs[@]}"; do dpkg-deb -f "$deb" Package Version | paste -sd' '; done
+    } >"$staging/.egress-milter-tests"
+    rm -rf "$SENDMAIL_ROOT"
+    mv "$staging" "$SENDMAIL_ROOT"
+    say "sendmail unpacked in $SENDMAIL_ROOT ($(head -n1 "$sendmail_stamp"))"
+}
+
+install_postfix
+install_sendmail
 say "done"

@@ -11,6 +11,8 @@ mod egress;
 mod harness;
 mod postfix;
 mod scenarios;
+mod sendmail;
+mod sendmail_scenarios;
 mod sink;
 mod smtp;
 
