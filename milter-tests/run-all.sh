@@ -33,5 +33,11 @@ else
     echo "note: Postfix is not installed; run as root to install it and run the live-MTA suite"
 fi
 
+if [ "$(id -u)" = 0 ]; then
+    # Before cargo test, so that cargo test's summary stays the last word.
+    step "Debian package: build, inspect, install, purge (milter-tests/package.sh)"
+    bash milter-tests/package.sh
+fi
+
 step "cargo test (unit, protocol$( [ $live = 1 ] && echo ", live MTA"))"
 EGRESS_MILTER_LIVE=$live cargo test --locked --all-targets -- --test-threads="${EGRESS_MILTER_TEST_THREADS:-4}"

@@ -38,9 +38,13 @@ pub enum LocksCommand {
     /// List locked identities, newest first.
     List,
     /// Show one lock in full.
-    Show { identity: String },
+    Show {
+        /// The identity, as the milter resolves it (login, address or client address).
+        identity: String,
+    },
     /// Lock an identity by hand.
     Add {
+        /// The identity to lock (normalised as the milter does).
         identity: String,
         /// Why (shown to admins, kept in the lock list).
         #[arg(long)]
@@ -53,5 +57,8 @@ pub enum LocksCommand {
         note: Option<String>,
     },
     /// Unlock an identity.
-    Remove { identity: String },
+    Remove {
+        /// The identity to unlock.
+        identity: String,
+    },
 }
