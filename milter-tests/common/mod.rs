@@ -98,8 +98,15 @@ impl Milter {
 
     pub async fn spawn_in(dir: tempfile::TempDir, config: &str, clock: Clock) -> Milter {
         init_test_logging();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        // Held from here on, but the port must not be one handed out by
+        // free_port() to a daemon process that has not bound it yet.
+        let (listener, addr) = loop {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            if claim_port(addr.port()) {
+                break (listener, addr);
+            }
+        };
         let config_path = write_config(dir.path(), config, &format!("inet:{addr}"));
         let config = Config::read(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let lock_path = config.locks.file.clone();
@@ -391,12 +398,31 @@ pub fn cli(config: &Path, args: &[&str]) -> std::process::Output {
 }
 
 /// A free loopback port (bound, read, released).
+/// A loopback port nobody listens on, never the same twice in this test
+/// binary: the kernel may hand a just-released port to the next probe, and
+/// two tests would then start daemons on one port and talk to each other's.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if claim_port(port) {
+            return port;
+        }
+    }
+}
+
+/// Records `port` as taken in this test binary; false if it already was.
+pub fn claim_port(port: u16) -> bool {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    if handed_out.contains(&port) {
+        return false;
+    }
+    handed_out.push(port);
+    true
 }
 
 impl Process {

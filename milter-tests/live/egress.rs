@@ -514,8 +514,30 @@ impl Drop for EgressMilter {
 }
 
 /// A port on 127.0.0.1 that is free now (the kernel's choice).
+/// A loopback port nobody listens on, never the same twice in this test
+/// binary: the kernel may hand a port that was just probed and released to
+/// the next probe, and two tests starting servers on one port would then
+/// talk to each other's (one of them failing to bind, unnoticed).
 pub fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        if claim_port(port) {
+            return Ok(port);
+        }
+    }
+}
+
+/// Records `port` as taken by this test binary; false if it already was
+/// (a listener that holds a kernel-chosen port, like the sink, must not get
+/// one that [`free_port`] handed out to a server not yet started).
+pub fn claim_port(port: u16) -> bool {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    if handed_out.contains(&port) {
+        return false;
+    }
+    handed_out.push(port);
+    true
 }
 
 /// Polls `cond` every [`POLL`] until it holds (true) or `timeout` passes.

@@ -817,9 +817,7 @@ fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// when this returns; a race with another process is handled by retrying the
 /// start.
 fn free_ports() -> io::Result<[u16; 2]> {
-    let a = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    let b = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok([a.local_addr()?.port(), b.local_addr()?.port()])
+    Ok([crate::egress::free_port()?, crate::egress::free_port()?])
 }
 
 /// Whether something listens on 127.0.0.1:`port` (or 0.0.0.0), from

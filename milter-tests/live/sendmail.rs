@@ -60,7 +60,6 @@ use crate::postfix::MYHOSTNAME;
 use crate::sink::SmtpSink;
 use std::fs;
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -755,7 +754,7 @@ fn is_root() -> io::Result<bool> {
 
 /// A port on 127.0.0.1 that is free now (the kernel's choice).
 fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    crate::egress::free_port()
 }
 
 /// Whether something listens on 127.0.0.1:`port`, from /proc/net/tcp: a

@@ -167,8 +167,13 @@ pub struct SmtpSink {
 impl SmtpSink {
     /// Starts listening and serving in background threads.
     pub fn start() -> io::Result<SmtpSink> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        let port = listener.local_addr()?.port();
+        let (listener, port) = loop {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+            let port = listener.local_addr()?.port();
+            if crate::egress::claim_port(port) {
+                break (listener, port);
+            }
+        };
         let shared = Arc::new(Shared::default());
         let acceptor = {
             let shared = Arc::clone(&shared);
