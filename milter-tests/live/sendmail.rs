@@ -56,7 +56,8 @@
 
 #![allow(dead_code)] // harness API: not every helper is used by every test
 
-use crate::postfix::MYHOSTNAME;
+use crate::egress::{free_port, poll_until};
+use crate::postfix::{MYHOSTNAME, is_listening};
 use crate::sink::SmtpSink;
 use std::fs;
 use std::io::{self, Write};
@@ -750,45 +751,6 @@ fn is_root() -> io::Result<bool> {
         .and_then(|ids| ids.split_whitespace().nth(1))
         .map(|euid| euid == "0")
         .ok_or_else(|| io::Error::other("cannot read the effective UID from /proc/self/status"))
-}
-
-/// A port on 127.0.0.1 that is free now (the kernel's choice).
-fn free_port() -> io::Result<u16> {
-    crate::egress::free_port()
-}
-
-/// Whether something listens on 127.0.0.1:`port`, from /proc/net/tcp: a
-/// probe connection would reach Sendmail, and through it the milter.
-fn is_listening(port: u16) -> bool {
-    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
-        return false;
-    };
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
-            return false;
-        };
-        let Some((addr, hex_port)) = local.split_once(':') else {
-            return false;
-        };
-        *state == "0A"
-            && matches!(addr, "0100007F" | "00000000")
-            && u16::from_str_radix(hex_port, 16).is_ok_and(|p| p == port)
-    })
-}
-
-/// Polls `cond` every [`POLL`] until it holds (true) or `timeout` passes.
-fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(POLL);
-    }
 }
 
 #[cfg(test)]
