@@ -17,7 +17,7 @@
 use crate::clock::Clock;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -77,7 +77,7 @@ impl<const N: usize, const WIDTH: u64> Ring<N, WIDTH> {
 }
 
 /// What one identity did in a span of time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// Messages accepted.
     pub messages: u32,
@@ -247,7 +247,7 @@ pub fn domain_of(identity: &str) -> Option<&str> {
 }
 
 /// One identity's recent activity, as the status API serves it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Activity {
     pub identity: String,
     pub domain: Option<String>,
@@ -264,7 +264,7 @@ pub struct Activity {
 }
 
 /// One identity's totals over the last hours, for `report`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportRow {
     pub identity: String,
     pub domain: Option<String>,

@@ -6,7 +6,7 @@
 //! the daemon locks an identity and persisted by a background writer, plus a
 //! watcher that picks up edits made by hand or by the CLI.
 
-use crate::lockfile::{self, Fingerprint, LockEntry, LockFileError, LockList, Snapshot, fingerprint};
+use crate::lockfile::{self, Fingerprint, LockEntry, LockFileError, LockList, LockSource, Snapshot, fingerprint};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -102,6 +102,8 @@ impl FileLocks {
             stats: LockStats::default(),
         });
         locks.install(list);
+        // Count only locks added while running.
+        locks.stats.added_manual.store(0, Ordering::Relaxed);
         Ok(locks)
     }
 
@@ -120,10 +122,17 @@ impl FileLocks {
             .map(|e| (e.identity.clone(), Arc::new(e)))
             .collect();
         let map = Arc::new(map);
-        match self.active.write() {
-            Ok(mut active) => std::mem::replace(&mut *active, map),
-            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), map),
-        }
+        let old = match self.active.write() {
+            Ok(mut active) => std::mem::replace(&mut *active, map.clone()),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), map.clone()),
+        };
+        // Manual locks new to the daemon, however they reached the file.
+        let manual = map
+            .iter()
+            .filter(|(id, e)| e.source == LockSource::Manual && old.get(*id).is_none_or(|o| o.locked_at != e.locked_at))
+            .count();
+        self.stats.added_manual.fetch_add(manual as u64, Ordering::Relaxed);
+        old
     }
 
     fn active(&self) -> Arc<HashMap<String, Arc<LockEntry>>> {
@@ -175,7 +184,6 @@ impl FileLocks {
                 let added: Vec<_> = new.keys().filter(|k| !old.contains_key(*k)).cloned().collect();
                 let mut removed: Vec<_> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
                 self.stats.corrupt.store(false, Ordering::Relaxed);
-                self.stats.added_manual.fetch_add(added.len() as u64, Ordering::Relaxed);
                 if !added.is_empty() || !removed.is_empty() || force {
                     info!(
                         file = %self.path.display(),
@@ -405,7 +413,7 @@ fn summarise(ids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lockfile::{LockSource, Timestamp};
+    use crate::lockfile::Timestamp;
 
     fn norm() -> Normaliser {
         Arc::new(|s: &str| s.trim().to_lowercase())

@@ -30,7 +30,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -237,13 +237,14 @@ fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-#[derive(Serialize)]
-struct TopAnswer {
+/// The answer of `/api/identities`.
+#[derive(Serialize, Deserialize)]
+pub struct TopAnswer {
     /// Identities with an entry of their own, and the cap.
-    tracked: usize,
-    cap: usize,
-    sort: &'static str,
-    identities: Vec<Activity>,
+    pub tracked: usize,
+    pub cap: usize,
+    pub sort: String,
+    pub identities: Vec<Activity>,
 }
 
 fn is_locked(state: &State, identity: &str, now: SystemTime) -> bool {
@@ -275,15 +276,16 @@ fn top(state: &State, query: &str) -> Answer {
     json(&TopAnswer {
         tracked: activity.len(),
         cap: activity.cap(),
-        sort: name,
+        sort: name.to_string(),
         identities,
     })
 }
 
-#[derive(Serialize)]
-struct ReportAnswer {
-    hours: usize,
-    rows: Vec<ReportRow>,
+/// The answer of `/api/report`.
+#[derive(Serialize, Deserialize)]
+pub struct ReportAnswer {
+    pub hours: usize,
+    pub rows: Vec<ReportRow>,
 }
 
 fn report(state: &State, query: &str) -> Answer {
