@@ -181,7 +181,7 @@ fn queue_hold_finds_an_identitys_queued_mail_and_release_gives_it_back() {
         assert!(held.contains(id.as_str()), "{id} not named: {held}");
     }
     assert_eq!(ids_in(postfix, "hold"), alice);
-    assert_eq!(ids_in(postfix, "deferred"), [bob.clone()]);
+    assert_eq!(ids_in(postfix, "deferred"), [bob]);
 
     // Nothing left to hold; release gives the three back.
     let again = stdout_of(
