@@ -222,10 +222,11 @@ async fn locks_and_reloads_show_in_metrics_and_json() {
         Mta::send(d.process.addr, &msg("mallory@example.com", 1, &format!("M{i}"))).await;
     }
     run_cli(&d.config, &["locks", "add", "eve@example.com", "--reason", "phished"]);
-    eventually(Duration::from_secs(10), "both locks counted", async || {
+    eventually(Duration::from_secs(10), "both locks counted and written", async || {
         let m = scrape(d.status);
         metric(&m, "egress_milter_locks_active") == 2.0
             && metric(&m, "egress_milter_locks_added_total{source=\"manual\"}") == 1.0
+            && metric(&m, "egress_milter_locks_pending_write") == 0.0
     })
     .await;
     let m = scrape(d.status);
