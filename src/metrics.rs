@@ -367,7 +367,7 @@ impl Collector for Exposition {
                     })
                     .collect();
                 let count = load(&h.count);
-                buckets.push((f64::MAX, count.saturating_sub(cumulative)));
+                buckets.push((f64::INFINITY, count.saturating_sub(cumulative)));
                 let labels = [("stage", name)];
                 m.encode_family(&labels)?
                     .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
@@ -475,6 +475,7 @@ mod tests {
             "egress_milter_not_enforced_total{rule=\"soft\",action=\"tempfail\"} 1",
             "egress_milter_decision_seconds_count{stage=\"mail\"} 1",
             "egress_milter_decision_seconds_count{stage=\"rcpt\"} 0",
+            "egress_milter_decision_seconds_bucket{le=\"+Inf\",stage=\"mail\"} 1",
             "egress_milter_locks_active 2",
             "egress_milter_locks_added_total{source=\"auto\"} 1",
             "egress_milter_tracked_identities 2",

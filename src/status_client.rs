@@ -247,10 +247,10 @@ pub fn explain(config: &Config, identity: &str, json: bool) -> Result<String, Fa
     }
     match serde_json::from_value::<Activity>(v["activity"].clone()) {
         Ok(a) => {
-            for (name, c) in [("last minute", &a.last_minute), ("last hour", &a.last_hour)] {
+            for (name, c) in [("last 1m", &a.last_minute), ("last 1h", &a.last_hour)] {
                 let _ = writeln!(
                     out,
-                    "{:<11} {} messages, {} recipients accepted; {} tempfailed, {} rejected, {} held",
+                    "{:<12}{} messages, {} recipients accepted; {} tempfailed, {} rejected, {} held",
                     format!("{name}:"),
                     c.messages,
                     c.recipients,
