@@ -232,6 +232,22 @@ impl Entry {
         }
     }
 
+    /// The sort key of `top`, or `None` if nothing happened in the last hour.
+    fn rank(&self, now: u64, sort: SortBy) -> Option<(u32, u32)> {
+        let r = self.rings();
+        if now.saturating_sub(r.last) >= 3600 {
+            return None;
+        }
+        let (minute, hour) = (r.minute.sum(r.last, now, 6), r.hour.sum(r.last, now, 12));
+        if hour.is_empty() {
+            return None;
+        }
+        Some(match sort {
+            SortBy::Messages => (minute.attempts(), hour.attempts()),
+            SortBy::Recipients => (minute.recipients, hour.recipients),
+        })
+    }
+
     fn history(&self, now: u64, hours: usize) -> Counts {
         let r = self.rings();
         r.hours.sum(r.last, now, hours)
@@ -360,25 +376,41 @@ impl ActivityRegistry {
     /// The `n` identities sending the most now (with the overflow row if it
     /// is among them). Identities with nothing in the last hour are left out.
     pub fn top(&self, n: usize, sort: SortBy) -> Vec<Activity> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
         let now = self.now();
-        let mut all: Vec<Activity> = self
-            .map
-            .iter()
-            .filter(|e| e.value().idle_for(now) < 3600)
-            .map(|e| e.value().snapshot(e.key(), now))
-            .collect();
-        let other = self.other.snapshot(OTHER, now);
-        if !other.last_hour.is_empty() {
-            all.push(other);
+        if n == 0 {
+            return Vec::new();
         }
-        all.retain(|a| !a.last_hour.is_empty());
-        let key = |a: &Activity| match sort {
-            SortBy::Messages => (a.last_minute.attempts(), a.last_hour.attempts()),
-            SortBy::Recipients => (a.last_minute.recipients, a.last_hour.recipients),
+        // Greater first; among equals, the identity that sorts first.
+        type Rank = ((u32, u32), Reverse<Box<str>>);
+        let mut best: BinaryHeap<Reverse<Rank>> = BinaryHeap::with_capacity(n + 1);
+        let mut consider = |identity: &str, entry: &Entry| {
+            let Some(key) = entry.rank(now, sort) else {
+                return;
+            };
+            if best.len() == n
+                && let Some(Reverse((min_key, Reverse(min_id)))) = best.peek()
+                && (key, Reverse(identity)) <= (*min_key, Reverse(&**min_id))
+            {
+                return;
+            }
+            best.push(Reverse((key, Reverse(identity.into()))));
+            if best.len() > n {
+                best.pop();
+            }
         };
-        all.sort_unstable_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.identity.cmp(&b.identity)));
-        all.truncate(n);
-        all
+        for e in self.map.iter() {
+            consider(e.key(), e.value());
+        }
+        consider(OTHER, &self.other);
+        let mut ranked = best.into_vec();
+        // Ascending `Reverse<Rank>` is descending rank.
+        ranked.sort_unstable();
+        ranked
+            .into_iter()
+            .filter_map(|Reverse((_, Reverse(identity)))| self.get(&identity))
+            .collect()
     }
 
     /// Totals over the last `hours` (at most [`HISTORY_HOURS`]; the current
@@ -547,6 +579,13 @@ mod tests {
         assert_eq!(by(SortBy::Messages), ["many@x", "wide@x"]);
         assert_eq!(by(SortBy::Recipients), ["wide@x", "many@x"]);
         assert_eq!(reg.top(1, SortBy::Messages).len(), 1);
+        // Equal counts: alphabetical; top(n) keeps the n best of many.
+        for who in ["c@y", "b@y", "d@y"] {
+            reg.record(who, ACCEPT1, "Q");
+        }
+        let names: Vec<_> = reg.top(4, SortBy::Messages).into_iter().map(|a| a.identity).collect();
+        assert_eq!(names, ["many@x", "b@y", "c@y", "d@y"]);
+        assert_eq!(reg.top(0, SortBy::Messages), []);
     }
 
     #[test]
