@@ -339,3 +339,45 @@ async fn tools_name_the_listener_when_it_is_off_or_unreachable() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn dry_run_counts_what_it_would_have_done() {
+    let status: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let m = Milter::spawn(&format!(
+        "{}\n[status]\nlisten = \"{status}\"\n",
+        fixture("dry-run.toml")
+    ))
+    .await;
+    eventually(Duration::from_secs(10), "status listener answers", async || {
+        std::net::TcpStream::connect(status).is_ok()
+    })
+    .await;
+    for i in 0..8 {
+        assert!(
+            Mta::send(m.addr, &msg("mallory@example.com", 1, &format!("D{i}")))
+                .await
+                .accepted()
+        );
+    }
+    let s = tokio::task::spawn_blocking(move || scrape(status)).await.unwrap();
+    // Messages 4-8 exceed "per-minute" at end of message, 4-6 also at MAIL;
+    // at MAIL, 7 and 8 exceed the lock rule, the more severe.
+    assert_eq!(
+        metric(
+            &s,
+            "egress_milter_not_enforced_total{rule=\"per-minute\",action=\"tempfail\"}"
+        ),
+        8.0
+    );
+    assert_eq!(
+        metric(&s, "egress_milter_not_enforced_total{rule=\"lock\",action=\"lock\"}"),
+        2.0
+    );
+    assert_eq!(metric(&s, "egress_milter_messages_accepted_total"), 8.0);
+    assert!(
+        !s.iter()
+            .any(|(series, _)| series.starts_with("egress_milter_refusals_total"))
+    );
+    assert_eq!(metric(&s, "egress_milter_locks_active"), 0.0);
+    m.shutdown().await;
+}
