@@ -381,3 +381,56 @@ async fn dry_run_counts_what_it_would_have_done() {
     assert_eq!(metric(&s, "egress_milter_locks_active"), 0.0);
     m.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_bounds_connections_headers_and_slow_clients() {
+    let status: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let m = Milter::spawn(&format!(
+        "{}\n[status]\nlisten = \"{status}\"\nmax_connections = 2\n",
+        fixture("escalation.toml")
+    ))
+    .await;
+    eventually(Duration::from_secs(10), "status listener answers", async || {
+        std::net::TcpStream::connect(status).is_ok_and(|mut s| {
+            let _ = write!(s, "GET /healthz HTTP/1.0\r\n\r\n");
+            let mut out = String::new();
+            s.read_to_string(&mut out).is_ok() && out.ends_with("ok\n")
+        })
+    })
+    .await;
+    tokio::task::spawn_blocking(move || {
+        let read_all = |s: &mut std::net::TcpStream| {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        // A request head over 8 KiB is refused.
+        let mut s = std::net::TcpStream::connect(status).unwrap();
+        let _ = write!(s, "GET /healthz HTTP/1.1\r\nX-Big: {}\r\n\r\n", "x".repeat(20_000));
+        let answer = read_all(&mut s);
+        assert!(!answer.contains("200 OK"), "{answer}");
+
+        // Two idle connections use up the limit: a third is closed at once.
+        let idle1 = std::net::TcpStream::connect(status).unwrap();
+        let idle2 = std::net::TcpStream::connect(status).unwrap();
+        let mut third = std::net::TcpStream::connect(status).unwrap();
+        let _ = write!(third, "GET /healthz HTTP/1.0\r\n\r\n");
+        assert_eq!(read_all(&mut third), "", "over the limit: closed without an answer");
+        drop(idle2);
+
+        // A client that never finishes its request head is dropped (after 5 s).
+        let mut slow = idle1;
+        let _ = write!(slow, "GET /heal");
+        let answer = read_all(&mut slow);
+        assert!(!answer.contains("200 OK"), "{answer}");
+    })
+    .await
+    .unwrap();
+    // Both slots are free again.
+    let (code, body) = tokio::task::spawn_blocking(move || http_get(status, "/healthz"))
+        .await
+        .unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    m.shutdown().await;
+}
