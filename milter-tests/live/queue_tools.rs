@@ -7,10 +7,10 @@
 //! queue ids the daemon recorded, and put on hold with postsuper.
 
 use crate::WAIT;
+use crate::egress::{EgressMilter, MilterConfig};
 use crate::harness::{LiveMta, skip_unless_live};
 use crate::smtp::{Envelope, send_message};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 fn free_port() -> u16 {
@@ -19,68 +19,6 @@ fn free_port() -> u16 {
         .local_addr()
         .expect("local addr")
         .port()
-}
-
-/// egress-milter (the real binary) with a status listener; killed on drop.
-struct Daemon {
-    child: Child,
-    config: std::path::PathBuf,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start(milter: SocketAddr, status: SocketAddr) -> Daemon {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("egress-milter.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket = \"inet:{milter}\"\n\n[[rule]]\nname = \"generous\"\nrate = \"1000/1m\"\naction = \"tempfail\"\n\n[locks]\nfile = \"locks.toml\"\n\n[status]\nlisten = \"{status}\"\n"
-            ),
-        )
-        .expect("write config");
-        let log = dir.path().join("egress-milter.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_egress-milter"))
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("start egress-milter");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(status).is_err() || std::net::TcpStream::connect(milter).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "egress-milter did not start:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Daemon {
-            child,
-            config,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_egress-milter"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .expect("run egress-milter")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn stdout_of(out: &Output, what: &str) -> String {
@@ -109,12 +47,20 @@ fn queue_hold_finds_an_identitys_queued_mail_and_release_gives_it_back() {
     if skip_unless_live() {
         return;
     }
-    let milter: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let status: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let daemon = Daemon::start(milter, status);
+    let status = format!("127.0.0.1:{}", free_port());
+    let daemon = EgressMilter::start(&MilterConfig::example().set("status.listen", status.as_str()));
+    let started = Instant::now();
+    while std::net::TcpStream::connect(status.as_str()).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "status listener not up:\n{}",
+            daemon.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // defer_transports keeps relayed mail in the deferred queue.
     let mta = LiveMta::start(|o| {
-        o.milter(&format!("inet:{milter}"))
+        o.milter(&daemon.socket())
             .user("alice@example.com", "alice-secret")
             .user("bob@example.com", "bob-secret")
             .main_cf("defer_transports = smtp")
@@ -124,12 +70,7 @@ fn queue_hold_finds_an_identitys_queued_mail_and_release_gives_it_back() {
         let outcome =
             send_message(&Envelope::new(postfix.submission_port(), from, &["carol@remote.test"]).auth(login, password))
                 .expect("submission conversation");
-        assert!(
-            outcome.accepted(),
-            "{}\n{}",
-            outcome.transcript,
-            std::fs::read_to_string(&daemon.log).unwrap_or_default()
-        );
+        assert!(outcome.accepted(), "{}\n{}", outcome.transcript, daemon.log_tail(20));
         outcome.queue_id().expect("queue id")
     };
     let mut alice = vec![
