@@ -351,16 +351,18 @@ impl ActivityRegistry {
             entry.record(now, event, queue_id);
             return;
         }
-        if self.len.load(Ordering::Relaxed) >= self.cap.load(Ordering::Relaxed) {
+        // Reserve a slot first, so concurrent newcomers never overshoot the cap.
+        if self.len.fetch_add(1, Ordering::Relaxed) >= self.cap.load(Ordering::Relaxed) {
+            self.len.fetch_sub(1, Ordering::Relaxed);
             self.other.record(now, event, queue_id);
             return;
         }
         match self.map.entry(identity.into()) {
-            MapEntry::Occupied(e) => e.get().record(now, event, queue_id),
-            MapEntry::Vacant(v) => {
-                self.len.fetch_add(1, Ordering::Relaxed);
-                v.insert(Entry::new(now)).record(now, event, queue_id);
+            MapEntry::Occupied(e) => {
+                self.len.fetch_sub(1, Ordering::Relaxed);
+                e.get().record(now, event, queue_id);
             }
+            MapEntry::Vacant(v) => v.insert(Entry::new(now)).record(now, event, queue_id),
         }
     }
 
@@ -448,11 +450,14 @@ impl ActivityRegistry {
         let now = self.now();
         let full = self.len() * 10 >= self.cap() * 9;
         let idle_limit = if full { 3600 } else { HISTORY_HOURS as u64 * 3600 };
-        let before = self.map.len();
-        self.map.retain(|_, e| e.idle_for(now) < idle_limit);
-        let after = self.map.len();
-        self.len.store(after, Ordering::Relaxed);
-        before.saturating_sub(after)
+        let mut removed = 0;
+        self.map.retain(|_, e| {
+            let keep = e.idle_for(now) < idle_limit;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        removed
     }
 }
 
@@ -566,6 +571,29 @@ mod tests {
         let report = reg.report(24);
         assert_eq!(report.len(), 4);
         assert!(report.iter().any(|r| r.identity == OTHER && r.counts.messages == 5));
+    }
+
+    #[test]
+    fn the_cap_holds_under_concurrent_newcomers() {
+        let reg = std::sync::Arc::new(ActivityRegistry::new(Clock::manual(), 100));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let reg = reg.clone();
+                std::thread::spawn(move || {
+                    for i in 0..1000 {
+                        reg.record(&format!("t{t}-{i}@x"), ACCEPT1, "Q");
+                        reg.record("shared@x", ACCEPT1, "Q");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(reg.len(), 100);
+        assert_eq!(reg.map.len(), 100);
+        let everyone: u32 = reg.report(1).iter().map(|r| r.counts.messages).sum();
+        assert_eq!(everyone, 8000, "every message is counted in some row");
     }
 
     #[test]
