@@ -434,3 +434,50 @@ async fn the_listener_bounds_connections_headers_and_slow_clients() {
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn top_redraws_until_interrupted() {
+    let d = start(&fixture("escalation.toml")).await;
+    assert!(
+        Mta::send(d.process.addr, &msg("alice@example.com", 1, "T1"))
+            .await
+            .accepted()
+    );
+    let mut child = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&d.config)
+        .args(["top", "--interval", "1", "-n", "5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let screens = tokio::task::spawn_blocking(move || {
+        // Read until two full screens are drawn (top writes one every second).
+        let started = std::time::Instant::now();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while started.elapsed() < Duration::from_secs(20) {
+            let n = stdout.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            if text.matches("\x1b[H\x1b[2J").count() >= 3 {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    })
+    .await
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let frames: Vec<&str> = screens.split("\x1b[H\x1b[2J").filter(|f| !f.is_empty()).collect();
+    assert!(frames.len() >= 2, "{screens:?}");
+    for frame in &frames[..2] {
+        assert!(frame.starts_with("egress-milter top  "), "{frame:?}");
+        assert!(frame.contains("\nalice@example.com "), "{frame:?}");
+    }
+    assert!(d.process.stop().await.success());
+}
