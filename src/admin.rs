@@ -23,7 +23,7 @@ pub struct Failure {
 pub const EXIT_CONFIG: i32 = 78;
 
 impl Failure {
-    fn new(message: impl Into<String>) -> Self {
+    pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             status: 1,
@@ -117,6 +117,18 @@ pub fn list(config: &Config) -> Result<String, Failure> {
         }
         let _ = writeln!(out, "{}", row[5]);
     }
+    Ok(out)
+}
+
+/// `locks list --json`: every entry, newest first, as a JSON array.
+pub fn list_json(config: &Config) -> Result<String, Failure> {
+    let list = read_list(config)?;
+    let now = SystemTime::now();
+    let mut entries: Vec<_> = list.entries.iter().collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.locked_at));
+    let views: Vec<_> = entries.iter().map(|e| crate::status::LockView::new(e, now)).collect();
+    let mut out = serde_json::to_string_pretty(&views).map_err(|e| Failure::new(format!("cannot encode JSON: {e}")))?;
+    out.push('\n');
     Ok(out)
 }
 

@@ -7,6 +7,7 @@
 //! milter status and reply.
 
 use crate::config::ErrorPolicy;
+use crate::metrics::Stage;
 use crate::policy::Policy;
 use crate::session::{Session, Verdict};
 use indymilter::{
@@ -119,7 +120,9 @@ async fn handle_mail(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let auth = cx.macros.get(c"{auth_authen}").map(|a| a.to_bytes().to_vec());
     let conn = connection!(current, cx);
     let from = args.first().map_or(&b""[..], |a| a.as_bytes());
+    let started = conn.session.policy().observer().start();
     let verdict = conn.session.mail(from, auth.as_deref(), &queue_id);
+    conn.session.policy().observer().finish(Stage::Mail, started);
     answer(&mut cx.reply, verdict)
 }
 
@@ -127,7 +130,9 @@ async fn handle_rcpt(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let queue_id = queue_id(&cx.macros);
     let conn = connection!(current, cx);
     let rcpt = args.first().map_or(&b""[..], |a| a.as_bytes());
+    let started = conn.session.policy().observer().start();
     let verdict = conn.session.rcpt(rcpt, &queue_id);
+    conn.session.policy().observer().finish(Stage::Rcpt, started);
     answer(&mut cx.reply, verdict)
 }
 
@@ -144,14 +149,18 @@ async fn handle_header(current: CurrentPolicy, cx: &mut Context<Connection>, nam
 async fn handle_eoh(current: CurrentPolicy, cx: &mut Context<Connection>) -> Status {
     let queue_id = queue_id(&cx.macros);
     let conn = connection!(current, cx);
+    let started = conn.session.policy().observer().start();
     let verdict = conn.session.eoh(&queue_id);
+    conn.session.policy().observer().finish(Stage::Eoh, started);
     answer(&mut cx.reply, verdict)
 }
 
 async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> Status {
     let queue_id = queue_id(&cx.macros);
     let conn = connection!(current, cx);
+    let started = conn.session.policy().observer().start();
     let verdict = conn.session.eom(&queue_id);
+    conn.session.policy().observer().finish(Stage::Eom, started);
     conn.session.abort();
     if let Verdict::Hold { reason, fallback } = verdict {
         return match cx.actions.quarantine(reason.as_str()).await {

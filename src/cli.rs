@@ -31,12 +31,82 @@ pub enum Command {
         #[command(subcommand)]
         command: LocksCommand,
     },
+    /// Show the identities sending the most right now (from the status listener).
+    Top {
+        /// Identities shown.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        count: usize,
+        /// Order by messages (tried: accepted, refused or held) or by recipients.
+        #[arg(long, default_value = "messages", value_parser = ["messages", "recipients"])]
+        sort: String,
+        /// Seconds between redraws.
+        #[arg(long, default_value_t = 2)]
+        interval: u64,
+        /// Print one table and exit.
+        #[arg(long)]
+        once: bool,
+        /// With --once: print the JSON answer instead of a table.
+        #[arg(long, requires = "once")]
+        json: bool,
+    },
+    /// Show every rule's count for one identity, and its lock (from the status listener).
+    Explain {
+        identity: String,
+        /// Print the JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per-identity totals over the last hours (from the status listener).
+    Report {
+        /// How far back, at most 48h (whole hours).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Print CSV.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Act on an identity's mail already in Postfix's queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum QueueCommand {
+    /// Put the identity's queued mail on hold (postsuper -h).
+    Hold {
+        identity: String,
+        /// Show what would be held, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Postfix configuration directory of a non-default instance (postqueue/postsuper -c).
+        #[arg(long, value_name = "DIR")]
+        postfix_config: Option<PathBuf>,
+    },
+    /// Release the identity's held mail (postsuper -H).
+    Release {
+        identity: String,
+        /// Show what would be released, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Postfix configuration directory of a non-default instance (postqueue/postsuper -c).
+        #[arg(long, value_name = "DIR")]
+        postfix_config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum LocksCommand {
     /// List locked identities, newest first.
-    List,
+    List {
+        /// Print JSON (one array of locks) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one lock in full.
     Show {
         /// The identity, as the milter resolves it (login, address or client address).

@@ -76,6 +76,7 @@ pub struct Config {
     pub overrides: Vec<Spanned<OverrideConfig>>,
     pub locks: LocksConfig,
     pub replies: RepliesConfig,
+    pub status: StatusConfig,
 }
 
 impl Default for Config {
@@ -95,6 +96,7 @@ impl Default for Config {
             overrides: Vec::new(),
             locks: LocksConfig::default(),
             replies: RepliesConfig::default(),
+            status: StatusConfig::default(),
         }
     }
 }
@@ -230,6 +232,33 @@ impl Default for LocksConfig {
     }
 }
 
+/// `[status]`: the HTTP status listener (metrics, health, activity API).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// Address to serve on, e.g. `127.0.0.1:7026`; absent: no listener,
+    /// and no metrics or activity are kept.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Allow a `listen` address other than loopback. The listener has no
+    /// authentication and shows who sends what: keep it on loopback.
+    pub allow_non_loopback: bool,
+    /// Hard cap on identities in the activity registry.
+    pub max_identities: usize,
+    /// Largest number of simultaneous HTTP connections.
+    pub max_connections: usize,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            allow_non_loopback: false,
+            max_identities: 100_000,
+            max_connections: 16,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RepliesConfig {
@@ -351,6 +380,24 @@ impl Config {
         }
         if self.limits.max_tracked_identities == 0 {
             return fail(0..0, "limits.max_tracked_identities", "must be at least 1".into());
+        }
+        if let Some(addr) = self.status.listen
+            && !addr.ip().is_loopback()
+            && !self.status.allow_non_loopback
+        {
+            return fail(
+                0..0,
+                "status.listen",
+                format!(
+                    "{addr} is not a loopback address: the status listener has no authentication and shows who sends what; use 127.0.0.1 or ::1 (or set status.allow_non_loopback = true behind a firewall)"
+                ),
+            );
+        }
+        if self.status.max_identities == 0 {
+            return fail(0..0, "status.max_identities", "must be at least 1".into());
+        }
+        if self.status.max_connections == 0 {
+            return fail(0..0, "status.max_connections", "must be at least 1".into());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return fail(
@@ -531,6 +578,9 @@ impl Config {
         if a.max_length != b.max_length {
             changed.push("identity.max_length (for the lock list)");
         }
+        if self.status.listen != new.status.listen {
+            changed.push("status.listen");
+        }
         changed
     }
 }
@@ -688,6 +738,20 @@ mod tests {
             e.to_string().starts_with("/nonexistent/egress.toml: cannot read"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn status_listener_stays_on_loopback_unless_allowed() {
+        assert!(parse("").unwrap().status.listen.is_none());
+        let c = parse("[status]\nlisten = \"[::1]:7026\"\n").unwrap();
+        assert_eq!(c.status.listen.map(|a| a.port()), Some(7026));
+        let e = err("[status]\nlisten = \"0.0.0.0:7026\"\n");
+        assert_eq!(e.key.as_deref(), Some("status.listen"));
+        assert!(e.message.contains("not a loopback address"), "{e}");
+        let c = parse("[status]\nlisten = \"0.0.0.0:7026\"\nallow_non_loopback = true\n").unwrap();
+        assert!(c.status.listen.is_some());
+        let e = err("[status]\nmax_identities = 0\n");
+        assert_eq!(e.key.as_deref(), Some("status.max_identities"));
     }
 
     #[test]

@@ -11,7 +11,9 @@ use crate::identity::normalise_address;
 use crate::listener::MilterListener;
 use crate::lockfile::LockFileError;
 use crate::locks::{FileLocks, Normaliser};
+use crate::metrics::Observer;
 use crate::policy::{Counters, Policy};
+use crate::status;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -72,8 +74,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
+    let observer = Arc::new(match config.status.listen {
+        Some(_) => Observer::new(clock.clone(), config.status.max_identities),
+        None => Observer::disabled(),
+    });
     let counters = Counters::new(clock);
-    let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()));
+    let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()).with_observer(observer.clone()));
     let current: CurrentPolicy = Arc::new(RwLock::new(policy));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -103,13 +109,18 @@ pub async fn run(
         current.clone(),
         stopped(stop_rx.clone()),
     ));
+    if let Some(addr) = config.status.listen {
+        let listener = status::bind(addr).await?;
+        let state = status::State::new(current.clone(), locks.clone(), observer.clone());
+        tokio::spawn(status::serve(listener, state, stopped(stop_rx.clone())));
+    }
     {
         let current = current.clone();
         let locks = locks.clone();
         let counters = counters.clone();
         tokio::spawn(async move {
             while reload.recv().await.is_some() {
-                reload_config(&config_path, &current, &counters, &locks).await;
+                reload_config(&config_path, &current, &counters, &locks, &observer).await;
             }
         });
     }
@@ -129,7 +140,13 @@ pub async fn run(
     result
 }
 
-async fn reload_config(path: &Path, current: &CurrentPolicy, counters: &Arc<Counters>, locks: &Arc<FileLocks>) {
+async fn reload_config(
+    path: &Path,
+    current: &CurrentPolicy,
+    counters: &Arc<Counters>,
+    locks: &Arc<FileLocks>,
+    observer: &Arc<Observer>,
+) {
     let read_path = path.to_owned();
     let read = tokio::task::spawn_blocking(move || Config::read(&read_path)).await;
     match read {
@@ -141,15 +158,24 @@ async fn reload_config(path: &Path, current: &CurrentPolicy, counters: &Arc<Coun
             for w in new.warnings() {
                 warn!("{w}");
             }
-            let policy = Policy::new(Arc::new(new), counters.clone(), locks.clone() as _);
+            observer.activity().set_cap(new.status.max_identities);
+            let policy =
+                Policy::new(Arc::new(new), counters.clone(), locks.clone() as _).with_observer(observer.clone());
             match current.write() {
                 Ok(mut c) => *c = Arc::new(policy),
                 Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
             }
             info!(file = %path.display(), "configuration reloaded");
+            observer.reloaded(true);
         }
-        Ok(Err(e)) => error!("configuration not reloaded, keeping the running one: {e}"),
-        Err(e) => error!("configuration not reloaded: {e}"),
+        Ok(Err(e)) => {
+            error!("configuration not reloaded, keeping the running one: {e}");
+            observer.reloaded(false);
+        }
+        Err(e) => {
+            error!("configuration not reloaded: {e}");
+            observer.reloaded(false);
+        }
     }
     let locks = locks.clone();
     if let Ok(unlocked) = tokio::task::spawn_blocking(move || locks.reload(true)).await {
@@ -177,6 +203,15 @@ async fn housekeeping(counters: Arc<Counters>, current: CurrentPolicy, stop: imp
             took_ms = started.elapsed().as_millis() as u64,
             "idle counters evicted"
         );
+        let observer = callbacks::snapshot(&current).observer().clone();
+        if observer.enabled() {
+            let removed = observer.activity().evict_idle();
+            debug!(
+                removed,
+                tracked = observer.activity().len(),
+                "idle activity entries evicted"
+            );
+        }
         let cap = callbacks::snapshot(&current).config().limits.max_tracked_identities;
         if tracked >= cap {
             warn!(

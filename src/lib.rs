@@ -28,9 +28,17 @@
 //! - [`cli`]: the command line (subcommands and options);
 //! - [`admin`]: `check-config` and `locks` commands;
 //! - [`logging`]: text or JSON logs on stderr.
+//!
+//! Observability and incident tools:
+//! - [`activity`]: bounded per-identity activity registry (minute, hour, 48 h);
+//! - [`metrics`]: the verdict observer and the Prometheus exposition;
+//! - [`status`]: the optional HTTP status listener (`/metrics`, `/healthz`, `/api`);
+//! - [`status_client`]: `top`, `explain`, `report` over the status listener;
+//! - [`queue`]: `queue hold|release` through Postfix's postqueue and postsuper.
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admin;
 pub mod callbacks;
 pub mod cli;
@@ -43,6 +51,10 @@ pub mod listener;
 pub mod lockfile;
 pub mod locks;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
+pub mod queue;
 pub mod reply;
 pub mod session;
+pub mod status;
+pub mod status_client;

@@ -6,10 +6,11 @@
 //! the daemon locks an identity and persisted by a background writer, plus a
 //! watcher that picks up edits made by hand or by the CLI.
 
-use crate::lockfile::{self, Fingerprint, LockEntry, LockFileError, LockList, Snapshot, fingerprint};
+use crate::lockfile::{self, Fingerprint, LockEntry, LockFileError, LockList, LockSource, Snapshot, fingerprint};
 use dashmap::DashMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
@@ -50,6 +51,22 @@ pub struct FileLocks {
     /// changed file before the watcher did); the watcher hands them on, so
     /// their counters are forgotten as for any other unlock.
     unlocked_backlog: Mutex<Vec<String>>,
+    stats: LockStats,
+}
+
+/// Counts and states for metrics and `/healthz`.
+#[derive(Debug, Default)]
+pub struct LockStats {
+    /// Locks set by the daemon (lock rules).
+    pub added_auto: AtomicU64,
+    /// Locks that appeared in the file (CLI or editor).
+    pub added_manual: AtomicU64,
+    /// Failed writes of the lock list.
+    pub write_errors: AtomicU64,
+    /// The last write failed (locks are pending, enforced in memory).
+    pub write_failing: AtomicBool,
+    /// The file does not parse; the last good list is in force.
+    pub corrupt: AtomicBool,
 }
 
 /// How long a changed lock list must stay unmodified before the watcher
@@ -82,13 +99,20 @@ impl FileLocks {
             seen: Mutex::new(seen),
             written: Mutex::new(None),
             unlocked_backlog: Mutex::new(Vec::new()),
+            stats: LockStats::default(),
         });
         locks.install(list);
+        // Count only locks added while running.
+        locks.stats.added_manual.store(0, Ordering::Relaxed);
         Ok(locks)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn stats(&self) -> &LockStats {
+        &self.stats
     }
 
     fn install(&self, list: LockList) -> Arc<HashMap<String, Arc<LockEntry>>> {
@@ -98,10 +122,17 @@ impl FileLocks {
             .map(|e| (e.identity.clone(), Arc::new(e)))
             .collect();
         let map = Arc::new(map);
-        match self.active.write() {
-            Ok(mut active) => std::mem::replace(&mut *active, map),
-            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), map),
-        }
+        let old = match self.active.write() {
+            Ok(mut active) => std::mem::replace(&mut *active, map.clone()),
+            Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), map.clone()),
+        };
+        // Manual locks new to the daemon, however they reached the file.
+        let manual = map
+            .iter()
+            .filter(|(id, e)| e.source == LockSource::Manual && old.get(*id).is_none_or(|o| o.locked_at != e.locked_at))
+            .count();
+        self.stats.added_manual.fetch_add(manual as u64, Ordering::Relaxed);
+        old
     }
 
     fn active(&self) -> Arc<HashMap<String, Arc<LockEntry>>> {
@@ -152,6 +183,7 @@ impl FileLocks {
                 let new = self.active();
                 let added: Vec<_> = new.keys().filter(|k| !old.contains_key(*k)).cloned().collect();
                 let mut removed: Vec<_> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+                self.stats.corrupt.store(false, Ordering::Relaxed);
                 if !added.is_empty() || !removed.is_empty() || force {
                     info!(
                         file = %self.path.display(),
@@ -165,6 +197,7 @@ impl FileLocks {
                 removed
             }
             Err(e) => {
+                self.stats.corrupt.store(true, Ordering::Relaxed);
                 error!(
                     "lock list not reloaded, keeping the last good list ({} locks) in force: {e}",
                     self.active().len()
@@ -238,12 +271,19 @@ impl FileLocks {
             loop {
                 let me = self.clone();
                 match tokio::task::spawn_blocking(move || me.flush()).await {
-                    Ok(Ok(_)) => break,
-                    Ok(Err(e)) => error!(
-                        "cannot write {} new lock(s) to the lock list, retrying in {}s (the locks are enforced meanwhile): {e}",
-                        self.pending.len(),
-                        retry.as_secs()
-                    ),
+                    Ok(Ok(_)) => {
+                        self.stats.write_failing.store(false, Ordering::Relaxed);
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                        self.stats.write_failing.store(true, Ordering::Relaxed);
+                        error!(
+                            "cannot write {} new lock(s) to the lock list, retrying in {}s (the locks are enforced meanwhile): {e}",
+                            self.pending.len(),
+                            retry.as_secs()
+                        )
+                    }
                     Err(e) => error!("lock list writer failed: {e}"),
                 }
                 tokio::select! {
@@ -322,6 +362,7 @@ impl LockStore for FileLocks {
             }
         };
         if fresh {
+            self.stats.added_auto.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();
         }
         fresh
@@ -372,7 +413,7 @@ fn summarise(ids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lockfile::{LockSource, Timestamp};
+    use crate::lockfile::Timestamp;
 
     fn norm() -> Normaliser {
         Arc::new(|s: &str| s.trim().to_lowercase())

@@ -5,12 +5,14 @@
 //! The `egress-milter` command: argument parsing and dispatch.
 
 use clap::Parser;
-use egress_milter::cli::{Cli, Command, LocksCommand};
+use egress_milter::cli::{Cli, Command, LocksCommand, QueueCommand};
 use egress_milter::clock::Clock;
 use egress_milter::config::{Config, SocketSpec};
-use egress_milter::{admin, daemon, listener, logging};
+use egress_milter::queue::{self, QueueAction};
+use egress_milter::{admin, daemon, listener, logging, status_client};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -31,7 +33,8 @@ fn main() -> ExitCode {
         Command::Run => return run(cli.config, config),
         Command::CheckConfig => admin::check_config(&config, &cli.config),
         Command::Locks { command } => match command {
-            LocksCommand::List => admin::list(&config),
+            LocksCommand::List { json: false } => admin::list(&config),
+            LocksCommand::List { json: true } => admin::list_json(&config),
             LocksCommand::Show { identity } => admin::show(&config, &identity),
             LocksCommand::Add {
                 identity,
@@ -40,6 +43,39 @@ fn main() -> ExitCode {
                 note,
             } => admin::add(&config, &identity, &reason, expires.map(|d| d.0), note),
             LocksCommand::Remove { identity } => admin::remove(&config, &identity),
+        },
+        Command::Top {
+            count,
+            sort,
+            interval,
+            once,
+            json,
+        } => status_client::top(&config, count, &sort, Duration::from_secs(interval.max(1)), once, json),
+        Command::Explain { identity, json } => status_client::explain(&config, &identity, json),
+        Command::Report { since, csv, json } => status_client::report(&config, &since, csv, json),
+        Command::Queue { command } => match command {
+            QueueCommand::Hold {
+                identity,
+                dry_run,
+                postfix_config,
+            } => queue::run(
+                &config,
+                &identity,
+                QueueAction::Hold,
+                dry_run,
+                postfix_config.as_deref(),
+            ),
+            QueueCommand::Release {
+                identity,
+                dry_run,
+                postfix_config,
+            } => queue::run(
+                &config,
+                &identity,
+                QueueAction::Release,
+                dry_run,
+                postfix_config.as_deref(),
+            ),
         },
     };
     match result {

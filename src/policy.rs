@@ -12,6 +12,7 @@ use crate::identity::{Identity, normalise_address};
 use crate::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
 use crate::lockfile::{LockEntry, LockSource, Timestamp};
 use crate::locks::LockStore;
+use crate::metrics::Observer;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
@@ -125,6 +126,7 @@ pub struct Policy {
     rules: Vec<CompiledRule>,
     identity_overrides: HashMap<String, CompiledOverride>,
     domain_overrides: HashMap<String, CompiledOverride>,
+    observer: Arc<Observer>,
 }
 
 /// A rule a message (or recipient) would exceed.
@@ -267,7 +269,19 @@ impl Policy {
             rules,
             identity_overrides,
             domain_overrides,
+            observer: Arc::new(Observer::disabled()),
         }
+    }
+
+    /// Reports verdicts to `observer` (metrics and the activity registry)
+    /// instead of a disabled one.
+    pub fn with_observer(mut self, observer: Arc<Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
     }
 
     pub fn config(&self) -> &Arc<Config> {

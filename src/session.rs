@@ -18,6 +18,7 @@
 use crate::config::{Action, IdentitySource, LockedAction};
 use crate::identity::{self, Facts, HeaderValues, Identity, Resolution};
 use crate::lockfile::LockEntry;
+use crate::metrics::{RULE_CONFLICT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
 use crate::policy::{Plan, Policy, Trip, most_severe};
 use crate::reply::{self, Reply, Vars};
 use std::net::IpAddr;
@@ -97,6 +98,7 @@ impl Session {
 
     /// MAIL FROM. `auth` is the `{auth_authen}` macro.
     pub fn mail(&mut self, from: &[u8], auth: Option<&[u8]>, queue_id: &str) -> Verdict {
+        self.policy.observer().seen();
         let message = Message {
             envelope_from: from.to_vec(),
             bounce: identity::is_null_sender(from),
@@ -167,6 +169,10 @@ impl Session {
                 },
             );
             info!(queue_id, recipient = %lossy(rcpt), cap, "recipient refused: too many recipients in one message");
+            let identity = message.plan.as_ref().map(|p| p.identity.value.as_str());
+            policy
+                .observer()
+                .refused(identity, RULE_MAX_RECIPIENTS, refusal(&reply), 0, queue_id);
             return Verdict::Refuse(reply);
         }
         let Some(plan) = &message.plan else {
@@ -246,6 +252,9 @@ impl Session {
                     },
                 );
                 warn!(queue_id, header = %header, "message refused: differing copies of the identity header from a trusted client");
+                policy
+                    .observer()
+                    .refused(None, RULE_CONFLICT, refusal(&reply), 0, queue_id);
                 return Verdict::Refuse(reply);
             }
         };
@@ -285,6 +294,9 @@ impl Session {
         if let Some(lock) = &message.lock {
             if message.support_only {
                 info!(queue_id, identity = %plan.identity, recipients = message.recipients, "accepted: locked identity writing to support addresses only (not counted)");
+                policy
+                    .observer()
+                    .accepted(&plan.identity.value, message.recipients, queue_id);
                 return Verdict::Continue;
             }
             return locked_eom(policy, plan, lock, message.recipients, queue_id);
@@ -302,6 +314,9 @@ impl Session {
                 action = "accept",
                 "accepted"
             );
+            policy
+                .observer()
+                .accepted(&plan.identity.value, message.recipients, queue_id);
         }
         verdict
     }
@@ -325,6 +340,7 @@ fn lock_in_force(policy: &Policy, plan: &Plan, queue_id: &str) -> Option<Arc<Loc
         source = %plan.identity.source,
         "identity is locked, would refuse [dry run, not done]"
     );
+    policy.observer().not_enforced(RULE_LOCKED, Action::Reject);
     None
 }
 
@@ -390,6 +406,7 @@ fn act(policy: &Policy, message: &mut Message, trips: Vec<Trip>, queue_id: &str,
             also = %others.join(","),
             "{what}"
         );
+        policy.observer().not_enforced(&worst.rule, worst.action);
         return Verdict::Continue;
     }
     let fields = |verb: &str| {
@@ -416,15 +433,22 @@ fn act(policy: &Policy, message: &mut Message, trips: Vec<Trip>, queue_id: &str,
         ..Vars::default()
     };
     let replies = &policy.config().replies;
+    let refuse = |reply: Reply| {
+        let how = refusal(&reply);
+        policy
+            .observer()
+            .refused(Some(&identity.value), &worst.rule, how, 0, queue_id);
+        Verdict::Refuse(reply)
+    };
     match worst.action {
         Action::Log => Verdict::Continue,
         Action::Tempfail => {
             fields("refused temporarily");
-            Verdict::Refuse(reply::render(replies.tempfail.get_ref(), &vars))
+            refuse(reply::render(replies.tempfail.get_ref(), &vars))
         }
         Action::Reject => {
             fields("rejected");
-            Verdict::Refuse(reply::render(replies.reject.get_ref(), &vars))
+            refuse(reply::render(replies.reject.get_ref(), &vars))
         }
         Action::Lock => {
             let lock = policy.auto_lock(identity, worst, queue_id);
@@ -440,7 +464,7 @@ fn act(policy: &Policy, message: &mut Message, trips: Vec<Trip>, queue_id: &str,
             );
             message.lock = lock;
             let Some(lock) = message.lock.clone() else {
-                return Verdict::Refuse(reply::render(replies.reject.get_ref(), &vars));
+                return refuse(reply::render(replies.reject.get_ref(), &vars));
             };
             let hold = policy.config().locks.locked_action == LockedAction::Hold;
             match stage {
@@ -462,13 +486,17 @@ fn refuse_locked(policy: &Policy, message: &Message, queue_id: &str, stage: &str
         action = "locked",
         "refused: identity is locked"
     );
-    Verdict::Refuse(reply::render(
+    let reply = reply::render(
         policy.config().replies.locked.get_ref(),
         &Vars {
             identity,
             ..Vars::default()
         },
-    ))
+    );
+    policy
+        .observer()
+        .refused(Some(identity), RULE_LOCKED, refusal(&reply), 0, queue_id);
+    Verdict::Refuse(reply)
 }
 
 fn locked_eom(policy: &Policy, plan: &Plan, lock: &LockEntry, recipients: u32, queue_id: &str) -> Verdict {
@@ -482,6 +510,9 @@ fn locked_eom(policy: &Policy, plan: &Plan, lock: &LockEntry, recipients: u32, q
     );
     if policy.config().locks.locked_action == LockedAction::Hold {
         info!(queue_id, identity = %identity, recipients, action = "hold", "held: identity is locked");
+        policy
+            .observer()
+            .refused(Some(&identity.value), RULE_LOCKED, Refusal::Hold, recipients, queue_id);
         return Verdict::Hold {
             reason: reply::escape(&format!(
                 "egress-milter: {} is locked ({})",
@@ -491,5 +522,17 @@ fn locked_eom(policy: &Policy, plan: &Plan, lock: &LockEntry, recipients: u32, q
         };
     }
     info!(queue_id, identity = %identity, action = "locked", "refused: identity is locked");
+    policy
+        .observer()
+        .refused(Some(&identity.value), RULE_LOCKED, refusal(&locked_reply), 0, queue_id);
     Verdict::Refuse(locked_reply)
+}
+
+/// How a refusal is counted: by the class of its reply.
+fn refusal(reply: &Reply) -> Refusal {
+    if reply.is_temporary() {
+        Refusal::Tempfail
+    } else {
+        Refusal::Reject
+    }
 }

@@ -10,6 +10,7 @@
 mod egress;
 mod harness;
 mod postfix;
+mod queue_tools;
 mod scenarios;
 mod sendmail;
 mod sendmail_scenarios;

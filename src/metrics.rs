@@ -1,0 +1,499 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The [`Observer`]: what the session reports of each verdict, kept as
+//! Prometheus counters (bounded labels: rule and action, never identities)
+//! and in the per-identity [`ActivityRegistry`].
+//!
+//! Every counter is an atomic; the only map on the hot path (refusals by
+//! rule) is a dashmap keyed by the rule name, read without allocating. The
+//! text exposition is written by `prometheus-client` at scrape time.
+
+use crate::activity::{ActivityRegistry, Event};
+use crate::clock::Clock;
+use crate::config::Action;
+use dashmap::DashMap;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The milter stage a decision was made in (label `stage`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Mail = 0,
+    Rcpt = 1,
+    Eoh = 2,
+    Eom = 3,
+}
+
+const STAGES: [(Stage, &str); 4] = [
+    (Stage::Mail, "mail"),
+    (Stage::Rcpt, "rcpt"),
+    (Stage::Eoh, "eoh"),
+    (Stage::Eom, "eom"),
+];
+
+/// Upper bounds of the decision latency buckets, in nanoseconds.
+const LATENCY_BOUNDS_NS: [u64; 12] = [
+    1_000,
+    2_500,
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// A histogram of atomics (prometheus-client's own takes a mutex per observation).
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(i) = LATENCY_BOUNDS_NS.iter().position(|&b| ns <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+/// The `action` label of a refusal: what the MTA was told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    Tempfail = 0,
+    Reject = 1,
+    Hold = 2,
+}
+
+const REFUSALS: [(Refusal, &str); 3] = [
+    (Refusal::Tempfail, "tempfail"),
+    (Refusal::Reject, "reject"),
+    (Refusal::Hold, "hold"),
+];
+
+/// Index of a rule action in the not-enforced counters.
+fn action_index(a: Action) -> usize {
+    match a {
+        Action::Log => 0,
+        Action::Tempfail => 1,
+        Action::Reject => 2,
+        Action::Lock => 3,
+    }
+}
+
+const ACTIONS: [&str; 4] = ["log", "tempfail", "reject", "lock"];
+
+#[derive(Debug, Default)]
+struct RuleCounters {
+    refused: [AtomicU64; 3],
+    not_enforced: [AtomicU64; 4],
+}
+
+/// Counts verdicts; shared by every policy snapshot of a running daemon.
+pub struct Observer {
+    enabled: bool,
+    activity: ActivityRegistry,
+    seen: AtomicU64,
+    accepted: AtomicU64,
+    recipients: AtomicU64,
+    rules: DashMap<Box<str>, RuleCounters>,
+    latency: [Histogram; 4],
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+impl std::fmt::Debug for Observer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observer").field("enabled", &self.enabled).finish()
+    }
+}
+
+/// The pseudo-rule of refusals because the identity is locked.
+pub const RULE_LOCKED: &str = "locked";
+/// The pseudo-rule of `limits.max_recipients_per_message`.
+pub const RULE_MAX_RECIPIENTS: &str = "max_recipients_per_message";
+/// The pseudo-rule of differing identity headers.
+pub const RULE_CONFLICT: &str = "identity_conflict";
+
+impl Observer {
+    /// An observer that records; `cap` bounds the activity registry.
+    pub fn new(clock: Clock, cap: usize) -> Self {
+        Self::build(true, clock, cap)
+    }
+
+    /// An observer that records nothing (no status listener configured).
+    pub fn disabled() -> Self {
+        Self::build(false, Clock::real(), 1)
+    }
+
+    fn build(enabled: bool, clock: Clock, cap: usize) -> Self {
+        Self {
+            enabled,
+            activity: ActivityRegistry::new(clock, cap),
+            seen: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            recipients: AtomicU64::new(0),
+            rules: DashMap::new(),
+            latency: Default::default(),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn activity(&self) -> &ActivityRegistry {
+        &self.activity
+    }
+
+    /// Starts timing a stage's decision (`None` when disabled).
+    pub fn start(&self) -> Option<Instant> {
+        self.enabled.then(Instant::now)
+    }
+
+    /// Ends timing a stage's decision started with [`Observer::start`].
+    pub fn finish(&self, stage: Stage, started: Option<Instant>) {
+        if let Some(start) = started {
+            self.latency[stage as usize].observe(start.elapsed());
+        }
+    }
+
+    /// A transaction began (MAIL FROM).
+    pub fn seen(&self) {
+        if self.enabled {
+            self.seen.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A message was accepted.
+    pub fn accepted(&self, identity: &str, recipients: u32, queue_id: &str) {
+        if !self.enabled {
+            return;
+        }
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.recipients.fetch_add(u64::from(recipients), Ordering::Relaxed);
+        self.activity.record(identity, Event::Accepted { recipients }, queue_id);
+    }
+
+    /// A refusal or a hold because of `rule` (or a pseudo-rule such as
+    /// [`RULE_LOCKED`]); `identity` is `None` when it is not known.
+    pub fn refused(&self, identity: Option<&str>, rule: &str, how: Refusal, recipients: u32, queue_id: &str) {
+        if !self.enabled {
+            return;
+        }
+        self.rule(rule, |c| {
+            c.refused[how as usize].fetch_add(1, Ordering::Relaxed);
+        });
+        if let Some(identity) = identity {
+            let event = match how {
+                Refusal::Tempfail => Event::Tempfailed,
+                Refusal::Reject => Event::Rejected,
+                Refusal::Hold => Event::Held { recipients },
+            };
+            self.activity.record(identity, event, queue_id);
+        }
+    }
+
+    /// A rule was exceeded but only logged (`action = "log"`, or dry-run).
+    pub fn not_enforced(&self, rule: &str, would: Action) {
+        if self.enabled {
+            self.rule(rule, |c| {
+                c.not_enforced[action_index(would)].fetch_add(1, Ordering::Relaxed);
+            });
+        }
+    }
+
+    /// A configuration reload finished.
+    pub fn reloaded(&self, ok: bool) {
+        let c = if ok { &self.reloads_ok } else { &self.reloads_failed };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn rule(&self, rule: &str, f: impl FnOnce(&RuleCounters)) {
+        if let Some(c) = self.rules.get(rule) {
+            return f(&c);
+        }
+        // Rule names are bounded by the configuration (and a few pseudo-rules).
+        f(&self.rules.entry(rule.into()).or_default());
+    }
+}
+
+/// Values read at scrape time from outside the observer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    pub locks_active: u64,
+    pub locks_pending_write: u64,
+    pub locks_added_auto: u64,
+    pub locks_added_manual: u64,
+    pub lock_write_errors: u64,
+    pub lock_list_corrupt: bool,
+}
+
+/// The text exposition (OpenMetrics, which Prometheus reads) of everything.
+pub fn encode(observer: &Arc<Observer>, gauges: Gauges) -> Result<String, std::fmt::Error> {
+    let mut registry = prometheus_client::registry::Registry::with_prefix("egress_milter");
+    registry.register_collector(Box::new(Exposition {
+        observer: observer.clone(),
+        gauges,
+    }));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct Exposition {
+    observer: Arc<Observer>,
+    gauges: Gauges,
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(e.encode_descriptor(
+        name,
+        help,
+        None,
+        MetricType::Gauge,
+    )?)
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let o = &self.observer;
+        let g = &self.gauges;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            &mut e,
+            "messages_seen",
+            "Transactions the milter saw (MAIL FROM).",
+            load(&o.seen),
+        )?;
+        counter(
+            &mut e,
+            "messages_accepted",
+            "Messages accepted at end of message.",
+            load(&o.accepted),
+        )?;
+        counter(
+            &mut e,
+            "recipients_accepted",
+            "Recipients of accepted messages.",
+            load(&o.recipients),
+        )?;
+
+        let mut rules: Vec<(String, [u64; 3], [u64; 4])> = o
+            .rules
+            .iter()
+            .map(|r| {
+                (
+                    r.key().to_string(),
+                    r.refused.each_ref().map(load),
+                    r.not_enforced.each_ref().map(load),
+                )
+            })
+            .collect();
+        rules.sort();
+        {
+            let mut m = e.encode_descriptor(
+                "refusals",
+                "Refusals (4xx, 5xx) and holds, by rule (or locked, max_recipients_per_message, identity_conflict) and by what the MTA was told.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (rule, refused, _) in &rules {
+                for (how, name) in REFUSALS {
+                    let v = refused[how as usize];
+                    if v > 0 {
+                        let labels = [("rule", rule.as_str()), ("action", name)];
+                        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "not_enforced",
+                "Rules exceeded but only logged (action = log, or mode = dry-run), by rule and the action it would take.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (rule, _, skipped) in &rules {
+                for (i, name) in ACTIONS.iter().enumerate() {
+                    if skipped[i] > 0 {
+                        let labels = [("rule", rule.as_str()), ("action", *name)];
+                        ConstCounter::new(skipped[i]).encode(m.encode_family(&labels)?)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
+                "decision_seconds",
+                "Time spent deciding in each milter stage (policy and bookkeeping, not the network).",
+                None,
+                MetricType::Histogram,
+            )?;
+            for (stage, name) in STAGES {
+                let h = &o.latency[stage as usize];
+                let mut cumulative = 0;
+                let mut buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_NS
+                    .iter()
+                    .zip(&h.buckets)
+                    .map(|(&b, n)| {
+                        cumulative += load(n);
+                        (b as f64 / 1e9, load(n))
+                    })
+                    .collect();
+                let count = load(&h.count);
+                buckets.push((f64::INFINITY, count.saturating_sub(cumulative)));
+                let labels = [("stage", name)];
+                m.encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        load(&h.sum_ns) as f64 / 1e9,
+                        count,
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        gauge(
+            &mut e,
+            "locks_active",
+            "Locks in force (lock list and not yet written).",
+            g.locks_active,
+        )?;
+        gauge(
+            &mut e,
+            "locks_pending_write",
+            "Automatic locks not yet written to the lock list.",
+            g.locks_pending_write,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "locks_added",
+                "Locks added: auto by a lock rule, manual from the lock list (CLI or editor).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (source, v) in [("auto", g.locks_added_auto), ("manual", g.locks_added_manual)] {
+                ConstCounter::new(v).encode(m.encode_family(&[("source", source)])?)?;
+            }
+        }
+        counter(
+            &mut e,
+            "lock_write_errors",
+            "Failed attempts to write the lock list.",
+            g.lock_write_errors,
+        )?;
+        gauge(
+            &mut e,
+            "lock_list_corrupt",
+            "1 when the lock list on disk does not parse and the last good list is in force.",
+            u64::from(g.lock_list_corrupt),
+        )?;
+        gauge(
+            &mut e,
+            "tracked_identities",
+            "Identities in the activity registry (the overflow row not included).",
+            o.activity.len() as u64,
+        )?;
+        gauge(
+            &mut e,
+            "tracked_identities_cap",
+            "status.max_identities.",
+            o.activity.cap() as u64,
+        )?;
+        {
+            let mut m = e.encode_descriptor(
+                "config_reloads",
+                "Configuration reloads (SIGHUP), by result.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (result, v) in [("ok", load(&o.reloads_ok)), ("failed", load(&o.reloads_failed))] {
+                ConstCounter::new(v).encode(m.encode_family(&[("result", result)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_bounded_labels_and_exact_counts() {
+        let o = Arc::new(Observer::new(Clock::manual(), 10));
+        o.seen();
+        o.seen();
+        o.accepted("a@x", 3, "Q1");
+        o.refused(Some("b@x"), "per-minute", Refusal::Tempfail, 1, "Q2");
+        o.refused(Some("b@x"), "per-minute", Refusal::Tempfail, 1, "Q3");
+        o.refused(None, RULE_CONFLICT, Refusal::Reject, 0, "Q4");
+        o.not_enforced("soft", Action::Tempfail);
+        let t = o.start();
+        o.finish(Stage::Mail, t);
+        o.reloaded(false);
+        let text = encode(
+            &o,
+            Gauges {
+                locks_active: 2,
+                locks_added_auto: 1,
+                ..Gauges::default()
+            },
+        )
+        .unwrap();
+        for line in [
+            "egress_milter_messages_seen_total 2",
+            "egress_milter_messages_accepted_total 1",
+            "egress_milter_recipients_accepted_total 3",
+            "egress_milter_refusals_total{rule=\"per-minute\",action=\"tempfail\"} 2",
+            "egress_milter_refusals_total{rule=\"identity_conflict\",action=\"reject\"} 1",
+            "egress_milter_not_enforced_total{rule=\"soft\",action=\"tempfail\"} 1",
+            "egress_milter_decision_seconds_count{stage=\"mail\"} 1",
+            "egress_milter_decision_seconds_count{stage=\"rcpt\"} 0",
+            "egress_milter_decision_seconds_bucket{le=\"+Inf\",stage=\"mail\"} 1",
+            "egress_milter_locks_active 2",
+            "egress_milter_locks_added_total{source=\"auto\"} 1",
+            "egress_milter_tracked_identities 2",
+            "egress_milter_config_reloads_total{result=\"failed\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+        }
+        assert!(!text.contains("a@x") && !text.contains("b@x"), "no identity labels");
+        assert_eq!(o.activity().get("b@x").unwrap().last_minute.tempfailed, 2);
+    }
+
+    #[test]
+    fn a_disabled_observer_records_nothing() {
+        let o = Arc::new(Observer::disabled());
+        o.accepted("a@x", 1, "Q");
+        o.seen();
+        assert!(o.activity().is_empty());
+        let text = encode(&o, Gauges::default()).unwrap();
+        assert!(text.contains("egress_milter_messages_seen_total 0"), "{text}");
+    }
+}

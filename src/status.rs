@@ -1,0 +1,463 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The optional HTTP status listener (`[status] listen`): Prometheus
+//! metrics, a health check and a small JSON API for `top`, `explain`,
+//! `report` and `queue hold`.
+//!
+//! | path | answer |
+//! | --- | --- |
+//! | `GET /metrics` | the metrics, OpenMetrics text format |
+//! | `GET /healthz` | `200 ok`, or `503` and the reason |
+//! | `GET /api/identities?top=N&sort=messages\|recipients` | the busiest identities now |
+//! | `GET /api/identities/ID` | every rule's count for ID, its lock and activity |
+//! | `GET /api/report?since=24h` | per-identity totals over the last hours |
+//!
+//! It is bounded: GET only, headers of at most 8 KiB read within 5 s, each
+//! connection closed after 30 s, at most `status.max_connections` at once
+//! (more are closed at once).
+
+use crate::activity::{Activity, HISTORY_HOURS, ReportRow, SortBy};
+use crate::callbacks::{CurrentPolicy, snapshot};
+use crate::config::{IdentitySource, format_duration};
+use crate::identity::Identity;
+use crate::lockfile::LockEntry;
+use crate::locks::{FileLocks, LockStore};
+use crate::metrics::{Gauges, Observer};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+/// Longest a client may take to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection may stay open.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest request head read (hyper's minimum buffer).
+const MAX_REQUEST: usize = 8192;
+/// Largest `top`.
+const MAX_TOP: usize = 1000;
+
+/// What the listener serves from.
+#[derive(Clone)]
+pub struct State {
+    current: CurrentPolicy,
+    locks: Arc<FileLocks>,
+    observer: Arc<Observer>,
+    max_connections: usize,
+}
+
+impl State {
+    pub fn new(current: CurrentPolicy, locks: Arc<FileLocks>, observer: Arc<Observer>) -> Self {
+        let max_connections = snapshot(&current).config().status.max_connections;
+        Self {
+            current,
+            locks,
+            observer,
+            max_connections,
+        }
+    }
+}
+
+/// Binds the status listener.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr} for the status listener (status.listen): {e}"),
+        )
+    })
+}
+
+/// Serves until `stop` resolves.
+pub async fn serve(listener: TcpListener, state: State, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let permits = Arc::new(Semaphore::new(state.max_connections));
+    if let Ok(addr) = listener.local_addr() {
+        info!(listen = %addr, "status listener started");
+    }
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("status listener: cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!(%peer, "status listener: connection limit reached (status.max_connections), closing");
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_REQUEST)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, "status listener: connection error: {e}"),
+                Err(_) => debug!(%peer, "status listener: connection closed after {CONNECTION_TIMEOUT:?}"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Answer {
+    let mut body = body.into();
+    body.push('\n');
+    reply(status, "text/plain; charset=utf-8", body)
+}
+
+fn json(value: &impl Serialize) -> Answer {
+    match serde_json::to_vec_pretty(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            reply(StatusCode::OK, "application/json", body)
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode JSON: {e}")),
+    }
+}
+
+fn answer(state: &State, req: &Request<Incoming>) -> Answer {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+    }
+    let path = req.uri().path();
+    let query = req.uri().query().unwrap_or("");
+    match path {
+        "/metrics" => metrics(state),
+        "/healthz" => health(state),
+        "/api/identities" => top(state, query),
+        "/api/report" => report(state, query),
+        _ => match path.strip_prefix("/api/identities/") {
+            Some(id) if !id.is_empty() => match percent_decode(id) {
+                Some(id) => explain(state, &id),
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "the identity is not valid percent-encoded UTF-8",
+                ),
+            },
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /metrics, /healthz, /api/identities, /api/identities/ID, /api/report",
+            ),
+        },
+    }
+}
+
+fn now(state: &State) -> SystemTime {
+    snapshot(&state.current).clock().wall_now()
+}
+
+fn metrics(state: &State) -> Answer {
+    let now = now(state);
+    let stats = state.locks.stats();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let gauges = Gauges {
+        locks_active: state.locks.entries().iter().filter(|e| e.is_active(now)).count() as u64,
+        locks_pending_write: state.locks.pending_writes() as u64,
+        locks_added_auto: load(&stats.added_auto),
+        locks_added_manual: load(&stats.added_manual),
+        lock_write_errors: load(&stats.write_errors),
+        lock_list_corrupt: stats.corrupt.load(Ordering::Relaxed),
+    };
+    match crate::metrics::encode(&state.observer, gauges) {
+        Ok(body) => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        ),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")),
+    }
+}
+
+/// Why the daemon is unhealthy, if it is.
+pub fn health_problem(locks: &FileLocks) -> Option<String> {
+    let stats = locks.stats();
+    if stats.corrupt.load(Ordering::Relaxed) {
+        return Some(format!(
+            "lock list {} does not parse: the last good list is in force and new locks cannot be written; fix the file",
+            locks.path().display()
+        ));
+    }
+    if stats.write_failing.load(Ordering::Relaxed) && locks.pending_writes() > 0 {
+        return Some(format!(
+            "lock list {} cannot be written: {} lock(s) pending, enforced in memory only",
+            locks.path().display(),
+            locks.pending_writes()
+        ));
+    }
+    None
+}
+
+fn health(state: &State) -> Answer {
+    match health_problem(&state.locks) {
+        None => text(StatusCode::OK, "ok"),
+        Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+    }
+}
+
+fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// The answer of `/api/identities`.
+#[derive(Serialize, Deserialize)]
+pub struct TopAnswer {
+    /// Identities with an entry of their own, and the cap.
+    pub tracked: usize,
+    pub cap: usize,
+    pub sort: String,
+    pub identities: Vec<Activity>,
+}
+
+fn is_locked(state: &State, identity: &str, now: SystemTime) -> bool {
+    state.locks.lookup(identity, now).is_some()
+}
+
+fn top(state: &State, query: &str) -> Answer {
+    let n = match param(query, "top").map(str::parse::<usize>) {
+        None => 20,
+        Some(Ok(n)) if (1..=MAX_TOP).contains(&n) => n,
+        Some(_) => return text(StatusCode::BAD_REQUEST, format!("top must be 1 to {MAX_TOP}")),
+    };
+    let (sort, name) = match param(query, "sort") {
+        None | Some("messages") => (SortBy::Messages, "messages"),
+        Some("recipients") => (SortBy::Recipients, "recipients"),
+        Some(other) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("sort must be messages or recipients, not \"{other}\""),
+            );
+        }
+    };
+    let now = now(state);
+    let activity = state.observer.activity();
+    let mut identities = activity.top(n, sort);
+    for a in &mut identities {
+        a.locked = is_locked(state, &a.identity, now);
+    }
+    json(&TopAnswer {
+        tracked: activity.len(),
+        cap: activity.cap(),
+        sort: name.to_string(),
+        identities,
+    })
+}
+
+/// The answer of `/api/report`.
+#[derive(Serialize, Deserialize)]
+pub struct ReportAnswer {
+    pub hours: usize,
+    pub rows: Vec<ReportRow>,
+}
+
+fn report(state: &State, query: &str) -> Answer {
+    let since = param(query, "since").unwrap_or("24h");
+    let hours = match humantime::parse_duration(since) {
+        Ok(d) if !d.is_zero() => d.as_secs().div_ceil(3600).max(1) as usize,
+        _ => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("since must be a duration such as 24h, not \"{since}\""),
+            );
+        }
+    };
+    if hours > HISTORY_HOURS {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("only the last {HISTORY_HOURS}h are kept; ask for since={HISTORY_HOURS}h or less"),
+        );
+    }
+    let now = now(state);
+    let mut rows = state.observer.activity().report(hours);
+    for r in &mut rows {
+        r.locked = is_locked(state, &r.identity, now);
+    }
+    json(&ReportAnswer { hours, rows })
+}
+
+/// A lock as the API and `locks list --json` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LockView {
+    pub identity: String,
+    /// `locked` or `expired`.
+    pub state: &'static str,
+    pub source: String,
+    pub locked_at: String,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub previous_locks: u32,
+    pub expires_at: Option<String>,
+    pub note: Option<String>,
+}
+
+impl LockView {
+    pub fn new(e: &LockEntry, now: SystemTime) -> Self {
+        Self {
+            identity: e.identity.clone(),
+            state: if e.is_active(now) { "locked" } else { "expired" },
+            source: e.source.to_string(),
+            locked_at: e.locked_at.to_string(),
+            reason: e.reason.clone(),
+            rule: e.rule.clone(),
+            previous_locks: e.previous_locks,
+            expires_at: e.expires_at.map(|t| t.to_string()),
+            note: e.note.clone(),
+        }
+    }
+}
+
+/// One rule's state for one identity.
+#[derive(Serialize)]
+struct RuleView {
+    rule: String,
+    counted: String,
+    per: String,
+    action: String,
+    rate: String,
+    /// Whether the rule applies (not exempt, a domain for per-domain rules).
+    applies: bool,
+    count: Option<u32>,
+    limit: Option<u32>,
+    window: String,
+    window_secs: u64,
+    reset_in: Option<String>,
+    reset_in_secs: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ExplainAnswer {
+    identity: String,
+    domain: Option<String>,
+    rules: Vec<RuleView>,
+    lock: Option<LockView>,
+    activity: Option<Activity>,
+}
+
+fn explain(state: &State, raw: &str) -> Answer {
+    let policy = snapshot(&state.current);
+    let value = crate::daemon::lock_normaliser(policy.config())(raw);
+    let identity = Identity {
+        source: if value.contains('@') {
+            IdentitySource::Auth
+        } else {
+            IdentitySource::ClientAddress
+        },
+        value,
+    };
+    let domain = identity.domain().map(str::to_string);
+    let now = policy.clock().wall_now();
+    let lock = state.locks.lookup(&identity.value, now).map(|e| LockView::new(&e, now));
+    let mut activity = state.observer.activity().get(&identity.value);
+    if let Some(a) = &mut activity {
+        a.locked = lock.is_some();
+    }
+    let value = identity.value.clone();
+    let rules = policy
+        .explain(identity)
+        .into_iter()
+        .map(|r| RuleView {
+            rule: r.rule,
+            counted: r.counted.to_string(),
+            per: r.scope.to_string(),
+            action: r.action.to_string(),
+            rate: r.rate.to_string(),
+            applies: r.usage.is_some(),
+            count: r.usage.map(|u| u.used),
+            limit: r.usage.map(|u| u.limit),
+            window: format_duration(r.rate.window),
+            window_secs: r.rate.window.as_secs(),
+            reset_in: r.usage.map(|u| format_duration(u.reset_in)),
+            reset_in_secs: r.usage.map(|u| u.reset_in.as_secs()),
+        })
+        .collect();
+    json(&ExplainAnswer {
+        identity: value,
+        domain,
+        rules,
+        lock,
+        activity,
+    })
+}
+
+/// Decodes `%XX` escapes; `None` if malformed or not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encodes everything but unreserved characters and `@` as `%XX`.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_coding_round_trips() {
+        for s in ["alice@example.com", "a b+c/d%e@x", "2001:db8::/64", "ü@x"] {
+            assert_eq!(percent_decode(&percent_encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%zz"), None);
+    }
+}

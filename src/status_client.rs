@@ -1,0 +1,377 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! `top`, `explain` and `report`: ask the running daemon through its status
+//! listener (`[status] listen`) with a minimal HTTP/1.1 GET client.
+
+use crate::activity::{Activity, Counts, OTHER};
+use crate::admin::Failure;
+use crate::config::Config;
+use crate::status::{ReportAnswer, TopAnswer, percent_encode};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, SystemTime};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest answer read (a `top` of 1000 or a report of 100000 identities fits).
+const MAX_ANSWER: u64 = 256 * 1024 * 1024;
+
+/// The status listener's address, or why there is none.
+pub fn address(config: &Config) -> Result<SocketAddr, Failure> {
+    config.status.listen.ok_or_else(|| {
+        Failure::new(
+            "the status listener is off: set [status] listen = \"127.0.0.1:7026\" in the configuration and restart egress-milter",
+        )
+    })
+}
+
+/// `GET path` from the status listener; the body of a 200 answer.
+pub fn get(config: &Config, path: &str) -> Result<String, Failure> {
+    let addr = address(config)?;
+    let unreachable = |e: std::io::Error| {
+        Failure::new(format!(
+            "cannot reach the status listener at {addr} (status.listen): {e}; is egress-milter running?"
+        ))
+    };
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(unreachable)?;
+    stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(unreachable)?;
+    stream.set_write_timeout(Some(READ_TIMEOUT)).map_err(unreachable)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: egress-milter\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(unreachable)?;
+    let mut raw = Vec::new();
+    stream.take(MAX_ANSWER).read_to_end(&mut raw).map_err(unreachable)?;
+    let (status, body) = parse_response(&raw)
+        .ok_or_else(|| Failure::new(format!("the status listener at {addr} sent an answer that is not HTTP")))?;
+    if status != 200 {
+        return Err(Failure::new(format!(
+            "the status listener at {addr} answered {status} to GET {path}: {}",
+            body.trim()
+        )));
+    }
+    Ok(body)
+}
+
+/// Splits an HTTP/1.1 answer into status code and body (de-chunked).
+fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let chunked = lines.any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).ok()?.trim(), 16).ok()?;
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+        body = out;
+    }
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, Failure> {
+    serde_json::from_str(body).map_err(|e| Failure::new(format!("unexpected answer from the status listener: {e}")))
+}
+
+/// Rows of columns, left-aligned, two spaces apart (numbers right-aligned).
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            let w = widths[c];
+            let numeric = !cell.is_empty() && cell.bytes().all(|b| b.is_ascii_digit() || b == b'/');
+            if numeric {
+                let _ = write!(line, "{cell:>w$}  ");
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn refused(c: &Counts) -> u32 {
+    c.tempfailed.saturating_add(c.rejected)
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes".into() } else { "no".into() }
+}
+
+/// The `top` table from an answer of `/api/identities`.
+pub fn render_top(answer: &TopAnswer, addr: SocketAddr) -> String {
+    let mut out = format!(
+        "egress-milter top  {addr}  {}  identities tracked {}/{}, sorted by {}\n\n",
+        humantime::format_rfc3339_seconds(SystemTime::now()),
+        answer.tracked,
+        answer.cap,
+        answer.sort
+    );
+    if answer.identities.is_empty() {
+        out.push_str("no mail in the last hour\n");
+        return out;
+    }
+    let mut rows = vec![
+        [
+            "IDENTITY",
+            "MSGS/1m",
+            "RCPTS/1m",
+            "REFUSED/1m",
+            "MSGS/1h",
+            "RCPTS/1h",
+            "REFUSED/1h",
+            "HELD/1h",
+            "LOCKED",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for a in &answer.identities {
+        rows.push(vec![
+            a.identity.clone(),
+            a.last_minute.messages.to_string(),
+            a.last_minute.recipients.to_string(),
+            refused(&a.last_minute).to_string(),
+            a.last_hour.messages.to_string(),
+            a.last_hour.recipients.to_string(),
+            refused(&a.last_hour).to_string(),
+            a.last_hour.held.to_string(),
+            yes_no(a.locked),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    if answer.identities.iter().any(|a| a.identity == OTHER) {
+        out.push_str(&format!(
+            "\n{OTHER}: identities first seen while {} were tracked (status.max_identities)\n",
+            answer.cap
+        ));
+    }
+    out
+}
+
+/// `top`: the busiest identities, once (`--once`, table or JSON) or
+/// redrawn every `interval` until interrupted.
+pub fn top(
+    config: &Config,
+    count: usize,
+    sort: &str,
+    interval: Duration,
+    once: bool,
+    json: bool,
+) -> Result<String, Failure> {
+    let path = format!("/api/identities?top={count}&sort={}", percent_encode(sort));
+    let addr = address(config)?;
+    if once {
+        let body = get(config, &path)?;
+        if json {
+            return Ok(body);
+        }
+        return Ok(render_top(&decode(&body)?, addr));
+    }
+    let mut stdout = std::io::stdout();
+    loop {
+        let screen = get(config, &path).and_then(|b| Ok(render_top(&decode(&b)?, addr)));
+        let screen = screen.unwrap_or_else(|f| format!("egress-milter top  {addr}\n\n{}\n", f.message));
+        // Home, clear screen, then the table.
+        let _ = write!(stdout, "\x1b[H\x1b[2J{screen}");
+        let _ = stdout.flush();
+        std::thread::sleep(interval);
+    }
+}
+
+/// `explain IDENTITY`: every rule's count for it, and its lock.
+pub fn explain(config: &Config, identity: &str, json: bool) -> Result<String, Failure> {
+    let body = get(config, &format!("/api/identities/{}", percent_encode(identity.trim())))?;
+    if json {
+        return Ok(body);
+    }
+    let v: serde_json::Value = decode(&body)?;
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "identity:   {}", s(&v["identity"]));
+    if !v["domain"].is_null() {
+        let _ = writeln!(out, "domain:     {}", s(&v["domain"]));
+    }
+    let lock = &v["lock"];
+    if lock.is_null() {
+        let _ = writeln!(out, "lock:       not locked");
+    } else {
+        let _ = writeln!(
+            out,
+            "lock:       locked since {} ({}): {}",
+            s(&lock["locked_at"]),
+            s(&lock["source"]),
+            s(&lock["reason"])
+        );
+        let expires = if lock["expires_at"].is_null() {
+            "never (until removed)".to_string()
+        } else {
+            s(&lock["expires_at"])
+        };
+        let _ = writeln!(out, "expires:    {expires}");
+    }
+    match serde_json::from_value::<Activity>(v["activity"].clone()) {
+        Ok(a) => {
+            for (name, c) in [("last 1m", &a.last_minute), ("last 1h", &a.last_hour)] {
+                let _ = writeln!(
+                    out,
+                    "{:<12}{} messages, {} recipients accepted; {} tempfailed, {} rejected, {} held",
+                    format!("{name}:"),
+                    c.messages,
+                    c.recipients,
+                    c.tempfailed,
+                    c.rejected,
+                    c.held
+                );
+            }
+            if !a.queue_ids.is_empty() {
+                let _ = writeln!(out, "queue ids:  {}", a.queue_ids.join(" "));
+            }
+        }
+        Err(_) => {
+            let _ = writeln!(out, "activity:   none recorded");
+        }
+    }
+    out.push('\n');
+    let mut rows = vec![
+        [
+            "RULE",
+            "ACTION",
+            "COUNT",
+            "LIMIT",
+            "COUNTED",
+            "PER",
+            "WINDOW",
+            "RESETS IN",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for r in v["rules"].as_array().into_iter().flatten() {
+        let applies = r["applies"].as_bool().unwrap_or(false);
+        rows.push(vec![
+            s(&r["rule"]),
+            s(&r["action"]),
+            if applies { s(&r["count"]) } else { "-".into() },
+            if applies { s(&r["limit"]) } else { "exempt".into() },
+            s(&r["counted"]),
+            s(&r["per"]),
+            s(&r["window"]),
+            if applies { s(&r["reset_in"]) } else { "-".into() },
+        ]);
+    }
+    if rows.len() == 1 {
+        out.push_str("no rules configured\n");
+    } else {
+        out.push_str(&table(&rows));
+    }
+    Ok(out)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `report --since D`: one row per identity (table, `--csv` or `--json`).
+pub fn report(config: &Config, since: &str, csv: bool, json: bool) -> Result<String, Failure> {
+    let body = get(config, &format!("/api/report?since={}", percent_encode(since)))?;
+    if json {
+        return Ok(body);
+    }
+    let answer: ReportAnswer = decode(&body)?;
+    let header = [
+        "domain",
+        "identity",
+        "messages",
+        "recipients",
+        "tempfailed",
+        "rejected",
+        "held",
+        "locked",
+    ];
+    let rows = answer.rows.iter().map(|r| {
+        vec![
+            r.domain.clone().unwrap_or_default(),
+            r.identity.clone(),
+            r.counts.messages.to_string(),
+            r.counts.recipients.to_string(),
+            r.counts.tempfailed.to_string(),
+            r.counts.rejected.to_string(),
+            r.counts.held.to_string(),
+            yes_no(r.locked),
+        ]
+    });
+    if csv {
+        let mut out = header.join(",") + "\n";
+        for row in rows {
+            out.push_str(&row.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+            out.push('\n');
+        }
+        return Ok(out);
+    }
+    if answer.rows.is_empty() {
+        return Ok(format!("no mail in the last {}h\n", answer.hours));
+    }
+    let mut all = vec![header.map(str::to_uppercase).to_vec()];
+    all.extend(rows);
+    Ok(table(&all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_chunked_answers() {
+        let plain = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbad\n";
+        assert_eq!(parse_response(plain), Some((503, "bad\n".into())));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked), Some((200, "abcde".into())));
+        assert_eq!(parse_response(b"garbage"), None);
+    }
+
+    #[test]
+    fn csv_quotes_only_when_needed() {
+        assert_eq!(csv_field("a@x"), "a@x");
+        assert_eq!(csv_field("a,\"b\""), "\"a,\"\"b\"\"\"");
+    }
+}
