@@ -6,8 +6,10 @@
 //! validated; every error names the file, the line and the key.
 
 pub mod model;
+pub mod notify;
 
 pub use model::*;
+pub use notify::NotifyConfig;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -76,6 +78,8 @@ pub struct Config {
     pub overrides: Vec<Spanned<OverrideConfig>>,
     pub locks: LocksConfig,
     pub replies: RepliesConfig,
+    /// Who is told about automatic locks; see docs/notifications.md.
+    pub notify: NotifyConfig,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Default for Config {
             overrides: Vec::new(),
             locks: LocksConfig::default(),
             replies: RepliesConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -462,6 +467,9 @@ impl Config {
                 );
             }
         }
+        if let Err((span, key, message)) = self.notify.validate() {
+            return fail(span, &key, message);
+        }
         Ok(())
     }
 
@@ -688,6 +696,30 @@ mod tests {
             e.to_string().starts_with("/nonexistent/egress.toml: cannot read"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn notify_is_off_by_default_and_checked_with_lines() {
+        let c = parse("").unwrap();
+        assert!(!c.notify.is_enabled());
+        assert_eq!(c.notify.max_per_hour, 20);
+        let c = parse("[notify]\ncommand = [\"/usr/local/sbin/on-lock\", \"--ticket\"]\nmail_to = [\"postmaster@example.com\"]\nmail_from = \"egress@example.com\"\n").unwrap();
+        assert!(c.notify.is_enabled());
+        assert_eq!(c.notify.argv().unwrap(), ["/usr/local/sbin/on-lock", "--ticket"]);
+        assert_eq!(c.notify.smtp_relay.to_string(), "127.0.0.1:25");
+        let e = err("mode = \"enforce\"\n[notify]\ncommand = [\"on-lock\"]\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("notify.command")), "{e}");
+        assert!(e.message.contains("absolute path"), "{e}");
+        let e = err("[notify]\nmail_to = [\"postmaster@example.com\"]\n");
+        assert_eq!(e.key.as_deref(), Some("notify.mail_from"), "{e}");
+        let e = err("[notify]\nmail_to = [\"postmaster@example.com\"]\nsmtp_relay = \"localhost\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("notify.smtp_relay")), "{e}");
+        let e = err("[notify]\nmail_to = [\"postmaster\"]\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("[notify]\ncommand = [\"/bin/true\"]\nmax_per_hour = 0\n");
+        assert_eq!(e.key.as_deref(), Some("notify.max_per_hour"), "{e}");
+        let e = err("[notify]\ncomand = [\"/bin/true\"]\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("notify.comand")), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::identity::normalise_address;
 use crate::listener::MilterListener;
 use crate::lockfile::LockFileError;
 use crate::locks::{FileLocks, Normaliser};
+use crate::notify::{self, Notifier};
 use crate::policy::{Counters, Policy};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -72,8 +73,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
-    let counters = Counters::new(clock);
-    let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()));
+    let (notifier, notify_rx) = Notifier::channel(notify::QUEUE_CAPACITY);
+    let counters = Counters::new(clock.clone());
+    let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()).with_notifier(Some(notifier)));
     let current: CurrentPolicy = Arc::new(RwLock::new(policy));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -103,6 +105,11 @@ pub async fn run(
         current.clone(),
         stopped(stop_rx.clone()),
     ));
+    let notify_task = {
+        let current = current.clone();
+        let config = move || callbacks::snapshot(&current).config().clone();
+        tokio::spawn(notify::run(notify_rx, config, clock, stopped(stop_rx.clone())))
+    };
     {
         let current = current.clone();
         let locks = locks.clone();
@@ -126,6 +133,9 @@ pub async fn run(
     if let Err(e) = writer.await {
         error!("lock list writer did not finish: {e}");
     }
+    if let Err(e) = notify_task.await {
+        error!("lock notifier did not finish: {e}");
+    }
     result
 }
 
@@ -141,7 +151,8 @@ async fn reload_config(path: &Path, current: &CurrentPolicy, counters: &Arc<Coun
             for w in new.warnings() {
                 warn!("{w}");
             }
-            let policy = Policy::new(Arc::new(new), counters.clone(), locks.clone() as _);
+            let policy =
+                Policy::new(Arc::new(new), counters.clone(), locks.clone() as _).with_notifier(old.notifier().cloned());
             match current.write() {
                 Ok(mut c) => *c = Arc::new(policy),
                 Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),

@@ -12,6 +12,7 @@ use crate::identity::{Identity, normalise_address};
 use crate::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
 use crate::lockfile::{LockEntry, LockSource, Timestamp};
 use crate::locks::LockStore;
+use crate::notify::{LockEvent, Notifier};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
@@ -125,6 +126,8 @@ pub struct Policy {
     rules: Vec<CompiledRule>,
     identity_overrides: HashMap<String, CompiledOverride>,
     domain_overrides: HashMap<String, CompiledOverride>,
+    /// Where new automatic locks are reported (`[notify]`), if anywhere.
+    notifier: Option<Arc<Notifier>>,
 }
 
 /// A rule a message (or recipient) would exceed.
@@ -267,7 +270,18 @@ impl Policy {
             rules,
             identity_overrides,
             domain_overrides,
+            notifier: None,
         }
+    }
+
+    /// Reports new automatic locks to `notifier` (the daemon's notification queue).
+    pub fn with_notifier(mut self, notifier: Option<Arc<Notifier>>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    pub fn notifier(&self) -> Option<&Arc<Notifier>> {
+        self.notifier.as_ref()
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -459,8 +473,41 @@ impl Policy {
             expires_at: self.config.locks.auto_lock_duration.map(|d| Timestamp(now + d.0)),
             note: None,
         };
-        self.locks.lock(entry, now);
-        self.lock_of(&identity.value)
+        let fresh = self.locks.lock(entry, now);
+        let lock = self.lock_of(&identity.value);
+        // Only a new lock is notified: not an identity already locked by a
+        // parallel session, never a refused message. Queuing never waits.
+        if fresh
+            && self.config.notify.is_enabled()
+            && let (Some(notifier), Some(lock)) = (&self.notifier, &lock)
+        {
+            notifier.notify(self.lock_event(lock, identity, trip, queue_id));
+        }
+        lock
+    }
+
+    /// What a notification says about a new automatic lock: the one place
+    /// where its evidence is gathered.
+    fn lock_event(&self, lock: &LockEntry, identity: &Identity, trip: &Trip, queue_id: &str) -> LockEvent {
+        LockEvent {
+            identity: lock.identity.clone(),
+            identity_source: identity.source.to_string(),
+            source: lock.source,
+            rule: trip.rule.clone(),
+            reason: lock.reason.clone(),
+            counted: trip.counted,
+            scope: trip.scope,
+            count: trip.usage.used,
+            limit: trip.usage.limit,
+            window: trip.rate.window,
+            locked_at: lock.locked_at,
+            expires_at: lock.expires_at,
+            queue_ids: [queue_id]
+                .into_iter()
+                .filter(|q| !q.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
     }
 
     /// Whether a locked identity may still write to `recipient` (the
