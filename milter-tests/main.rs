@@ -12,3 +12,4 @@ mod identity;
 mod limits;
 mod lock_list;
 mod locking;
+mod notify;
