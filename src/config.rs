@@ -494,6 +494,13 @@ impl Config {
         if self.mode == Mode::DryRun {
             warnings.push("mode is \"dry-run\": decisions are logged, nothing is refused, held or locked".to_string());
         }
+        if let Some(program) = self.notify.argv().and_then(<[String]>::first)
+            && !Path::new(program).is_file()
+        {
+            warnings.push(format!(
+                "notify.command: \"{program}\" is not a file: lock notifications will fail to run it"
+            ));
+        }
         warnings
     }
 

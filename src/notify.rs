@@ -271,7 +271,7 @@ fn dispatch(event: LockEvent, config: &Config, gate: &mut Gate, tasks: &mut Join
         Admission::Send { after_suppressed } if after_suppressed > 0 => {
             warn!(
                 suppressed = after_suppressed,
-                "lock notifications resumed; {after_suppressed} were suppressed by notify.max_per_hour"
+                "lock notifications resumed after {after_suppressed} suppressed by notify.max_per_hour"
             );
         }
         Admission::Send { .. } => {}
@@ -325,8 +325,8 @@ pub fn command_env(event: &LockEvent, host: &str) -> Vec<(&'static str, String)>
     ]
 }
 
-/// Kills the command's process group when dropped, unless disarmed: at the
-/// timeout, and when the daemon stops with the command still running.
+/// Kills the command's process group: at the timeout, and when dropped with
+/// the command still running (the daemon stops). Disarmed once it exited.
 struct GroupKill(Option<rustix::process::Pid>);
 
 impl GroupKill {
@@ -334,6 +334,12 @@ impl GroupKill {
         if let Some(pgid) = self.0.take() {
             let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
         }
+    }
+}
+
+impl GroupKill {
+    fn disarm(&mut self) {
+        self.0 = None;
     }
 }
 
@@ -385,16 +391,19 @@ async fn run_command(argv: Vec<String>, timeout: Duration, event: Arc<LockEvent>
     });
     let status = tokio::time::timeout(timeout, child.wait()).await;
     if status.is_err() {
+        // The leader is not reaped yet, so the group id is still ours.
         group.kill();
         let _ = child.kill().await;
+    } else {
+        // Reaped: its id may be reused. What it left in the background is
+        // its own business (and no longer read from after STDERR_LINGER).
+        group.disarm();
     }
     if let Some(mut reader) = reader
         && tokio::time::timeout(STDERR_LINGER, &mut reader).await.is_err()
     {
         reader.abort();
     }
-    // Whatever the command left running in its group goes now.
-    group.kill();
     let stderr = {
         let kept = stderr.lock().unwrap_or_else(|p| p.into_inner());
         String::from_utf8_lossy(&kept).trim_end().to_string()
@@ -414,17 +423,27 @@ async fn run_command(argv: Vec<String>, timeout: Duration, event: Arc<LockEvent>
         Ok(Ok(status)) if status.success() => info!(
             identity = %event.identity,
             command = %program,
-            status = %status,
+            status = %describe(status),
             stderr = %stderr,
             "lock notification command finished"
         ),
         Ok(Ok(status)) => warn!(
             identity = %event.identity,
             command = %program,
-            status = %status,
+            status = %describe(status),
             stderr = %stderr,
             "lock notification command failed"
         ),
+    }
+}
+
+/// `exit 0`, `exit 3` or `signal 9`.
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => status.to_string(),
     }
 }
 
