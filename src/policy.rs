@@ -502,9 +502,10 @@ impl Policy {
             window: trip.rate.window,
             locked_at: lock.locked_at,
             expires_at: lock.expires_at,
+            // "NONE": the MTA had no queue id yet (Postfix, at MAIL FROM).
             queue_ids: [queue_id]
                 .into_iter()
-                .filter(|q| !q.is_empty())
+                .filter(|q| !q.is_empty() && *q != "NONE")
                 .map(str::to_owned)
                 .collect(),
         }
