@@ -480,3 +480,51 @@ async fn dry_run_and_manual_locks_notify_nothing() {
     assert!(hook_runs(out.path()).is_empty());
     assert!(sink.mails().is_empty());
 }
+
+#[tokio::test]
+async fn stopping_the_daemon_kills_a_command_still_running() {
+    let out = tempfile::tempdir().unwrap();
+    let notify = format!(
+        "command = [\"/bin/sh\", \"{}\", \"{}\"]\ncommand_timeout = \"1h\"\n",
+        script("notify-hang.sh").display(),
+        out.path().display()
+    );
+    let m = Milter::spawn(&config("", &notify)).await;
+    lock_out(&m, "alice@example.com", "ALICE").await;
+    eventually(BOUND, "the command started", async || hang_pids(out.path()).is_some()).await;
+    let pids = hang_pids(out.path()).unwrap();
+    assert!(pids.iter().all(|&p| alive(p)));
+    // Returns after the shutdown grace, not after command_timeout.
+    m.shutdown().await;
+    eventually(BOUND, "the hook and its child were killed", async || {
+        pids.iter().all(|&p| !alive(p))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn notify_is_picked_up_on_reload() {
+    let out = tempfile::tempdir().unwrap();
+    let m = Milter::spawn(&config("", "")).await;
+    lock_out(&m, "before@example.com", "B").await;
+    let socket = format!("inet:{}", m.addr);
+    let notify = format!(
+        "command = [\"/bin/sh\", \"{}\", \"{}\"]\n",
+        script("notify-hook.sh").display(),
+        out.path().display()
+    );
+    write_config(m.dir.path(), &config("", &notify), &socket);
+    m.reload().await;
+    // Lock one identity after another until the reloaded section is in force.
+    let mut n = 0;
+    eventually(BOUND, "a lock after the reload is notified", async || {
+        n += 1;
+        lock_out(&m, &format!("after{n}@example.com"), "A").await;
+        !hook_runs(out.path()).is_empty()
+    })
+    .await;
+    m.shutdown().await;
+    let ids = identities(&hook_runs(out.path()));
+    assert!(!ids.contains(&"before@example.com".to_string()), "{ids:?}");
+    assert!(!ids.is_empty() && ids.iter().all(|i| i.starts_with("after")), "{ids:?}");
+}
