@@ -316,11 +316,18 @@ async fn a_lock_after_the_last_one_expired_is_notified_again() {
     assert_ne!(first[0]["EGRESS_EXPIRES_AT"], "");
 
     // The lock lapses; the identity keeps pushing and is locked again.
+    // (The daemon may still hold the written lock in memory as pending for a
+    // moment; messages keep coming until the identity is locked again.)
     m.clock.advance(Duration::from_secs(11 * 60));
-    let mut msg = Msg::from_user("alice@example.com");
-    msg.queue_id = "SECOND1".into();
-    assert!(!Mta::send(m.addr, &msg).await.accepted());
-    eventually(BOUND, "the second report", async || sink.mails().len() == 2).await;
+    let mut n = 0;
+    eventually(BOUND, "the second report", async || {
+        n += 1;
+        let mut msg = Msg::from_user("alice@example.com");
+        msg.queue_id = format!("SECOND{n}");
+        assert!(!Mta::send(m.addr, &msg).await.accepted());
+        sink.mails().len() == 2
+    })
+    .await;
     eventually(BOUND, "the command ran twice", async || {
         hook_runs(out.path()).len() == 2
     })
@@ -328,7 +335,8 @@ async fn a_lock_after_the_last_one_expired_is_notified_again() {
     let runs = hook_runs(out.path());
     let mut queue_ids: Vec<&str> = runs.iter().map(|r| r["EGRESS_QUEUE_IDS"].as_str()).collect();
     queue_ids.sort();
-    assert_eq!(queue_ids, ["FIRST3", "SECOND1"]);
+    assert_eq!(queue_ids[0], "FIRST3");
+    assert!(queue_ids[1].starts_with("SECOND"), "{queue_ids:?}");
     assert_ne!(runs[0]["EGRESS_LOCKED_AT"], runs[1]["EGRESS_LOCKED_AT"]);
     m.shutdown().await;
     assert_eq!(sink.mails().len(), 2);
