@@ -718,7 +718,8 @@ mod tests {
         assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("notify.command")), "{e}");
         assert!(e.message.contains("absolute path"), "{e}");
         let e = err("[notify]\nmail_to = [\"postmaster@example.com\"]\n");
-        assert_eq!(e.key.as_deref(), Some("notify.mail_from"), "{e}");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("notify.mail_to")), "{e}");
+        assert!(e.message.contains("notify.mail_from"), "{e}");
         let e = err("[notify]\nmail_to = [\"postmaster@example.com\"]\nsmtp_relay = \"localhost\"\n");
         assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("notify.smtp_relay")), "{e}");
         let e = err("[notify]\nmail_to = [\"postmaster\"]\n");

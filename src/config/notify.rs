@@ -85,8 +85,8 @@ impl NotifyConfig {
         if !self.mail_to.is_empty() && self.mail_from.is_none() {
             return Err((
                 0..0,
-                "notify.mail_from".into(),
-                "is needed when notify.mail_to is set (the sender of the lock reports)".into(),
+                "notify.mail_to".into(),
+                "needs notify.mail_from too (the sender of the lock reports)".into(),
             ));
         }
         if self.max_per_hour == 0 {
