@@ -80,19 +80,51 @@ pub struct LockEvent {
 /// The sessions' end of the notification queue.
 pub struct Notifier {
     tx: mpsc::Sender<LockEvent>,
-    dropped: AtomicU64,
+    stats: Arc<Stats>,
+}
+
+/// The notifier's end of the queue, for [`run`].
+pub struct Queue {
+    rx: mpsc::Receiver<LockEvent>,
+    stats: Arc<Stats>,
+}
+
+/// What became of notifications since start, for metrics and status.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Dropped because the queue was full (or the notifier had stopped).
+    pub dropped: AtomicU64,
+    /// Further events for a lock already notified.
+    pub duplicates: AtomicU64,
+    /// Left out by `max_per_hour`.
+    pub suppressed: AtomicU64,
+    pub commands_ok: AtomicU64,
+    /// Non-zero exit, killed by a signal, or not startable.
+    pub commands_failed: AtomicU64,
+    /// Killed at `command_timeout`.
+    pub commands_killed: AtomicU64,
+    pub reports_sent: AtomicU64,
+    /// Given up on (permanent error or every attempt failed).
+    pub reports_failed: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
 }
 
 impl Notifier {
     /// A notifier and the queue [`run`] reads.
-    pub fn channel(capacity: usize) -> (Arc<Notifier>, mpsc::Receiver<LockEvent>) {
+    pub fn channel(capacity: usize) -> (Arc<Notifier>, Queue) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
+        let stats = Arc::new(Stats::default());
         (
             Arc::new(Notifier {
                 tx,
-                dropped: AtomicU64::new(0),
+                stats: stats.clone(),
             }),
-            rx,
+            Queue { rx, stats },
         )
     }
 
@@ -101,7 +133,7 @@ impl Notifier {
         match self.tx.try_send(event) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(event)) => {
-                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let dropped = Stats::add(&self.stats.dropped);
                 warn!(
                     identity = %event.identity,
                     rule = %event.rule,
@@ -110,7 +142,7 @@ impl Notifier {
                 );
             }
             Err(mpsc::error::TrySendError::Closed(event)) => {
-                let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                let dropped = Stats::add(&self.stats.dropped);
                 warn!(identity = %event.identity, dropped, "lock notification dropped: the notifier has stopped");
             }
         }
@@ -118,7 +150,12 @@ impl Notifier {
 
     /// Events dropped because the queue was full (since start).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Counts of what became of notifications since start.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 }
 
@@ -196,18 +233,19 @@ impl Gate {
 /// queued and gives the notifications under way a few seconds.
 /// `config` returns the configuration in force, so `[notify]` is reloadable.
 pub async fn run(
-    mut rx: mpsc::Receiver<LockEvent>,
+    queue: Queue,
     config: impl Fn() -> Arc<Config> + Send + 'static,
     clock: Clock,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let Queue { mut rx, stats } = queue;
     let mut gate = Gate::new(clock);
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             event = rx.recv() => match event {
-                Some(event) => dispatch(event, &config(), &mut gate, &mut tasks),
+                Some(event) => dispatch(event, &config(), &mut gate, &mut tasks, &stats),
                 None => break,
             },
             Some(done) = tasks.join_next(), if !tasks.is_empty() => log_join(done),
@@ -216,7 +254,7 @@ pub async fn run(
     }
     rx.close();
     while let Ok(event) = rx.try_recv() {
-        dispatch(event, &config(), &mut gate, &mut tasks);
+        dispatch(event, &config(), &mut gate, &mut tasks, &stats);
     }
     let finish = async {
         while let Some(done) = tasks.join_next().await {
@@ -247,7 +285,7 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
-fn dispatch(event: LockEvent, config: &Config, gate: &mut Gate, tasks: &mut JoinSet<()>) {
+fn dispatch(event: LockEvent, config: &Config, gate: &mut Gate, tasks: &mut JoinSet<()>, stats: &Arc<Stats>) {
     let notify = &config.notify;
     if !notify.is_enabled() {
         debug!(identity = %event.identity, "lock not notified: no [notify] command or mail_to");
@@ -255,10 +293,12 @@ fn dispatch(event: LockEvent, config: &Config, gate: &mut Gate, tasks: &mut Join
     }
     match gate.admit(&event, notify.max_per_hour) {
         Admission::Duplicate => {
+            Stats::add(&stats.duplicates);
             debug!(identity = %event.identity, "lock already notified");
             return;
         }
         Admission::Suppressed { first } => {
+            Stats::add(&stats.suppressed);
             if first {
                 warn!(
                     max_per_hour = notify.max_per_hour,
@@ -279,15 +319,26 @@ fn dispatch(event: LockEvent, config: &Config, gate: &mut Gate, tasks: &mut Join
     let host = notify.hostname.clone().unwrap_or_else(system_hostname);
     let event = Arc::new(event);
     if let Some(argv) = notify.argv() {
-        tasks.spawn(run_command(
-            argv.to_vec(),
-            notify.command_timeout.0,
-            event.clone(),
-            host.clone(),
-        ));
+        let command = run_command(argv.to_vec(), notify.command_timeout.0, event.clone(), host.clone());
+        let stats = stats.clone();
+        tasks.spawn(async move {
+            Stats::add(match command.await {
+                Ran::Ok => &stats.commands_ok,
+                Ran::Failed => &stats.commands_failed,
+                Ran::Killed => &stats.commands_killed,
+            });
+        });
     }
     if !notify.mail_to.is_empty() {
-        tasks.spawn(send_report(notify.clone(), event, host));
+        let report = send_report(notify.clone(), event, host);
+        let stats = stats.clone();
+        tasks.spawn(async move {
+            Stats::add(if report.await {
+                &stats.reports_sent
+            } else {
+                &stats.reports_failed
+            });
+        });
     }
 }
 
@@ -349,9 +400,16 @@ impl Drop for GroupKill {
     }
 }
 
-async fn run_command(argv: Vec<String>, timeout: Duration, event: Arc<LockEvent>, host: String) {
+/// How a command run ended.
+enum Ran {
+    Ok,
+    Failed,
+    Killed,
+}
+
+async fn run_command(argv: Vec<String>, timeout: Duration, event: Arc<LockEvent>, host: String) -> Ran {
     let Some((program, args)) = argv.split_first() else {
-        return;
+        return Ran::Failed;
     };
     let mut command = tokio::process::Command::new(program);
     command
@@ -366,7 +424,7 @@ async fn run_command(argv: Vec<String>, timeout: Duration, event: Arc<LockEvent>
         Ok(child) => child,
         Err(e) => {
             error!(identity = %event.identity, command = %program, "cannot run the lock notification command: {e}");
-            return;
+            return Ran::Failed;
         }
     };
     let pid = child.id();
@@ -409,31 +467,41 @@ async fn run_command(argv: Vec<String>, timeout: Duration, event: Arc<LockEvent>
         String::from_utf8_lossy(&kept).trim_end().to_string()
     };
     match status {
-        Err(_) => warn!(
-            identity = %event.identity,
-            command = %program,
-            pid,
-            timeout = %format_duration(timeout),
-            stderr = %stderr,
-            "lock notification command killed after notify.command_timeout"
-        ),
-        Ok(Err(e)) => {
-            error!(identity = %event.identity, command = %program, "lock notification command: cannot wait for it: {e}")
+        Err(_) => {
+            warn!(
+                identity = %event.identity,
+                command = %program,
+                pid,
+                timeout = %format_duration(timeout),
+                stderr = %stderr,
+                "lock notification command killed after notify.command_timeout"
+            );
+            Ran::Killed
         }
-        Ok(Ok(status)) if status.success() => info!(
-            identity = %event.identity,
-            command = %program,
-            status = %describe(status),
-            stderr = %stderr,
-            "lock notification command finished"
-        ),
-        Ok(Ok(status)) => warn!(
-            identity = %event.identity,
-            command = %program,
-            status = %describe(status),
-            stderr = %stderr,
-            "lock notification command failed"
-        ),
+        Ok(Err(e)) => {
+            error!(identity = %event.identity, command = %program, "lock notification command: cannot wait for it: {e}");
+            Ran::Failed
+        }
+        Ok(Ok(status)) if status.success() => {
+            info!(
+                identity = %event.identity,
+                command = %program,
+                status = %describe(status),
+                stderr = %stderr,
+                "lock notification command finished"
+            );
+            Ran::Ok
+        }
+        Ok(Ok(status)) => {
+            warn!(
+                identity = %event.identity,
+                command = %program,
+                status = %describe(status),
+                stderr = %stderr,
+                "lock notification command failed"
+            );
+            Ran::Failed
+        }
     }
 }
 
@@ -447,9 +515,10 @@ fn describe(status: std::process::ExitStatus) -> String {
     }
 }
 
-async fn send_report(notify: NotifyConfig, event: Arc<LockEvent>, host: String) {
+/// Sends the report, with retries; whether the relay took it.
+async fn send_report(notify: NotifyConfig, event: Arc<LockEvent>, host: String) -> bool {
     let Some(from) = notify.mail_from.as_ref().map(|f| f.0.clone()) else {
-        return;
+        return false;
     };
     let to: Vec<String> = notify.mail_to.iter().map(|a| a.0.clone()).collect();
     let message = compose_report(&event, &from, &to, &host, SystemTime::now());
@@ -476,7 +545,7 @@ async fn send_report(notify: NotifyConfig, event: Arc<LockEvent>, host: String) 
                     recipients = to.len() - refused.len(),
                     "lock report sent"
                 );
-                return;
+                return true;
             }
             Err(e) if e.is_permanent() || attempt == MAIL_ATTEMPTS => {
                 error!(
@@ -485,7 +554,7 @@ async fn send_report(notify: NotifyConfig, event: Arc<LockEvent>, host: String) 
                     attempt,
                     "lock report not sent, giving up: {e}"
                 );
-                return;
+                return false;
             }
             Err(e) => {
                 warn!(
@@ -500,6 +569,7 @@ async fn send_report(notify: NotifyConfig, event: Arc<LockEvent>, host: String) 
             }
         }
     }
+    false
 }
 
 /// A report ready to send.
@@ -832,6 +902,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_worker_counts_what_became_of_each_lock() {
+        let clock = Clock::manual();
+        let text = r#"
+[notify]
+command = ["/bin/sh", "-c", "case $EGRESS_IDENTITY in ok@*) exit 0;; slow@*) sleep 30;; *) exit 1;; esac"]
+command_timeout = "1s"
+max_per_hour = 3
+"#;
+        let config = Arc::new(Config::parse(text, std::path::Path::new("t.toml")).unwrap());
+        let (notifier, queue) = Notifier::channel(16);
+        let ok = event("ok@example.com", &clock);
+        notifier.notify(ok.clone());
+        notifier.notify(ok);
+        for id in ["bad@example.com", "slow@example.com", "over@example.com"] {
+            notifier.notify(event(id, &clock));
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(run(queue, move || config.clone(), clock, async {
+            let _ = stopped.await;
+        }));
+        // Stopping finishes what is queued and waits for the commands.
+        stop.send(()).unwrap();
+        worker.await.unwrap();
+        let stats = notifier.stats();
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(count(&stats.commands_ok), 1);
+        assert_eq!(count(&stats.commands_failed), 1);
+        assert_eq!(count(&stats.commands_killed), 1);
+        assert_eq!(count(&stats.duplicates), 1);
+        assert_eq!(count(&stats.suppressed), 1);
+        assert_eq!(count(&stats.dropped), 0);
+        assert_eq!(count(&stats.reports_sent) + count(&stats.reports_failed), 0);
+    }
+
+    #[tokio::test]
     async fn a_full_queue_drops_and_counts() {
         let clock = Clock::manual();
         let (notifier, mut rx) = Notifier::channel(2);
@@ -839,6 +944,6 @@ mod tests {
             notifier.notify(event(&format!("u{i}@example.com"), &clock));
         }
         assert_eq!(notifier.dropped(), 3);
-        assert_eq!(rx.recv().await.unwrap().identity, "u0@example.com");
+        assert_eq!(rx.rx.recv().await.unwrap().identity, "u0@example.com");
     }
 }
