@@ -473,8 +473,10 @@ async fn dry_run_and_manual_locks_notify_nothing() {
     assert!(hook_runs(out.path()).is_empty());
     assert!(sink.mails().is_empty());
 
-    // A lock added by an admin is enforced, and not notified.
-    let m = Milter::spawn(&config("", &hook_and_mail(out.path(), &sink))).await;
+    // A lock added by an admin is enforced, and not notified. (A lock rule
+    // out of reach, so the messages that probe for the lock cannot trip it.)
+    let text = config("", &hook_and_mail(out.path(), &sink)).replace("\"2/1h\"", "\"1000/1h\"");
+    let m = Milter::spawn(&text).await;
     let added = cli(
         &m.config_path,
         &["locks", "add", "bob@example.com", "--reason", "phished"],
