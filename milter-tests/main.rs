@@ -12,4 +12,5 @@ mod identity;
 mod limits;
 mod lock_list;
 mod locking;
+mod notify;
 mod status;

@@ -217,7 +217,11 @@ async fn metrics_and_tools_follow_the_traffic_exactly() {
 
 #[tokio::test]
 async fn locks_and_reloads_show_in_metrics_and_json() {
-    let d = start(&fixture("escalation.toml").replace("[locks]", "[locks]\npoll_interval = \"100ms\"")).await;
+    let d = start(&fixture("escalation.toml").replace(
+        "[locks]",
+        "[notify]\ncommand = [\"/bin/true\"]\n\n[locks]\npoll_interval = \"100ms\"",
+    ))
+    .await;
     for i in 0..7 {
         Mta::send(d.process.addr, &msg("mallory@example.com", 1, &format!("M{i}"))).await;
     }
@@ -229,8 +233,24 @@ async fn locks_and_reloads_show_in_metrics_and_json() {
             && metric(&m, "egress_milter_locks_pending_write") == 0.0
     })
     .await;
+    eventually(
+        Duration::from_secs(10),
+        "the lock's notification command ran",
+        async || {
+            metric(
+                &scrape(d.status),
+                "egress_milter_notifications_total{outcome=\"command_ok\"}",
+            ) == 1.0
+        },
+    )
+    .await;
     let m = scrape(d.status);
     assert_eq!(metric(&m, "egress_milter_locks_added_total{source=\"auto\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "egress_milter_notifications_total{outcome=\"duplicate\"}"),
+        0.0,
+        "one notification per lock, not per refused message"
+    );
     assert_eq!(
         metric(&m, "egress_milter_refusals_total{rule=\"locked\",action=\"reject\"}"),
         1.0,

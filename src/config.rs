@@ -6,8 +6,10 @@
 //! validated; every error names the file, the line and the key.
 
 pub mod model;
+pub mod notify;
 
 pub use model::*;
+pub use notify::NotifyConfig;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -77,6 +79,8 @@ pub struct Config {
     pub locks: LocksConfig,
     pub replies: RepliesConfig,
     pub status: StatusConfig,
+    /// Who is told about automatic locks; see docs/notifications.md.
+    pub notify: NotifyConfig,
 }
 
 impl Default for Config {
@@ -97,6 +101,7 @@ impl Default for Config {
             locks: LocksConfig::default(),
             replies: RepliesConfig::default(),
             status: StatusConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -509,6 +514,9 @@ impl Config {
                 );
             }
         }
+        if let Err((span, key, message)) = self.notify.validate() {
+            return fail(span, &key, message);
+        }
         Ok(())
     }
 
@@ -532,6 +540,13 @@ impl Config {
         }
         if self.mode == Mode::DryRun {
             warnings.push("mode is \"dry-run\": decisions are logged, nothing is refused, held or locked".to_string());
+        }
+        if let Some(program) = self.notify.argv().and_then(<[String]>::first)
+            && !Path::new(program).is_file()
+        {
+            warnings.push(format!(
+                "notify.command: \"{program}\" is not a file: lock notifications will fail to run it"
+            ));
         }
         warnings
     }
@@ -752,6 +767,31 @@ mod tests {
         assert!(c.status.listen.is_some());
         let e = err("[status]\nmax_identities = 0\n");
         assert_eq!(e.key.as_deref(), Some("status.max_identities"));
+    }
+
+    #[test]
+    fn notify_is_off_by_default_and_checked_with_lines() {
+        let c = parse("").unwrap();
+        assert!(!c.notify.is_enabled());
+        assert_eq!(c.notify.max_per_hour, 20);
+        let c = parse("[notify]\ncommand = [\"/usr/local/sbin/on-lock\", \"--ticket\"]\nmail_to = [\"postmaster@example.com\"]\nmail_from = \"egress@example.com\"\n").unwrap();
+        assert!(c.notify.is_enabled());
+        assert_eq!(c.notify.argv().unwrap(), ["/usr/local/sbin/on-lock", "--ticket"]);
+        assert_eq!(c.notify.smtp_relay.to_string(), "127.0.0.1:25");
+        let e = err("mode = \"enforce\"\n[notify]\ncommand = [\"on-lock\"]\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("notify.command")), "{e}");
+        assert!(e.message.contains("absolute path"), "{e}");
+        let e = err("[notify]\nmail_to = [\"postmaster@example.com\"]\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("notify.mail_to")), "{e}");
+        assert!(e.message.contains("notify.mail_from"), "{e}");
+        let e = err("[notify]\nmail_to = [\"postmaster@example.com\"]\nsmtp_relay = \"localhost\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("notify.smtp_relay")), "{e}");
+        let e = err("[notify]\nmail_to = [\"postmaster\"]\n");
+        assert_eq!(e.line, Some(2), "{e}");
+        let e = err("[notify]\ncommand = [\"/bin/true\"]\nmax_per_hour = 0\n");
+        assert_eq!(e.key.as_deref(), Some("notify.max_per_hour"), "{e}");
+        let e = err("[notify]\ncomand = [\"/bin/true\"]\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("notify.comand")), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::listener::MilterListener;
 use crate::lockfile::LockFileError;
 use crate::locks::{FileLocks, Normaliser};
 use crate::metrics::Observer;
+use crate::notify::{self, Notifier};
 use crate::policy::{Counters, Policy};
 use crate::status;
 use std::future::Future;
@@ -74,12 +75,20 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let config = Arc::new(config);
-    let observer = Arc::new(match config.status.listen {
-        Some(_) => Observer::new(clock.clone(), config.status.max_identities),
-        None => Observer::disabled(),
+    // The activity registry serves the status listener and gives lock
+    // notifications their recent queue ids; without either it costs nothing.
+    let observer = Arc::new(if config.status.listen.is_some() || config.notify.is_enabled() {
+        Observer::new(clock.clone(), config.status.max_identities)
+    } else {
+        Observer::disabled()
     });
-    let counters = Counters::new(clock);
-    let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()).with_observer(observer.clone()));
+    let (notifier, notify_rx) = Notifier::channel(notify::QUEUE_CAPACITY);
+    let counters = Counters::new(clock.clone());
+    let policy = Arc::new(
+        Policy::new(config.clone(), counters.clone(), locks.clone())
+            .with_observer(observer.clone())
+            .with_notifier(Some(notifier)),
+    );
     let current: CurrentPolicy = Arc::new(RwLock::new(policy));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -114,6 +123,11 @@ pub async fn run(
         let state = status::State::new(current.clone(), locks.clone(), observer.clone());
         tokio::spawn(status::serve(listener, state, stopped(stop_rx.clone())));
     }
+    let notify_task = {
+        let current = current.clone();
+        let config = move || callbacks::snapshot(&current).config().clone();
+        tokio::spawn(notify::run(notify_rx, config, clock, stopped(stop_rx.clone())))
+    };
     {
         let current = current.clone();
         let locks = locks.clone();
@@ -137,6 +151,9 @@ pub async fn run(
     if let Err(e) = writer.await {
         error!("lock list writer did not finish: {e}");
     }
+    if let Err(e) = notify_task.await {
+        error!("lock notifier did not finish: {e}");
+    }
     result
 }
 
@@ -159,8 +176,9 @@ async fn reload_config(
                 warn!("{w}");
             }
             observer.activity().set_cap(new.status.max_identities);
-            let policy =
-                Policy::new(Arc::new(new), counters.clone(), locks.clone() as _).with_observer(observer.clone());
+            let policy = Policy::new(Arc::new(new), counters.clone(), locks.clone() as _)
+                .with_observer(observer.clone())
+                .with_notifier(old.notifier().cloned());
             match current.write() {
                 Ok(mut c) => *c = Arc::new(policy),
                 Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),

@@ -19,6 +19,7 @@
 //! - [`locks`]: locks in force, the background writer and the file watcher;
 //! - [`reply`]: SMTP reply templates;
 //! - [`clock`]: real or manual time.
+//! - [`notify`]: lock notifications (command and mail), off the mail path.
 //!
 //! Milter adapter and daemon:
 //! - [`session`]: one MTA connection's stages turned into policy calls;
@@ -52,6 +53,7 @@ pub mod lockfile;
 pub mod locks;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod queue;
 pub mod reply;

@@ -246,7 +246,21 @@ pub struct Gauges {
     pub locks_added_manual: u64,
     pub lock_write_errors: u64,
     pub lock_list_corrupt: bool,
+    /// What became of lock notifications, in [`NOTIFICATION_OUTCOMES`] order.
+    pub notifications: [u64; 8],
 }
+
+/// The `outcome` labels of `egress_milter_notifications_total`.
+pub const NOTIFICATION_OUTCOMES: [&str; 8] = [
+    "dropped",
+    "duplicate",
+    "suppressed",
+    "command_ok",
+    "command_failed",
+    "command_killed",
+    "mail_sent",
+    "mail_failed",
+];
 
 /// The text exposition (OpenMetrics, which Prometheus reads) of everything.
 pub fn encode(observer: &Arc<Observer>, gauges: Gauges) -> Result<String, std::fmt::Error> {
@@ -427,6 +441,17 @@ impl Collector for Exposition {
         )?;
         {
             let mut m = e.encode_descriptor(
+                "notifications",
+                "Lock notifications ([notify]) by outcome: dropped (queue full), duplicate, suppressed (max_per_hour), command ok/failed/killed, mail sent/failed.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, v) in NOTIFICATION_OUTCOMES.iter().zip(g.notifications) {
+                ConstCounter::new(v).encode(m.encode_family(&[("outcome", *outcome)])?)?;
+            }
+        }
+        {
+            let mut m = e.encode_descriptor(
                 "config_reloads",
                 "Configuration reloads (SIGHUP), by result.",
                 None,
@@ -462,6 +487,7 @@ mod tests {
             Gauges {
                 locks_active: 2,
                 locks_added_auto: 1,
+                notifications: [0, 0, 0, 1, 0, 0, 2, 0],
                 ..Gauges::default()
             },
         )
@@ -480,6 +506,8 @@ mod tests {
             "egress_milter_locks_added_total{source=\"auto\"} 1",
             "egress_milter_tracked_identities 2",
             "egress_milter_config_reloads_total{result=\"failed\"} 1",
+            "egress_milter_notifications_total{outcome=\"command_ok\"} 1",
+            "egress_milter_notifications_total{outcome=\"mail_sent\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
         }

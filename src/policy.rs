@@ -13,6 +13,7 @@ use crate::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, RateBuckets
 use crate::lockfile::{LockEntry, LockSource, Timestamp};
 use crate::locks::LockStore;
 use crate::metrics::Observer;
+use crate::notify::{LockEvent, Notifier};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
@@ -127,6 +128,8 @@ pub struct Policy {
     identity_overrides: HashMap<String, CompiledOverride>,
     domain_overrides: HashMap<String, CompiledOverride>,
     observer: Arc<Observer>,
+    /// Where new automatic locks are reported (`[notify]`), if anywhere.
+    notifier: Option<Arc<Notifier>>,
 }
 
 /// A rule a message (or recipient) would exceed.
@@ -270,6 +273,7 @@ impl Policy {
             identity_overrides,
             domain_overrides,
             observer: Arc::new(Observer::disabled()),
+            notifier: None,
         }
     }
 
@@ -282,6 +286,16 @@ impl Policy {
 
     pub fn observer(&self) -> &Arc<Observer> {
         &self.observer
+    }
+
+    /// Reports new automatic locks to `notifier` (the daemon's notification queue).
+    pub fn with_notifier(mut self, notifier: Option<Arc<Notifier>>) -> Self {
+        self.notifier = notifier;
+        self
+    }
+
+    pub fn notifier(&self) -> Option<&Arc<Notifier>> {
+        self.notifier.as_ref()
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -473,8 +487,58 @@ impl Policy {
             expires_at: self.config.locks.auto_lock_duration.map(|d| Timestamp(now + d.0)),
             note: None,
         };
-        self.locks.lock(entry, now);
-        self.lock_of(&identity.value)
+        let fresh = self.locks.lock(entry, now);
+        let lock = self.lock_of(&identity.value);
+        // Only a new lock is notified: not an identity already locked by a
+        // parallel session, never a refused message. Queuing never waits.
+        if fresh
+            && self.config.notify.is_enabled()
+            && let (Some(notifier), Some(lock)) = (&self.notifier, &lock)
+        {
+            notifier.notify(self.lock_event(lock, identity, trip, queue_id));
+        }
+        lock
+    }
+
+    /// What a notification says about a new automatic lock: the one place
+    /// where its evidence is gathered.
+    fn lock_event(&self, lock: &LockEntry, identity: &Identity, trip: &Trip, queue_id: &str) -> LockEvent {
+        LockEvent {
+            identity: lock.identity.clone(),
+            identity_source: identity.source.to_string(),
+            source: lock.source,
+            rule: trip.rule.clone(),
+            reason: lock.reason.clone(),
+            counted: trip.counted,
+            scope: trip.scope,
+            count: trip.usage.used,
+            limit: trip.usage.limit,
+            window: trip.rate.window,
+            locked_at: lock.locked_at,
+            expires_at: lock.expires_at,
+            queue_ids: self.evidence_queue_ids(&lock.identity, queue_id),
+        }
+    }
+
+    /// The queue id of the message that tripped the lock (none if the MTA
+    /// had not assigned one yet: Postfix's "NONE" at MAIL FROM), then the
+    /// identity's most recent accepted or held messages, newest first, as
+    /// the activity registry remembers them (when it runs).
+    fn evidence_queue_ids(&self, identity: &str, queue_id: &str) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        if !queue_id.is_empty() && queue_id != "NONE" {
+            ids.push(queue_id.to_owned());
+        }
+        if self.observer.enabled()
+            && let Some(recent) = self.observer.activity().get(identity)
+        {
+            for q in recent.queue_ids {
+                if !ids.contains(&q) {
+                    ids.push(q);
+                }
+            }
+        }
+        ids
     }
 
     /// Whether a locked identity may still write to `recipient` (the

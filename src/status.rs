@@ -192,6 +192,10 @@ fn metrics(state: &State) -> Answer {
         locks_added_manual: load(&stats.added_manual),
         lock_write_errors: load(&stats.write_errors),
         lock_list_corrupt: stats.corrupt.load(Ordering::Relaxed),
+        notifications: snapshot(&state.current)
+            .notifier()
+            .map(|n| n.stats().snapshot())
+            .unwrap_or_default(),
     };
     match crate::metrics::encode(&state.observer, gauges) {
         Ok(body) => reply(

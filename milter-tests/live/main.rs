@@ -9,6 +9,7 @@
 
 mod egress;
 mod harness;
+mod notify;
 mod postfix;
 mod queue_tools;
 mod scenarios;

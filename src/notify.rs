@@ -1,0 +1,964 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! Lock notifications: when an identity is locked automatically, run the
+//! configured command and mail a report to the postmaster.
+//!
+//! A session only puts a [`LockEvent`] on a bounded queue ([`Notifier`],
+//! `try_send`: never waits). The background task [`run`] takes events off
+//! the queue, drops duplicates, applies the hourly cap ([`Gate`]) and runs the
+//! command and sends the mail in tasks of their own, so a slow or failing
+//! notifier never delays a mail decision nor the next notification.
+
+pub mod smtp;
+
+use crate::clock::Clock;
+use crate::config::{Config, Counted, NotifyConfig, Scope, format_duration};
+use crate::lockfile::{LockSource, Timestamp};
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+/// Events waiting for the notifier. A lock storm beyond this is dropped
+/// (and counted) rather than let sessions wait: the cap would suppress most
+/// of it anyway, and every lock is logged and written to the lock list.
+pub const QUEUE_CAPACITY: usize = 64;
+
+/// The length of the cap's window.
+const CAP_WINDOW: Duration = Duration::from_secs(3600);
+
+/// How much of the command's stderr is kept for the log.
+const STDERR_LIMIT: usize = 4096;
+
+/// How long stderr is still read after the command exited (a background
+/// process it started may hold the pipe open).
+const STDERR_LINGER: Duration = Duration::from_secs(1);
+
+/// Attempts to hand a report to the relay, and the pause before the
+/// second one (multiplied by four for each further one).
+const MAIL_ATTEMPTS: u32 = 3;
+const MAIL_FIRST_BACKOFF: Duration = Duration::from_secs(2);
+
+/// At shutdown, notifications under way get this long to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Locks remembered to recognise a duplicate event for the same lock.
+const DEDUPE_MEMORY: usize = 4096;
+
+/// One new automatic lock, as the notifier reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockEvent {
+    pub identity: String,
+    /// Where the identity came from: `auth`, `header:…`, `client-address`…
+    pub identity_source: String,
+    /// Always `auto` today: manual locks are not notified.
+    pub source: LockSource,
+    pub rule: String,
+    /// The reason written in the lock list.
+    pub reason: String,
+    pub counted: Counted,
+    pub scope: Scope,
+    /// The rule's count when it tripped, and its limit in `window`.
+    pub count: u32,
+    pub limit: u32,
+    pub window: Duration,
+    pub locked_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    /// Queue ids of the evidence: the message that tripped the lock first.
+    pub queue_ids: Vec<String>,
+}
+
+/// The sessions' end of the notification queue.
+pub struct Notifier {
+    tx: mpsc::Sender<LockEvent>,
+    stats: Arc<Stats>,
+}
+
+/// The notifier's end of the queue, for [`run`].
+pub struct Queue {
+    rx: mpsc::Receiver<LockEvent>,
+    stats: Arc<Stats>,
+}
+
+/// What became of notifications since start, for metrics and status.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Dropped because the queue was full (or the notifier had stopped).
+    pub dropped: AtomicU64,
+    /// Further events for a lock already notified.
+    pub duplicates: AtomicU64,
+    /// Left out by `max_per_hour`.
+    pub suppressed: AtomicU64,
+    pub commands_ok: AtomicU64,
+    /// Non-zero exit, killed by a signal, or not startable.
+    pub commands_failed: AtomicU64,
+    /// Killed at `command_timeout`.
+    pub commands_killed: AtomicU64,
+    pub reports_sent: AtomicU64,
+    /// Given up on (permanent error or every attempt failed).
+    pub reports_failed: AtomicU64,
+}
+
+impl Stats {
+    /// The counters in the order of [`crate::metrics::NOTIFICATION_OUTCOMES`].
+    pub fn snapshot(&self) -> [u64; 8] {
+        [
+            &self.dropped,
+            &self.duplicates,
+            &self.suppressed,
+            &self.commands_ok,
+            &self.commands_failed,
+            &self.commands_killed,
+            &self.reports_sent,
+            &self.reports_failed,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
+    }
+
+    fn add(counter: &AtomicU64) -> u64 {
+        counter.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+impl Notifier {
+    /// A notifier and the queue [`run`] reads.
+    pub fn channel(capacity: usize) -> (Arc<Notifier>, Queue) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let stats = Arc::new(Stats::default());
+        (
+            Arc::new(Notifier {
+                tx,
+                stats: stats.clone(),
+            }),
+            Queue { rx, stats },
+        )
+    }
+
+    /// Queues an event without waiting; a full queue drops it (logged, counted).
+    pub fn notify(&self, event: LockEvent) {
+        match self.tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                let dropped = Stats::add(&self.stats.dropped);
+                warn!(
+                    identity = %event.identity,
+                    rule = %event.rule,
+                    dropped,
+                    "lock notification dropped: the notification queue is full"
+                );
+            }
+            Err(mpsc::error::TrySendError::Closed(event)) => {
+                let dropped = Stats::add(&self.stats.dropped);
+                warn!(identity = %event.identity, dropped, "lock notification dropped: the notifier has stopped");
+            }
+        }
+    }
+
+    /// Events dropped because the queue was full (since start).
+    pub fn dropped(&self) -> u64 {
+        self.stats.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Counts of what became of notifications since start.
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
+/// What [`Gate::admit`] decided about one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Notify; `after_suppressed` notifications were suppressed by the cap
+    /// since the last one sent.
+    Send { after_suppressed: u64 },
+    /// The same lock was already notified.
+    Duplicate,
+    /// Over the hourly cap; `first` for the first one of a run.
+    Suppressed { first: bool },
+}
+
+/// One notification per lock, at most `max_per_hour` in any hour.
+pub struct Gate {
+    clock: Clock,
+    /// Identity to the `locked_at` of the last lock seen: the same pair
+    /// again is the same lock; a later lock of the identity is a new one.
+    seen: HashMap<String, Timestamp>,
+    /// Monotonic times (ns) of the notifications sent in the last hour.
+    sent: VecDeque<u64>,
+    /// Suppressed since the last notification sent.
+    suppressed: u64,
+}
+
+impl Gate {
+    pub fn new(clock: Clock) -> Self {
+        Self {
+            clock,
+            seen: HashMap::new(),
+            sent: VecDeque::new(),
+            suppressed: 0,
+        }
+    }
+
+    pub fn admit(&mut self, event: &LockEvent, max_per_hour: u32) -> Admission {
+        if self.seen.get(&event.identity) == Some(&event.locked_at) {
+            return Admission::Duplicate;
+        }
+        if self.seen.len() >= DEDUPE_MEMORY {
+            // A duplicate follows its lock within moments: old entries can go.
+            let horizon = self.clock.wall_now().checked_sub(CAP_WINDOW).unwrap_or(UNIX_EPOCH);
+            self.seen.retain(|_, at| at.0 > horizon);
+            if self.seen.len() >= DEDUPE_MEMORY {
+                self.seen.clear();
+            }
+        }
+        self.seen.insert(event.identity.clone(), event.locked_at);
+        let now = self.clock.elapsed_nanos();
+        let window = u64::try_from(CAP_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        while self.sent.front().is_some_and(|&t| now.saturating_sub(t) >= window) {
+            self.sent.pop_front();
+        }
+        if self.sent.len() >= max_per_hour as usize {
+            self.suppressed += 1;
+            return Admission::Suppressed {
+                first: self.suppressed == 1,
+            };
+        }
+        self.sent.push_back(now);
+        Admission::Send {
+            after_suppressed: std::mem::take(&mut self.suppressed),
+        }
+    }
+
+    /// Suppressed since the last notification sent.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+}
+
+/// The notifier task: runs until `stop` resolves, then finishes what is
+/// queued and gives the notifications under way a few seconds.
+/// `config` returns the configuration in force, so `[notify]` is reloadable.
+pub async fn run(
+    queue: Queue,
+    config: impl Fn() -> Arc<Config> + Send + 'static,
+    clock: Clock,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let Queue { mut rx, stats } = queue;
+    let mut gate = Gate::new(clock);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Some(event) => dispatch(event, &config(), &mut gate, &mut tasks, &stats),
+                None => break,
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => log_join(done),
+            () = &mut stop => break,
+        }
+    }
+    rx.close();
+    while let Ok(event) = rx.try_recv() {
+        dispatch(event, &config(), &mut gate, &mut tasks, &stats);
+    }
+    let finish = async {
+        while let Some(done) = tasks.join_next().await {
+            log_join(done);
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, finish).await.is_err() {
+        warn!(
+            unfinished = tasks.len(),
+            "stopping with lock notifications unfinished (commands are killed)"
+        );
+        tasks.shutdown().await;
+    }
+    if gate.suppressed() > 0 {
+        warn!(
+            suppressed = gate.suppressed(),
+            "{} lock notification(s) were suppressed by notify.max_per_hour",
+            gate.suppressed()
+        );
+    }
+}
+
+fn log_join(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done
+        && !e.is_cancelled()
+    {
+        error!("lock notification task failed: {e}");
+    }
+}
+
+fn dispatch(event: LockEvent, config: &Config, gate: &mut Gate, tasks: &mut JoinSet<()>, stats: &Arc<Stats>) {
+    let notify = &config.notify;
+    if !notify.is_enabled() {
+        debug!(identity = %event.identity, "lock not notified: no [notify] command or mail_to");
+        return;
+    }
+    match gate.admit(&event, notify.max_per_hour) {
+        Admission::Duplicate => {
+            Stats::add(&stats.duplicates);
+            debug!(identity = %event.identity, "lock already notified");
+            return;
+        }
+        Admission::Suppressed { first } => {
+            Stats::add(&stats.suppressed);
+            if first {
+                warn!(
+                    max_per_hour = notify.max_per_hour,
+                    "lock notifications suppressed: notify.max_per_hour reached; locks are still logged and written to the lock list"
+                );
+            }
+            debug!(identity = %event.identity, "lock notification suppressed by the hourly cap");
+            return;
+        }
+        Admission::Send { after_suppressed } if after_suppressed > 0 => {
+            warn!(
+                suppressed = after_suppressed,
+                "lock notifications resumed after {after_suppressed} suppressed by notify.max_per_hour"
+            );
+        }
+        Admission::Send { .. } => {}
+    }
+    let host = notify.hostname.clone().unwrap_or_else(system_hostname);
+    let event = Arc::new(event);
+    if let Some(argv) = notify.argv() {
+        let command = run_command(argv.to_vec(), notify.command_timeout.0, event.clone(), host.clone());
+        let stats = stats.clone();
+        tasks.spawn(async move {
+            Stats::add(match command.await {
+                Ran::Ok => &stats.commands_ok,
+                Ran::Failed => &stats.commands_failed,
+                Ran::Killed => &stats.commands_killed,
+            });
+        });
+    }
+    if !notify.mail_to.is_empty() {
+        let report = send_report(notify.clone(), event, host);
+        let stats = stats.clone();
+        tasks.spawn(async move {
+            Stats::add(if report.await {
+                &stats.reports_sent
+            } else {
+                &stats.reports_failed
+            });
+        });
+    }
+}
+
+/// The kernel's host name, or `localhost`.
+pub fn system_hostname() -> String {
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name.into_owned()
+    }
+}
+
+/// The environment the command gets (added to the daemon's own).
+pub fn command_env(event: &LockEvent, host: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("EGRESS_IDENTITY", event.identity.clone()),
+        ("EGRESS_IDENTITY_SOURCE", event.identity_source.clone()),
+        ("EGRESS_SOURCE", event.source.to_string()),
+        ("EGRESS_RULE", event.rule.clone()),
+        ("EGRESS_REASON", event.reason.clone()),
+        ("EGRESS_COUNTED", event.counted.to_string()),
+        ("EGRESS_SCOPE", event.scope.to_string()),
+        ("EGRESS_COUNT", event.count.to_string()),
+        ("EGRESS_LIMIT", event.limit.to_string()),
+        ("EGRESS_WINDOW", format_duration(event.window)),
+        ("EGRESS_LOCKED_AT", event.locked_at.to_string()),
+        (
+            "EGRESS_EXPIRES_AT",
+            event.expires_at.map(|t| t.to_string()).unwrap_or_default(),
+        ),
+        ("EGRESS_QUEUE_IDS", event.queue_ids.join(" ")),
+        ("EGRESS_HOSTNAME", host.to_string()),
+    ]
+}
+
+/// Kills the command's process group: at the timeout, and when dropped with
+/// the command still running (the daemon stops). Disarmed once it exited.
+struct GroupKill(Option<rustix::process::Pid>);
+
+impl GroupKill {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl GroupKill {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How a command run ended.
+enum Ran {
+    Ok,
+    Failed,
+    Killed,
+}
+
+async fn run_command(argv: Vec<String>, timeout: Duration, event: Arc<LockEvent>, host: String) -> Ran {
+    let Some((program, args)) = argv.split_first() else {
+        return Ran::Failed;
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .envs(command_env(&event, &host))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            error!(identity = %event.identity, command = %program, "cannot run the lock notification command: {e}");
+            return Ran::Failed;
+        }
+    };
+    let pid = child.id();
+    let mut group = GroupKill(
+        pid.and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw),
+    );
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let reader = child.stderr.take().map(|mut pipe| {
+        let stderr = stderr.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let mut kept = stderr.lock().unwrap_or_else(|p| p.into_inner());
+                let room = STDERR_LIMIT.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        })
+    });
+    let status = tokio::time::timeout(timeout, child.wait()).await;
+    if status.is_err() {
+        // The leader is not reaped yet, so the group id is still ours.
+        group.kill();
+        let _ = child.kill().await;
+    } else {
+        // Reaped: its id may be reused. What it left in the background is
+        // its own business (and no longer read from after STDERR_LINGER).
+        group.disarm();
+    }
+    if let Some(mut reader) = reader
+        && tokio::time::timeout(STDERR_LINGER, &mut reader).await.is_err()
+    {
+        reader.abort();
+    }
+    let stderr = {
+        let kept = stderr.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&kept).trim_end().to_string()
+    };
+    match status {
+        Err(_) => {
+            warn!(
+                identity = %event.identity,
+                command = %program,
+                pid,
+                timeout = %format_duration(timeout),
+                stderr = %stderr,
+                "lock notification command killed after notify.command_timeout"
+            );
+            Ran::Killed
+        }
+        Ok(Err(e)) => {
+            error!(identity = %event.identity, command = %program, "lock notification command: cannot wait for it: {e}");
+            Ran::Failed
+        }
+        Ok(Ok(status)) if status.success() => {
+            info!(
+                identity = %event.identity,
+                command = %program,
+                status = %describe(status),
+                stderr = %stderr,
+                "lock notification command finished"
+            );
+            Ran::Ok
+        }
+        Ok(Ok(status)) => {
+            warn!(
+                identity = %event.identity,
+                command = %program,
+                status = %describe(status),
+                stderr = %stderr,
+                "lock notification command failed"
+            );
+            Ran::Failed
+        }
+    }
+}
+
+/// `exit 0`, `exit 3` or `signal 9`.
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => status.to_string(),
+    }
+}
+
+/// Sends the report, with retries; whether the relay took it.
+async fn send_report(notify: NotifyConfig, event: Arc<LockEvent>, host: String) -> bool {
+    let Some(from) = notify.mail_from.as_ref().map(|f| f.0.clone()) else {
+        return false;
+    };
+    let to: Vec<String> = notify.mail_to.iter().map(|a| a.0.clone()).collect();
+    let message = compose_report(&event, &from, &to, &host, SystemTime::now());
+    let mut backoff = MAIL_FIRST_BACKOFF;
+    for attempt in 1..=MAIL_ATTEMPTS {
+        let result = smtp::send(
+            &notify.smtp_relay,
+            notify.smtp_timeout.0,
+            &host,
+            &from,
+            &to,
+            &message.text,
+        )
+        .await;
+        match result {
+            Ok(refused) => {
+                for (rcpt, reply) in &refused {
+                    warn!(identity = %event.identity, recipient = %rcpt, reply = %reply, "lock report: recipient refused by the relay");
+                }
+                info!(
+                    identity = %event.identity,
+                    relay = %notify.smtp_relay,
+                    message_id = %message.message_id,
+                    recipients = to.len() - refused.len(),
+                    "lock report sent"
+                );
+                return true;
+            }
+            Err(e) if e.is_permanent() || attempt == MAIL_ATTEMPTS => {
+                error!(
+                    identity = %event.identity,
+                    relay = %notify.smtp_relay,
+                    attempt,
+                    "lock report not sent, giving up: {e}"
+                );
+                return false;
+            }
+            Err(e) => {
+                warn!(
+                    identity = %event.identity,
+                    relay = %notify.smtp_relay,
+                    attempt,
+                    retry_in = %format_duration(backoff),
+                    "lock report not sent, will retry: {e}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff *= 4;
+            }
+        }
+    }
+    false
+}
+
+/// A report ready to send.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub message_id: String,
+    /// Headers and body, lines ending in CRLF.
+    pub text: String,
+}
+
+/// The lock report: headers and a plain-text body for the postmaster.
+pub fn compose_report(event: &LockEvent, from: &str, to: &[String], host: &str, now: SystemTime) -> Report {
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let message_id = format!(
+        "<egress-milter.{}.{:09}.{}.{}@{}>",
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos(),
+        std::process::id(),
+        SEQUENCE.fetch_add(1, Ordering::Relaxed),
+        host
+    );
+    let identity = clean(&event.identity);
+    let subject = format!("egress-milter locked {identity}: rule {}", clean(&event.rule));
+    let mut text = String::new();
+    let mut header = |name: &str, value: &str| {
+        let _ = write!(text, "{name}: {value}\r\n");
+    };
+    header("Date", &rfc5322_date(now));
+    header("From", &format!("egress-milter <{from}>"));
+    header("To", &to.join(", "));
+    header("Subject", &encode_header(&subject));
+    header("Message-ID", &message_id);
+    header("Auto-Submitted", "auto-generated");
+    header("MIME-Version", "1.0");
+    header("Content-Type", "text/plain; charset=utf-8");
+    header("Content-Transfer-Encoding", "8bit");
+    text.push_str("\r\n");
+
+    let expires = match event.expires_at {
+        Some(t) => format!("{t} (the lock lifts itself then)"),
+        None => "never: the lock stays until an administrator removes it".into(),
+    };
+    let queue_ids = if event.queue_ids.is_empty() {
+        "(none known)".to_string()
+    } else {
+        event.queue_ids.join(" ")
+    };
+    let body = format!(
+        "egress-milter on {host} locked {identity} automatically.\n\
+         \n\
+         Identity:   {identity} (from {source})\n\
+         Rule:       {rule}: {count}/{limit} {counted} per {scope} in {window}\n\
+         Reason:     {reason}\n\
+         Locked at:  {locked_at}\n\
+         Expires:    {expires}\n\
+         Queue ids:  {queue_ids}\n\
+         Host:       {host}\n\
+         \n\
+         While the lock holds, mail from {identity} is refused (or held, with\n\
+         locked_action = \"hold\"), except to the support addresses of\n\
+         locks.allow_recipients.\n\
+         \n\
+         Find out whether the account was taken over (look up the queue ids in\n\
+         the mail log, reset its password), then review and remove the lock:\n\
+         \n\
+         \x20   egress-milter locks show {identity}\n\
+         \x20   egress-milter locks remove {identity}\n\
+         \n\
+         This report was generated automatically; do not reply to it.\n",
+        source = clean(&event.identity_source),
+        rule = clean(&event.rule),
+        count = event.count,
+        limit = event.limit,
+        counted = event.counted,
+        scope = event.scope,
+        window = format_duration(event.window),
+        reason = clean(&event.reason),
+        locked_at = event.locked_at,
+    );
+    for line in body.lines() {
+        text.push_str(line);
+        text.push_str("\r\n");
+    }
+    Report { message_id, text }
+}
+
+/// Control characters (CR, LF…) replaced, so no value can break a line.
+fn clean(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
+/// A header value, RFC 2047 Q-encoded (in chunks) if it is not plain ASCII.
+fn encode_header(value: &str) -> String {
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return value.to_string();
+    }
+    let mut words = Vec::new();
+    let mut word = String::new();
+    for c in value.chars() {
+        let mut piece = String::new();
+        if c.is_ascii_alphanumeric() || "!*+-/".contains(c) {
+            piece.push(c);
+        } else if c == ' ' {
+            piece.push('_');
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                let _ = write!(piece, "={b:02X}");
+            }
+        }
+        if word.len() + piece.len() > 60 {
+            words.push(format!("=?utf-8?q?{word}?="));
+            word.clear();
+        }
+        word.push_str(&piece);
+    }
+    words.push(format!("=?utf-8?q?{word}?="));
+    words.join("\r\n ")
+}
+
+/// `Mon, 23 Nov 2026 14:07:00 +0000`.
+pub fn rfc5322_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        WEEKDAYS[usize::try_from(days.rem_euclid(7)).unwrap_or(0)],
+        day,
+        MONTHS[usize::try_from(month - 1).unwrap_or(0)],
+        year,
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(identity: &str, clock: &Clock) -> LockEvent {
+        LockEvent {
+            identity: identity.into(),
+            identity_source: "auth".into(),
+            source: LockSource::Auto,
+            rule: "lock-messages".into(),
+            reason: "rule \"lock-messages\" exceeded: 6/6 messages per identity in 1h (identity from auth, queue id 4ABCDEF)".into(),
+            counted: Counted::Messages,
+            scope: Scope::Identity,
+            count: 6,
+            limit: 6,
+            window: Duration::from_secs(3600),
+            locked_at: Timestamp(clock.wall_now()),
+            expires_at: None,
+            queue_ids: vec!["4ABCDEF".into()],
+        }
+    }
+
+    #[test]
+    fn one_notification_per_lock_and_a_relock_is_new() {
+        let clock = Clock::manual();
+        let mut gate = Gate::new(clock.clone());
+        let first = event("alice@example.com", &clock);
+        assert_eq!(gate.admit(&first, 20), Admission::Send { after_suppressed: 0 });
+        assert_eq!(gate.admit(&first, 20), Admission::Duplicate);
+        assert_eq!(gate.admit(&first.clone(), 20), Admission::Duplicate);
+        // Unlocked, then locked again: a new lock, a new notification.
+        clock.advance(Duration::from_secs(60));
+        let again = event("alice@example.com", &clock);
+        assert_eq!(gate.admit(&again, 20), Admission::Send { after_suppressed: 0 });
+        assert_eq!(gate.admit(&again, 20), Admission::Duplicate);
+        // Another identity locked at the same moment is another lock.
+        assert_eq!(
+            gate.admit(&event("bob@example.com", &clock), 20),
+            Admission::Send { after_suppressed: 0 }
+        );
+    }
+
+    #[test]
+    fn the_hourly_cap_suppresses_and_reports_how_many() {
+        let clock = Clock::manual();
+        let mut gate = Gate::new(clock.clone());
+        for i in 0..3 {
+            let e = event(&format!("u{i}@example.com"), &clock);
+            assert_eq!(gate.admit(&e, 3), Admission::Send { after_suppressed: 0 });
+            clock.advance(Duration::from_secs(60));
+        }
+        // 3 sent at 0, 1 and 2 minutes: the next ones are over the cap.
+        assert_eq!(
+            gate.admit(&event("u3@example.com", &clock), 3),
+            Admission::Suppressed { first: true }
+        );
+        assert_eq!(
+            gate.admit(&event("u4@example.com", &clock), 3),
+            Admission::Suppressed { first: false }
+        );
+        assert_eq!(gate.suppressed(), 2);
+        // A duplicate of a suppressed lock is still a duplicate, not counted.
+        assert_eq!(gate.admit(&event("u4@example.com", &clock), 3), Admission::Duplicate);
+        // One hour after the first was sent, one slot is free again.
+        clock.advance(Duration::from_secs(3600 - 180));
+        assert_eq!(
+            gate.admit(&event("u5@example.com", &clock), 3),
+            Admission::Send { after_suppressed: 2 }
+        );
+        assert_eq!(gate.suppressed(), 0);
+        assert_eq!(
+            gate.admit(&event("u6@example.com", &clock), 3),
+            Admission::Suppressed { first: true }
+        );
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(
+            gate.admit(&event("u7@example.com", &clock), 3),
+            Admission::Send { after_suppressed: 1 }
+        );
+    }
+
+    #[test]
+    fn the_dedupe_memory_is_bounded() {
+        let clock = Clock::manual();
+        let mut gate = Gate::new(clock.clone());
+        for i in 0..DEDUPE_MEMORY + 10 {
+            gate.admit(&event(&format!("u{i}@example.com"), &clock), u32::MAX);
+            clock.advance(Duration::from_secs(1));
+        }
+        assert!(gate.seen.len() <= DEDUPE_MEMORY);
+    }
+
+    #[test]
+    fn the_report_has_the_headers_and_the_facts() {
+        let clock = Clock::manual();
+        let mut e = event("alice@example.com", &clock);
+        e.locked_at = Timestamp(UNIX_EPOCH + Duration::from_secs(1_795_442_820));
+        e.expires_at = Some(Timestamp(UNIX_EPOCH + Duration::from_secs(1_795_529_220)));
+        e.queue_ids = vec!["4ABCDEF".into(), "5BCDEF0".into()];
+        let to = vec!["postmaster@example.com".to_string(), "abuse@example.com".to_string()];
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_442_821);
+        let r = compose_report(&e, "egress@mx1.example.com", &to, "mx1.example.com", now);
+        let (head, body) = r.text.split_once("\r\n\r\n").unwrap();
+        let headers: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(
+            headers,
+            [
+                "Date: Mon, 23 Nov 2026 14:07:01 +0000",
+                "From: egress-milter <egress@mx1.example.com>",
+                "To: postmaster@example.com, abuse@example.com",
+                "Subject: egress-milter locked alice@example.com: rule lock-messages",
+                &format!("Message-ID: {}", r.message_id),
+                "Auto-Submitted: auto-generated",
+                "MIME-Version: 1.0",
+                "Content-Type: text/plain; charset=utf-8",
+                "Content-Transfer-Encoding: 8bit",
+            ]
+        );
+        assert!(r.message_id.starts_with("<egress-milter.1795442821.") && r.message_id.ends_with("@mx1.example.com>"));
+        for expected in [
+            "Identity:   alice@example.com (from auth)\r\n",
+            "Rule:       lock-messages: 6/6 messages per identity in 1h\r\n",
+            "Reason:     rule \"lock-messages\" exceeded: 6/6",
+            "Locked at:  2026-11-23T14:07:00Z\r\n",
+            "Expires:    2026-11-24T14:07:00Z (the lock lifts itself then)\r\n",
+            "Queue ids:  4ABCDEF 5BCDEF0\r\n",
+            "    egress-milter locks show alice@example.com\r\n",
+            "    egress-milter locks remove alice@example.com\r\n",
+        ] {
+            assert!(body.contains(expected), "{expected:?} not in\n{body}");
+        }
+        assert!(!body.replace("\r\n", "").contains('\n'), "bare LF in the body");
+        // Two reports never share a Message-ID.
+        let again = compose_report(&e, "egress@mx1.example.com", &to, "mx1.example.com", now);
+        assert_ne!(again.message_id, r.message_id);
+    }
+
+    #[test]
+    fn odd_identities_cannot_break_the_headers() {
+        let clock = Clock::manual();
+        let e = event("jörg@exämple.com\r\nBcc: victim@example.net", &clock);
+        let r = compose_report(
+            &e,
+            "egress@example.com",
+            &["pm@example.com".into()],
+            "mx1",
+            SystemTime::now(),
+        );
+        let (head, _) = r.text.split_once("\r\n\r\n").unwrap();
+        assert!(!head.contains("\nBcc:"), "{head}");
+        let subject = head.lines().find(|l| l.starts_with("Subject: ")).unwrap();
+        assert!(
+            subject.starts_with("Subject: =?utf-8?q?egress-milter_locked_j=C3=B6rg=40ex=C3=A4mple=2Ecom=3F=3FBcc"),
+            "{subject}"
+        );
+        assert!(head.is_ascii());
+    }
+
+    #[test]
+    fn dates_are_rfc5322() {
+        assert_eq!(rfc5322_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 +0000");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_723);
+        assert_eq!(rfc5322_date(leap), "Tue, 29 Feb 2000 01:02:03 +0000");
+    }
+
+    #[test]
+    fn the_command_environment_names_everything() {
+        let clock = Clock::manual();
+        let e = event("alice@example.com", &clock);
+        let env: HashMap<_, _> = command_env(&e, "mx1").into_iter().collect();
+        assert_eq!(env["EGRESS_IDENTITY"], "alice@example.com");
+        assert_eq!(env["EGRESS_SOURCE"], "auto");
+        assert_eq!(env["EGRESS_COUNT"], "6");
+        assert_eq!(env["EGRESS_WINDOW"], "1h");
+        assert_eq!(env["EGRESS_EXPIRES_AT"], "");
+        assert_eq!(env["EGRESS_QUEUE_IDS"], "4ABCDEF");
+        assert_eq!(env["EGRESS_HOSTNAME"], "mx1");
+    }
+
+    #[tokio::test]
+    async fn the_worker_counts_what_became_of_each_lock() {
+        let clock = Clock::manual();
+        let text = r#"
+[notify]
+command = ["/bin/sh", "-c", "case $EGRESS_IDENTITY in ok@*) exit 0;; slow@*) sleep 30;; *) exit 1;; esac"]
+command_timeout = "1s"
+max_per_hour = 3
+"#;
+        let config = Arc::new(Config::parse(text, std::path::Path::new("t.toml")).unwrap());
+        let (notifier, queue) = Notifier::channel(16);
+        let ok = event("ok@example.com", &clock);
+        notifier.notify(ok.clone());
+        notifier.notify(ok);
+        for id in ["bad@example.com", "slow@example.com", "over@example.com"] {
+            notifier.notify(event(id, &clock));
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(run(queue, move || config.clone(), clock, async {
+            let _ = stopped.await;
+        }));
+        // Stopping finishes what is queued and waits for the commands.
+        stop.send(()).unwrap();
+        worker.await.unwrap();
+        let stats = notifier.stats();
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(count(&stats.commands_ok), 1);
+        assert_eq!(count(&stats.commands_failed), 1);
+        assert_eq!(count(&stats.commands_killed), 1);
+        assert_eq!(count(&stats.duplicates), 1);
+        assert_eq!(count(&stats.suppressed), 1);
+        assert_eq!(count(&stats.dropped), 0);
+        assert_eq!(count(&stats.reports_sent) + count(&stats.reports_failed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts() {
+        let clock = Clock::manual();
+        let (notifier, mut rx) = Notifier::channel(2);
+        for i in 0..5 {
+            notifier.notify(event(&format!("u{i}@example.com"), &clock));
+        }
+        assert_eq!(notifier.dropped(), 3);
+        assert_eq!(rx.rx.recv().await.unwrap().identity, "u0@example.com");
+    }
+}
