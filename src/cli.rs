@@ -51,6 +51,7 @@ pub enum Command {
     },
     /// Show every rule's count for one identity, and its lock (from the status listener).
     Explain {
+        /// The identity, as the milter resolves it (login, address or client address).
         identity: String,
         /// Print the JSON answer instead of a table.
         #[arg(long)]
@@ -79,6 +80,8 @@ pub enum Command {
 pub enum QueueCommand {
     /// Put the identity's queued mail on hold (postsuper -h).
     Hold {
+        /// The identity whose queued mail is held: its envelope sender, and the
+        /// queue ids the daemon recorded for it (status listener).
         identity: String,
         /// Show what would be held, change nothing.
         #[arg(long)]
@@ -89,6 +92,7 @@ pub enum QueueCommand {
     },
     /// Release the identity's held mail (postsuper -H).
     Release {
+        /// The identity whose held mail is released (found as for `hold`).
         identity: String,
         /// Show what would be released, change nothing.
         #[arg(long)]
