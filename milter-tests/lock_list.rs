@@ -52,7 +52,10 @@ async fn hand_edits_are_picked_up_without_a_restart() {
     // The admin deletes the entry and adds one by hand.
     std::fs::write(
         &m.lock_path,
-        "[[lock]]\nidentity = \"Eve@Example.com\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"phishing kit found\"\n",
+        // Local time with an offset, as an admin might type it; and a clock
+        // set wrong on the host where the entry was written.
+        "[[lock]]\nidentity = \"Eve@Example.com\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T11:00:00+01:00\"\nreason = \"phishing kit found\"\n\n\
+         [[lock]]\nidentity = \"zed@example.com\"\nsource = \"manual\"\nlocked_at = \"2999-01-01T00:00:00Z\"\nreason = \"skewed\"\n",
     )
     .unwrap();
     eventually(Duration::from_secs(10), "mallory unlocked", async || {
@@ -61,6 +64,12 @@ async fn hand_edits_are_picked_up_without_a_restart() {
     .await;
     let eve = "550 5.7.1 Sending as eve@example.com is suspended; please contact your postmaster";
     assert_eq!(refusal(&m, "eve@example.com").await.as_deref(), Some(eve));
+    let show = cli(&m.config_path, &["locks", "show", "eve@example.com"]);
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("locked at:      2026-11-23T10:00:00Z ("), "{show}");
+    let show = cli(&m.config_path, &["locks", "show", "zed@example.com"]);
+    let show = String::from_utf8_lossy(&show.stdout);
+    assert!(show.contains("in the future: check the clocks)"), "{show}");
 }
 
 #[tokio::test]

@@ -144,8 +144,11 @@ pub fn show(config: &Config, identity: &str) -> Result<String, Failure> {
     let _ = writeln!(out, "identity:       {}", e.identity);
     let _ = writeln!(out, "state:          {}", state(e, now));
     let _ = writeln!(out, "source:         {}", e.source);
-    let since = now.duration_since(e.locked_at.0).unwrap_or_default();
-    let _ = writeln!(out, "locked at:      {} ({} ago)", e.locked_at, format_duration(since));
+    let when = match now.duration_since(e.locked_at.0) {
+        Ok(since) => format!("{} ago", format_duration(since)),
+        Err(ahead) => format!("{} in the future: check the clocks", format_duration(ahead.duration())),
+    };
+    let _ = writeln!(out, "locked at:      {} ({when})", e.locked_at);
     let _ = writeln!(out, "reason:         {}", e.reason);
     if let Some(rule) = &e.rule {
         let _ = writeln!(out, "rule:           {rule}");

@@ -243,6 +243,7 @@ impl Default for LocksConfig {
 pub struct StatusConfig {
     /// Address to serve on, e.g. `127.0.0.1:7026`; absent: no listener,
     /// and no metrics or activity are kept.
+    #[serde(deserialize_with = "listen_address")]
     pub listen: Option<std::net::SocketAddr>,
     /// Allow a `listen` address other than loopback. The listener has no
     /// authentication and shows who sends what: keep it on loopback.
@@ -251,6 +252,16 @@ pub struct StatusConfig {
     pub max_identities: usize,
     /// Largest number of simultaneous HTTP connections.
     pub max_connections: usize,
+}
+
+/// `status.listen`: an IP address and a port, with an error that says so.
+fn listen_address<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<std::net::SocketAddr>, D::Error> {
+    let s = String::deserialize(de)?;
+    s.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "\"{s}\" is not an IP address and port: write e.g. \"127.0.0.1:7026\" or \"[::1]:7026\" (no host names)"
+        ))
+    })
 }
 
 impl Default for StatusConfig {
@@ -593,6 +604,15 @@ impl Config {
         if a.max_length != b.max_length {
             changed.push("identity.max_length (for the lock list)");
         }
+        if self.status.max_connections != new.status.max_connections {
+            changed.push("status.max_connections");
+        }
+        // The activity registry (recent queue ids in notifications) starts
+        // with the daemon when [status] or [notify] is configured.
+        let registry = |c: &Config| c.status.listen.is_some() || c.notify.is_enabled();
+        if !registry(self) && registry(new) && new.status.listen == self.status.listen {
+            changed.push("notify (recent queue ids in notifications)");
+        }
         if self.status.listen != new.status.listen {
             changed.push("status.listen");
         }
@@ -765,6 +785,9 @@ mod tests {
         assert!(e.message.contains("not a loopback address"), "{e}");
         let c = parse("[status]\nlisten = \"0.0.0.0:7026\"\nallow_non_loopback = true\n").unwrap();
         assert!(c.status.listen.is_some());
+        let e = err("[status]\nlisten = \"localhost:7026\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("status.listen")), "{e}");
+        assert!(e.message.contains("not an IP address and port"), "{e}");
         let e = err("[status]\nmax_identities = 0\n");
         assert_eq!(e.key.as_deref(), Some("status.max_identities"));
     }
@@ -799,5 +822,10 @@ mod tests {
         let a = parse("").unwrap();
         let b = parse("socket = \"unix:/run/x.sock\"\nmode = \"dry-run\"\n").unwrap();
         assert_eq!(a.restart_needed(&b), ["socket"]);
+        let c = parse("[status]\nmax_connections = 4\n").unwrap();
+        assert_eq!(a.restart_needed(&c), ["status.max_connections"]);
+        let d = parse("[notify]\ncommand = [\"/bin/true\"]\n").unwrap();
+        assert_eq!(a.restart_needed(&d), ["notify (recent queue ids in notifications)"]);
+        assert!(d.restart_needed(&a).is_empty());
     }
 }

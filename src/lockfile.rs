@@ -44,11 +44,45 @@ pub struct Timestamp(pub SystemTime);
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
         let s = String::deserialize(de)?;
-        humantime::parse_rfc3339_weak(s.trim()).map(Timestamp).map_err(|e| {
+        Timestamp::parse(&s).map_err(|e| {
             serde::de::Error::custom(format!(
-                "invalid time \"{s}\": {e} (expected RFC 3339, e.g. \"2026-11-23T14:07:00Z\")"
+                "invalid time \"{s}\": {e} (expected RFC 3339, e.g. \"2026-11-23T14:07:00Z\" or \"2026-11-23T15:07:00+01:00\")"
             ))
         })
+    }
+}
+
+impl Timestamp {
+    /// RFC 3339 in UTC (`Z`) or with a numeric offset (`+01:00`, as an
+    /// admin in Europe might write by hand); written back in UTC.
+    pub fn parse(s: &str) -> Result<Timestamp, String> {
+        let s = s.trim();
+        if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+            return Ok(Timestamp(t));
+        }
+        let b = s.as_bytes();
+        let offset = b.len().checked_sub(6).filter(|&i| {
+            matches!(b[i], b'+' | b'-')
+                && b[i + 3] == b':'
+                && [1, 2, 4, 5].iter().all(|&k| b[i + k].is_ascii_digit())
+                && i > 10
+        });
+        let Some(i) = offset else {
+            return humantime::parse_rfc3339_weak(s).map(Timestamp).map_err(|e| e.to_string());
+        };
+        let digits = |k: usize| u64::from(b[k] - b'0') * 10 + u64::from(b[k + 1] - b'0');
+        let (hours, minutes) = (digits(i + 1), digits(i + 4));
+        if hours > 23 || minutes > 59 {
+            return Err(format!("offset {} out of range", &s[i..]));
+        }
+        let local = humantime::parse_rfc3339_weak(&s[..i]).map_err(|e| e.to_string())?;
+        let offset = Duration::from_secs(hours * 3600 + minutes * 60);
+        let utc = if b[i] == b'+' {
+            local.checked_sub(offset)
+        } else {
+            local.checked_add(offset)
+        };
+        utc.map(Timestamp).ok_or_else(|| "time out of range".to_string())
     }
 }
 
@@ -451,6 +485,18 @@ mod tests {
             previous_locks: 2,
             expires_at: Some(Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_086_400))),
             note: Some("ticket \"#42\"\nsecond line".into()),
+        }
+    }
+
+    #[test]
+    fn times_with_an_offset_are_read_as_utc() {
+        let utc = Timestamp::parse("2026-11-23T14:07:00Z").unwrap();
+        assert_eq!(Timestamp::parse("2026-11-23T15:07:00+01:00"), Ok(utc));
+        assert_eq!(Timestamp::parse(" 2026-11-23T09:37:00-04:30 "), Ok(utc));
+        assert_eq!(Timestamp::parse("2026-11-23T14:07:00+00:00"), Ok(utc));
+        assert_eq!(utc.to_string(), "2026-11-23T14:07:00Z");
+        for bad in ["2026-11-23T15:07:00+25:00", "2026-11-23T15:07:00+01:60", "2026-11-23", "+01:00", "garbage+01:00"] {
+            assert!(Timestamp::parse(bad).is_err(), "{bad}");
         }
     }
 
