@@ -525,6 +525,19 @@ impl Config {
                 );
             }
         }
+        for (i, domain) in self.locks.local_domains.iter().enumerate() {
+            let d = domain.trim_end_matches('.');
+            let label_ok = |l: &str| {
+                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80)
+            };
+            if d.is_empty() || d.len() > 253 || !d.split('.').all(label_ok) {
+                return fail(
+                    0..0,
+                    &format!("locks.local_domains[{i}]"),
+                    format!("\"{domain}\" is not a domain name (write \"example.com\", without \"@\")"),
+                );
+            }
+        }
         if let Err((span, key, message)) = self.notify.validate() {
             return fail(span, &key, message);
         }
@@ -684,6 +697,11 @@ mod tests {
         );
         let e = err("[locks]\nallow_recipients = [\"ok\", \"@bad\"]\n");
         assert_eq!(e.line, Some(2), "{e}");
+        assert!(parse("[locks]\nlocal_domains = [\"example.com\", \"xn--bcher-kva.example.\"]\n").is_ok());
+        for bad in ["@example.com", "example..com", "", "exa mple.com", "postmaster@example.com"] {
+            let e = err(&format!("[locks]\nlocal_domains = [\"example.org\", \"{bad}\"]\n"));
+            assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("locks.local_domains[1]")), "{bad}: {e}");
+        }
         let e = err("log_level = \"egress_milter=shouting\"\n");
         assert_eq!(e.line, Some(1), "{e}");
     }
