@@ -698,9 +698,19 @@ mod tests {
         let e = err("[locks]\nallow_recipients = [\"ok\", \"@bad\"]\n");
         assert_eq!(e.line, Some(2), "{e}");
         assert!(parse("[locks]\nlocal_domains = [\"example.com\", \"xn--bcher-kva.example.\"]\n").is_ok());
-        for bad in ["@example.com", "example..com", "", "exa mple.com", "postmaster@example.com"] {
+        for bad in [
+            "@example.com",
+            "example..com",
+            "",
+            "exa mple.com",
+            "postmaster@example.com",
+        ] {
             let e = err(&format!("[locks]\nlocal_domains = [\"example.org\", \"{bad}\"]\n"));
-            assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("locks.local_domains[1]")), "{bad}: {e}");
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(2), Some("locks.local_domains[1]")),
+                "{bad}: {e}"
+            );
         }
         let e = err("log_level = \"egress_milter=shouting\"\n");
         assert_eq!(e.line, Some(1), "{e}");

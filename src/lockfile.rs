@@ -68,7 +68,9 @@ impl Timestamp {
                 && i > 10
         });
         let Some(i) = offset else {
-            return humantime::parse_rfc3339_weak(s).map(Timestamp).map_err(|e| e.to_string());
+            return humantime::parse_rfc3339_weak(s)
+                .map(Timestamp)
+                .map_err(|e| e.to_string());
         };
         let digits = |k: usize| u64::from(b[k] - b'0') * 10 + u64::from(b[k + 1] - b'0');
         let (hours, minutes) = (digits(i + 1), digits(i + 4));
@@ -495,7 +497,13 @@ mod tests {
         assert_eq!(Timestamp::parse(" 2026-11-23T09:37:00-04:30 "), Ok(utc));
         assert_eq!(Timestamp::parse("2026-11-23T14:07:00+00:00"), Ok(utc));
         assert_eq!(utc.to_string(), "2026-11-23T14:07:00Z");
-        for bad in ["2026-11-23T15:07:00+25:00", "2026-11-23T15:07:00+01:60", "2026-11-23", "+01:00", "garbage+01:00"] {
+        for bad in [
+            "2026-11-23T15:07:00+25:00",
+            "2026-11-23T15:07:00+01:60",
+            "2026-11-23",
+            "+01:00",
+            "garbage+01:00",
+        ] {
             assert!(Timestamp::parse(bad).is_err(), "{bad}");
         }
     }

@@ -367,7 +367,8 @@ impl Policy {
             Outcome::Never => None,
         };
         let rule = &self.rules[entry.rule];
-        let key = if entry.key == OVERFLOW_KEY {
+        let overflow = entry.key == OVERFLOW_KEY;
+        let key = if overflow {
             "overflow".to_string()
         } else {
             match rule.per {
@@ -377,7 +378,14 @@ impl Policy {
         };
         Some(Trip {
             rule: rule.name.clone(),
-            action: rule.action,
+            // The overflow bucket counts every newcomer past the identity
+            // cap together: evidence against all of them, not against the
+            // one whose message happened to fill it. Throttle, never lock.
+            action: if overflow && rule.action == Action::Lock {
+                Action::Tempfail
+            } else {
+                rule.action
+            },
             counted: rule.count,
             scope: rule.per,
             key,
@@ -852,6 +860,30 @@ rates = {{ per-minute = \"1/1m\" }}
         assert_eq!(trips[0].key, "overflow");
         // Known identities keep their own buckets.
         assert!(f.policy.commit(&f.policy.plan(id("u0@x.org"), false), 1).is_empty());
+    }
+
+    #[test]
+    fn the_overflow_bucket_throttles_but_never_locks_a_newcomer() {
+        let f = fixture(
+            "[limits]\nmax_tracked_identities = 2\n\n[[rule]]\nname = \"lock\"\nrate = \"2/1h\"\naction = \"lock\"\n",
+        );
+        for who in ["a@x.org", "b@x.org"] {
+            assert!(f.policy.attempt(&f.policy.plan(id(who), false), 1, 1).is_empty());
+        }
+        // Newcomers past the cap share one bucket; it fills up ...
+        for i in 0..2 {
+            let p = f.policy.plan(id(&format!("new{i}@x.org")), false);
+            assert!(f.policy.attempt(&p, 1, 1).is_empty());
+        }
+        // ... and the next newcomer is throttled for the others' traffic,
+        // not locked.
+        let trips = f.policy.attempt(&f.policy.plan(id("innocent@x.org"), false), 1, 1);
+        assert_eq!((trips[0].key.as_str(), trips[0].action), ("overflow", Action::Tempfail));
+        // A tracked identity over its own lock limit is still locked.
+        let p = f.policy.plan(id("a@x.org"), false);
+        f.policy.attempt(&p, 1, 1);
+        let trips = f.policy.attempt(&p, 1, 1);
+        assert_eq!((trips[0].key.as_str(), trips[0].action), ("a@x.org", Action::Lock));
     }
 
     #[test]
