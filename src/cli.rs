@@ -80,13 +80,14 @@ pub enum Command {
 pub enum QueueCommand {
     /// Put the identity's queued mail on hold (postsuper -h).
     Hold {
-        /// The identity whose queued mail is held: its envelope sender, and the
-        /// queue ids the daemon recorded for it (status listener).
+        /// The identity whose queued mail is held: mail with it as envelope sender,
+        /// mail whose queue id the daemon recorded for it (status listener), and mail
+        /// whose SASL login Postfix recorded in the queue file is it (postcat -e).
         identity: String,
         /// Show what would be held, change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Postfix configuration directory of a non-default instance (postqueue/postsuper -c).
+        /// Postfix configuration directory of a non-default instance (postqueue/postcat/postsuper -c).
         #[arg(long, value_name = "DIR")]
         postfix_config: Option<PathBuf>,
     },
@@ -97,7 +98,7 @@ pub enum QueueCommand {
         /// Show what would be released, change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Postfix configuration directory of a non-default instance (postqueue/postsuper -c).
+        /// Postfix configuration directory of a non-default instance (postqueue/postcat/postsuper -c).
         #[arg(long, value_name = "DIR")]
         postfix_config: Option<PathBuf>,
     },
