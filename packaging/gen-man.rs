@@ -303,6 +303,18 @@ egress-milter locks remove alice@example.com
 .RE
 .fi
 .PP
+During an incident (with \fB[status] listen\fR configured): who sends most
+now, why one identity is refused, lock it and hold its queued mail:
+.PP
+.nf
+.RS
+egress-milter top
+egress-milter explain alice@example.com
+egress-milter locks add alice@example.com --reason "phished"
+egress-milter queue hold alice@example.com
+.RE
+.fi
+.PP
 Point Postfix at the packaged default socket (see \fIpostfix.md\fR for the
 other milter_* parameters):
 .PP
@@ -313,7 +325,7 @@ postfix reload
 .RE
 .fi
 .SH "SEE ALSO"
-\fBpostconf\fR(5), \fBmaster\fR(5), \fBpostsuper\fR(1), \fBsystemctl\fR(1),
+\fBpostconf\fR(5), \fBmaster\fR(5), \fBpostqueue\fR(1), \fBpostcat\fR(1), \fBpostsuper\fR(1), \fBsystemctl\fR(1),
 \fBjournalctl\fR(1), \fBsystemd.exec\fR(5)
 .PP
 The documentation under \fI/usr/share/doc/egress-milter/\fR, starting with

@@ -35,7 +35,7 @@
 //! - [`metrics`]: the verdict observer and the Prometheus exposition;
 //! - [`status`]: the optional HTTP status listener (`/metrics`, `/healthz`, `/api`);
 //! - [`status_client`]: `top`, `explain`, `report` over the status listener;
-//! - [`queue`]: `queue hold|release` through Postfix's postqueue and postsuper.
+//! - [`queue`]: `queue hold|release` through Postfix's postqueue, postcat and postsuper.
 
 #![forbid(unsafe_code)]
 
