@@ -18,7 +18,7 @@
 //!
 //! If postcat fails, the login criterion covers only what was read and the
 //! output says so. Ids are fed to `postsuper -h -` (or `-H -`) on standard
-//! input. Run as root or as the Postfix admin.
+//! input. Run as root: Postfix reserves `postsuper` for the superuser.
 
 use crate::admin::Failure;
 use crate::config::{Config, IdentityConfig};
