@@ -635,25 +635,49 @@ impl Config {
 
 /// The line where a dotted key such as `identity.max_length` or
 /// `locks.allow_recipients[0]` is set, for errors about values that carry no
-/// position of their own. Looks for `leaf =` under the key's `[table]`.
+/// position of their own: `leaf =` under the key's `[table]`, a dotted
+/// `table.leaf =`, or `table = { leaf = ... }` on one line.
 fn line_of_key(text: &str, key: &str) -> Option<usize> {
     let key = key.split('[').next().unwrap_or(key);
-    let (table, leaf) = key.rsplit_once('.').unwrap_or(("", key));
-    let mut current = "";
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let mut current = String::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if let Some(header) = line.strip_prefix('[') {
-            current = header.trim_start_matches('[').split(']').next().unwrap_or("").trim();
+            current = dotted(header.trim_start_matches('[').split(']').next().unwrap_or(""));
             continue;
         }
-        if current == table
-            && let Some(rest) = line.strip_prefix(leaf)
-            && rest.trim_start().starts_with('=')
-        {
+        let Some((lhs, rhs)) = line.split_once('=') else {
+            continue;
+        };
+        let lhs = dotted(lhs);
+        let path = if current.is_empty() {
+            lhs
+        } else {
+            format!("{current}.{lhs}")
+        };
+        // `table.key = ...`, `key = ...` under `[table]`, or
+        // `table = { key = ... }` as an inline table on one line.
+        let inline = key
+            .strip_prefix(path.as_str())
+            .is_some_and(|rest| rest.starts_with('.'))
+            && rhs.trim_start().starts_with('{')
+            && rhs
+                .split([',', '{'])
+                .any(|kv| kv.split('=').next().is_some_and(|k| dotted(k) == leaf));
+        if path == key || inline {
             return Some(n + 1);
         }
     }
     None
+}
+
+/// A TOML key path without blanks around the dots or quotes around parts.
+fn dotted(key: &str) -> String {
+    key.split('.')
+        .map(|part| part.trim().trim_matches('"'))
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// The 1-based line of a byte offset.
@@ -698,6 +722,17 @@ mod tests {
         let e = err("[locks]\nallow_recipients = [\"ok\", \"@bad\"]\n");
         assert_eq!(e.line, Some(2), "{e}");
         assert!(parse("[locks]\nlocal_domains = [\"example.com\", \"xn--bcher-kva.example.\"]\n").is_ok());
+        // The same error found for keys written the other ways TOML allows.
+        let e = err("mode = \"enforce\"\nlocks.local_domains = [\"@x\"]\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(2), Some("locks.local_domains[0]")),
+            "{e}"
+        );
+        let e = err("mode = \"enforce\"\n\nlocks = { poll_interval = \"1s\", local_domains = [\"@x\"] }\n");
+        assert_eq!(e.line, Some(3), "{e}");
+        let e = err("[identity]\nmax_length = 8\n");
+        assert_eq!(e.line, Some(2), "{e}");
         for bad in [
             "@example.com",
             "example..com",
