@@ -18,7 +18,7 @@ RESULTS=$WORK/results.jsonl
 mkdir -p "$WORK"
 echo "scratch directory: $WORK" >&2
 
-build_all
+[ "${NO_BUILD:-0}" = 1 ] || build_all
 
 # Milters: name, TCP socket (Postfix notation), unix socket.
 egress_config "$ROOT/bench/configs/bench.toml" "$WORK/egress-inet.toml" "inet:127.0.0.1:17025"
