@@ -53,30 +53,21 @@ fn main() -> ExitCode {
         } => status_client::top(&config, count, &sort, Duration::from_secs(interval.max(1)), once, json),
         Command::Explain { identity, json } => status_client::explain(&config, &identity, json),
         Command::Report { since, csv, json } => status_client::report(&config, &since, csv, json),
-        Command::Queue { command } => match command {
-            QueueCommand::Hold {
-                identity,
-                dry_run,
-                postfix_config,
-            } => queue::run(
-                &config,
-                &identity,
-                QueueAction::Hold,
-                dry_run,
-                postfix_config.as_deref(),
-            ),
-            QueueCommand::Release {
-                identity,
-                dry_run,
-                postfix_config,
-            } => queue::run(
-                &config,
-                &identity,
-                QueueAction::Release,
-                dry_run,
-                postfix_config.as_deref(),
-            ),
-        },
+        Command::Queue { command } => {
+            let (action, identity, dry_run, postfix_config) = match command {
+                QueueCommand::Hold {
+                    identity,
+                    dry_run,
+                    postfix_config,
+                } => (QueueAction::Hold, identity, dry_run, postfix_config),
+                QueueCommand::Release {
+                    identity,
+                    dry_run,
+                    postfix_config,
+                } => (QueueAction::Release, identity, dry_run, postfix_config),
+            };
+            queue::run(&config, &identity, action, dry_run, postfix_config.as_deref())
+        }
     };
     match result {
         Ok(out) => {

@@ -81,19 +81,25 @@ fn matched_counts(out: &str) -> (usize, usize, usize) {
     )
 }
 
+/// A private Postfix with alice and bob as SASL users, egress-milter wired
+/// in, and `defer_transports = smtp` keeping relayed mail in the deferred
+/// queue, where `queue hold` finds it.
+fn deferring_mta(daemon: &EgressMilter) -> LiveMta {
+    LiveMta::start(|o| {
+        o.milter(&daemon.socket())
+            .user("alice@example.com", "alice-secret")
+            .user("bob@example.com", "bob-secret")
+            .main_cf("defer_transports = smtp")
+    })
+}
+
 #[test]
 fn queue_hold_finds_an_identitys_queued_mail_and_release_gives_it_back() {
     if skip_unless_live() {
         return;
     }
     let daemon = daemon_with_status_listener();
-    // defer_transports keeps relayed mail in the deferred queue.
-    let mta = LiveMta::start(|o| {
-        o.milter(&daemon.socket())
-            .user("alice@example.com", "alice-secret")
-            .user("bob@example.com", "bob-secret")
-            .main_cf("defer_transports = smtp")
-    });
+    let mta = deferring_mta(&daemon);
     let postfix = &mta.postfix;
     let send = |login: &str, password: &str, from: &str| {
         let outcome =
@@ -192,13 +198,7 @@ fn queue_hold_finds_a_hijacked_logins_mail_under_any_envelope_sender() {
         return;
     }
     let daemon = daemon_with_status_listener();
-    // defer_transports keeps relayed mail in the deferred queue.
-    let mta = LiveMta::start(|o| {
-        o.milter(&daemon.socket())
-            .user("alice@example.com", "alice-secret")
-            .user("bob@example.com", "bob-secret")
-            .main_cf("defer_transports = smtp")
-    });
+    let mta = deferring_mta(&daemon);
     let postfix = &mta.postfix;
     let send = |envelope: Envelope| {
         let outcome = send_message(&envelope).expect("SMTP conversation");
