@@ -14,8 +14,8 @@ CONCURRENCY=${CONCURRENCY:-32}
 IDENTITIES=${IDENTITIES:-10000}
 WORK=${WORK:-$(mktemp -d /tmp/egress-bench.XXXXXX)}
 RESULTS=$WORK/results.jsonl
-: >"$RESULTS"
 mkdir -p "$WORK"
+: >"$RESULTS"
 echo "scratch directory: $WORK" >&2
 
 [ "${NO_BUILD:-0}" = 1 ] || build_all
