@@ -151,6 +151,16 @@ async fn metrics_and_tools_follow_the_traffic_exactly() {
         metric(&after, "egress_milter_decision_seconds_count{stage=\"eom\"}"),
         43.0
     );
+    // One whole-message decision time per transaction that reached EOM,
+    // at least as long as its EOM stage alone.
+    assert_eq!(
+        metric(&after, "egress_milter_decision_seconds_count{stage=\"message\"}"),
+        43.0
+    );
+    assert!(
+        metric(&after, "egress_milter_decision_seconds_sum{stage=\"message\"}")
+            >= metric(&after, "egress_milter_decision_seconds_sum{stage=\"eom\"}")
+    );
     assert_eq!(metric(&after, "egress_milter_locks_active"), 0.0);
     assert!(
         after.iter().all(|(s, _)| !s.contains("@")),

@@ -17,6 +17,7 @@ use indymilter::{
 use std::borrow::Cow;
 use std::ffi::CString;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tracing::{error, warn};
 
 /// The policy new connections use; replaced atomically on reload. Each
@@ -36,6 +37,8 @@ pub struct Connection {
     session: Session,
     /// The MTA was asked not to wait for a reply to each header.
     noreply_header: bool,
+    /// Time spent deciding in the current transaction's stages so far.
+    decided: Duration,
 }
 
 pub fn make_callbacks(current: CurrentPolicy) -> Callbacks<Connection> {
@@ -101,6 +104,7 @@ async fn handle_negotiate(
     cx.data = Some(Connection {
         session,
         noreply_header,
+        decided: Duration::ZERO,
     });
     Status::Continue
 }
@@ -122,7 +126,8 @@ async fn handle_mail(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let from = args.first().map_or(&b""[..], |a| a.as_bytes());
     let started = conn.session.policy().observer().start();
     let verdict = conn.session.mail(from, auth.as_deref(), &queue_id);
-    conn.session.policy().observer().finish(Stage::Mail, started);
+    // MAIL begins a transaction.
+    conn.decided = conn.session.policy().observer().finish(Stage::Mail, started);
     answer(&mut cx.reply, verdict)
 }
 
@@ -132,7 +137,7 @@ async fn handle_rcpt(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let rcpt = args.first().map_or(&b""[..], |a| a.as_bytes());
     let started = conn.session.policy().observer().start();
     let verdict = conn.session.rcpt(rcpt, &queue_id);
-    conn.session.policy().observer().finish(Stage::Rcpt, started);
+    conn.decided += conn.session.policy().observer().finish(Stage::Rcpt, started);
     answer(&mut cx.reply, verdict)
 }
 
@@ -151,7 +156,7 @@ async fn handle_eoh(current: CurrentPolicy, cx: &mut Context<Connection>) -> Sta
     let conn = connection!(current, cx);
     let started = conn.session.policy().observer().start();
     let verdict = conn.session.eoh(&queue_id);
-    conn.session.policy().observer().finish(Stage::Eoh, started);
+    conn.decided += conn.session.policy().observer().finish(Stage::Eoh, started);
     answer(&mut cx.reply, verdict)
 }
 
@@ -160,7 +165,10 @@ async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> 
     let conn = connection!(current, cx);
     let started = conn.session.policy().observer().start();
     let verdict = conn.session.eom(&queue_id);
-    conn.session.policy().observer().finish(Stage::Eom, started);
+    let observer = conn.session.policy().observer();
+    let decided = conn.decided + observer.finish(Stage::Eom, started);
+    observer.message(decided);
+    conn.decided = Duration::ZERO;
     conn.session.abort();
     if let Verdict::Hold { reason, fallback } = verdict {
         return match cx.actions.quarantine(reason.as_str()).await {
@@ -177,6 +185,7 @@ async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> 
 async fn handle_abort(cx: &mut Context<Connection>) -> Status {
     if let Some(conn) = cx.data.as_mut() {
         conn.session.abort();
+        conn.decided = Duration::ZERO;
     }
     Status::Continue
 }

@@ -30,13 +30,17 @@ pub enum Stage {
     Rcpt = 1,
     Eoh = 2,
     Eom = 3,
+    /// The sum of the stages above for one transaction that reached the
+    /// end of the message: the policy's whole cost of one message.
+    Message = 4,
 }
 
-const STAGES: [(Stage, &str); 4] = [
+const STAGES: [(Stage, &str); 5] = [
     (Stage::Mail, "mail"),
     (Stage::Rcpt, "rcpt"),
     (Stage::Eoh, "eoh"),
     (Stage::Eom, "eom"),
+    (Stage::Message, "message"),
 ];
 
 /// Upper bounds of the decision latency buckets, in nanoseconds.
@@ -48,7 +52,7 @@ const LATENCY_BOUNDS_NS: [u64; 12] = [
     25_000,
     50_000,
     100_000,
-    250_000,
+    200_000,
     500_000,
     1_000_000,
     10_000_000,
@@ -114,7 +118,7 @@ pub struct Observer {
     accepted: AtomicU64,
     recipients: AtomicU64,
     rules: DashMap<Box<str>, RuleCounters>,
-    latency: [Histogram; 4],
+    latency: [Histogram; 5],
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
 }
@@ -170,10 +174,22 @@ impl Observer {
         self.enabled.then(Instant::now)
     }
 
-    /// Ends timing a stage's decision started with [`Observer::start`].
-    pub fn finish(&self, stage: Stage, started: Option<Instant>) {
-        if let Some(start) = started {
-            self.latency[stage as usize].observe(start.elapsed());
+    /// Ends timing a stage's decision started with [`Observer::start`];
+    /// returns how long it took (zero when disabled), for [`Observer::message`].
+    pub fn finish(&self, stage: Stage, started: Option<Instant>) -> Duration {
+        let Some(start) = started else {
+            return Duration::ZERO;
+        };
+        let took = start.elapsed();
+        self.latency[stage as usize].observe(took);
+        took
+    }
+
+    /// A transaction reached the end of the message after `decided` spent
+    /// deciding over all its stages.
+    pub fn message(&self, decided: Duration) {
+        if self.enabled {
+            self.latency[Stage::Message as usize].observe(decided);
         }
     }
 
@@ -365,7 +381,7 @@ impl Collector for Exposition {
         {
             let mut m = e.encode_descriptor(
                 "decision_seconds",
-                "Time spent deciding in each milter stage (policy and bookkeeping, not the network).",
+                "Time spent deciding in each milter stage, and over all stages of a message that reached its end (stage=\"message\"): policy and bookkeeping, not the network.",
                 None,
                 MetricType::Histogram,
             )?;
@@ -480,7 +496,8 @@ mod tests {
         o.refused(None, RULE_CONFLICT, Refusal::Reject, 0, "Q4");
         o.not_enforced("soft", Action::Tempfail);
         let t = o.start();
-        o.finish(Stage::Mail, t);
+        let took = o.finish(Stage::Mail, t);
+        o.message(took + Duration::from_micros(150));
         o.reloaded(false);
         let text = encode(
             &o,
@@ -502,6 +519,9 @@ mod tests {
             "egress_milter_decision_seconds_count{stage=\"mail\"} 1",
             "egress_milter_decision_seconds_count{stage=\"rcpt\"} 0",
             "egress_milter_decision_seconds_bucket{le=\"+Inf\",stage=\"mail\"} 1",
+            "egress_milter_decision_seconds_count{stage=\"message\"} 1",
+            "egress_milter_decision_seconds_bucket{le=\"0.0001\",stage=\"message\"} 0",
+            "egress_milter_decision_seconds_bucket{le=\"0.0002\",stage=\"message\"} 1",
             "egress_milter_locks_active 2",
             "egress_milter_locks_added_total{source=\"auto\"} 1",
             "egress_milter_tracked_identities 2",
