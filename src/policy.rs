@@ -132,6 +132,15 @@ pub struct Policy {
     notifier: Option<Arc<Notifier>>,
 }
 
+/// What [`Policy::auto_lock`] did.
+#[derive(Clone, Debug)]
+pub struct AutoLock {
+    /// The lock in force for the identity.
+    pub entry: Arc<LockEntry>,
+    /// Whether this call set it (false: it was locked already).
+    pub fresh: bool,
+}
+
 /// A rule a message (or recipient) would exceed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Trip {
@@ -463,8 +472,10 @@ impl Policy {
     }
 
     /// Locks an identity because of `trip` (enforce mode only; in dry-run
-    /// nothing is locked and `None` is returned).
-    pub fn auto_lock(&self, identity: &Identity, trip: &Trip, queue_id: &str) -> Option<Arc<LockEntry>> {
+    /// nothing is locked and `None` is returned). The lock in force is
+    /// returned, with `fresh` false when a parallel session (or an admin)
+    /// locked the identity first.
+    pub fn auto_lock(&self, identity: &Identity, trip: &Trip, queue_id: &str) -> Option<AutoLock> {
         if !self.enforcing() {
             return None;
         }
@@ -505,7 +516,7 @@ impl Policy {
         {
             notifier.notify(self.lock_event(lock, identity, trip, queue_id));
         }
-        lock
+        lock.map(|entry| AutoLock { entry, fresh })
     }
 
     /// What a notification says about a new automatic lock: the one place
@@ -749,7 +760,11 @@ action = "reject"
             .into_iter()
             .find(|t| t.action == Action::Lock)
             .unwrap();
-        let entry = f.policy.auto_lock(&plan.identity, &trip, "QID1").unwrap();
+        let locked = f.policy.auto_lock(&plan.identity, &trip, "QID1").unwrap();
+        assert!(locked.fresh);
+        // A second session tripping the same rule finds the lock in force.
+        assert!(!f.policy.auto_lock(&plan.identity, &trip, "QID2").unwrap().fresh);
+        let entry = locked.entry;
         assert_eq!(entry.rule.as_deref(), Some("lock-10m"));
         assert!(
             entry

@@ -451,18 +451,17 @@ fn act(policy: &Policy, message: &mut Message, trips: Vec<Trip>, queue_id: &str,
             refuse(reply::render(replies.reject.get_ref(), &vars))
         }
         Action::Lock => {
-            let lock = policy.auto_lock(identity, worst, queue_id);
-            warn!(
-                queue_id,
-                identity = %identity,
-                source = %identity.source,
-                rule = %worst.rule,
-                count = worst.usage.used,
-                limit = worst.usage.limit,
-                window = %crate::config::format_duration(worst.rate.window),
-                "identity locked"
-            );
-            message.lock = lock;
+            let locked = policy.auto_lock(identity, worst, queue_id);
+            // One "identity locked" per lock: a parallel session that trips
+            // the same rule a moment later finds the lock in force.
+            let window = crate::config::format_duration(worst.rate.window);
+            let (rule, count, limit) = (&worst.rule, worst.usage.used, worst.usage.limit);
+            if locked.as_ref().is_none_or(|l| l.fresh) {
+                warn!(queue_id, identity = %identity, source = %identity.source, %rule, count, limit, %window, "identity locked");
+            } else {
+                info!(queue_id, identity = %identity, %rule, "identity already locked by a parallel session");
+            }
+            message.lock = locked.map(|l| l.entry);
             let Some(lock) = message.lock.clone() else {
                 return refuse(reply::render(replies.reject.get_ref(), &vars));
             };
