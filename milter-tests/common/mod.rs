@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+mod ports;
+
 use egress_milter::clock::Clock;
 use egress_milter::config::Config;
 use egress_milter::listener::{MilterListener, QuickAckListener};
@@ -397,32 +399,11 @@ pub fn cli(config: &Path, args: &[&str]) -> std::process::Output {
         .expect("run egress-milter")
 }
 
-/// A free loopback port (bound, read, released).
-/// A loopback port nobody listens on, never the same twice in this test
-/// binary: the kernel may hand a just-released port to the next probe, and
-/// two tests would then start daemons on one port and talk to each other's.
-pub fn free_port() -> u16 {
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if claim_port(port) {
-            return port;
-        }
-    }
-}
+pub use ports::claim_port;
 
-/// Records `port` as taken in this test binary; false if it already was.
-pub fn claim_port(port: u16) -> bool {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-    if handed_out.contains(&port) {
-        return false;
-    }
-    handed_out.push(port);
-    true
+/// [`ports::free_port`], for tests that cannot go on without one.
+pub fn free_port() -> u16 {
+    ports::free_port().expect("a free loopback port")
 }
 
 impl Process {

@@ -30,7 +30,6 @@ use egress_milter::config::Config;
 use egress_milter::lockfile::{LockEntry, LockList};
 use std::fs;
 use std::io;
-use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -359,9 +358,7 @@ impl EgressMilter {
 
     /// The whole log so far.
     pub fn log(&self) -> String {
-        fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_lossy(&self.log_path())
     }
 
     /// The log of the current (or last) run only.
@@ -372,9 +369,7 @@ impl EgressMilter {
 
     /// The last `lines` lines of the log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log(), lines)
     }
 
     /// The log lines containing every one of `needles`.
@@ -513,31 +508,19 @@ impl Drop for EgressMilter {
     }
 }
 
-/// A port on 127.0.0.1 that is free now (the kernel's choice).
-/// A loopback port nobody listens on, never the same twice in this test
-/// binary: the kernel may hand a port that was just probed and released to
-/// the next probe, and two tests starting servers on one port would then
-/// talk to each other's (one of them failing to bind, unnoticed).
-pub fn free_port() -> io::Result<u16> {
-    loop {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
-        if claim_port(port) {
-            return Ok(port);
-        }
-    }
+pub use crate::ports::{claim_port, free_port};
+
+/// A log file as text (invalid UTF-8 replaced; empty if there is none yet).
+pub fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_default()
 }
 
-/// Records `port` as taken by this test binary; false if it already was
-/// (a listener that holds a kernel-chosen port, like the sink, must not get
-/// one that [`free_port`] handed out to a server not yet started).
-pub fn claim_port(port: u16) -> bool {
-    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-    if handed_out.contains(&port) {
-        return false;
-    }
-    handed_out.push(port);
-    true
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Polls `cond` every [`POLL`] until it holds (true) or `timeout` passes.

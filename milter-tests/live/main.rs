@@ -10,6 +10,8 @@
 mod egress;
 mod harness;
 mod notify;
+#[path = "../common/ports.rs"]
+mod ports;
 mod postfix;
 mod queue_tools;
 mod scenarios;

@@ -44,6 +44,7 @@
 
 #![allow(dead_code)] // harness API: not every helper is used by every test
 
+use crate::egress::{poll_until, read_lossy, tail};
 use std::fs;
 use std::io::{self, Write};
 use std::net::{Ipv4Addr, TcpListener};
@@ -265,16 +266,12 @@ impl PostfixInstance {
 
     /// The mail log so far (empty if there is none yet).
     pub fn log(&self) -> String {
-        fs::read(self.log_path())
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default()
+        read_lossy(&self.log_path())
     }
 
     /// The last `lines` lines of the mail log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = self.log();
-        let all: Vec<&str> = log.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log(), lines)
     }
 
     /// Waits until the mail log contains `needle`; true if it did in time.
@@ -798,21 +795,6 @@ fn run_command(program: &str, args: &[&str], stdin: Option<&str>) -> io::Result<
     Ok(stdout)
 }
 
-/// Polls `cond` every [`POLL`] until it holds (true) or `timeout` passes
-/// (false).
-fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(POLL);
-    }
-}
-
 /// Two distinct free ports on 127.0.0.1, chosen by the kernel. They are free
 /// when this returns; a race with another process is handled by retrying the
 /// start.
@@ -859,7 +841,7 @@ fn is_master_alive(pid: u32) -> bool {
 }
 
 /// The effective user ID, from /proc/self/status.
-fn effective_uid() -> io::Result<u32> {
+pub fn effective_uid() -> io::Result<u32> {
     let status = fs::read_to_string("/proc/self/status")?;
     status
         .lines()

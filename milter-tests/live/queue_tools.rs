@@ -8,21 +8,13 @@
 //! queue file (postcat), and put on hold with postsuper.
 
 use crate::WAIT;
-use crate::egress::{EgressMilter, MilterConfig};
+use crate::egress::{EgressMilter, MilterConfig, free_port};
 use crate::harness::{LiveMta, skip_unless_live};
 use crate::postfix::TRUSTED_UPSTREAM;
 use crate::smtp::{Envelope, send_message};
 use egress_milter::activity::QUEUE_IDS;
 use std::process::Output;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
 
 fn stdout_of(out: &Output, what: &str) -> String {
     assert!(
@@ -48,7 +40,7 @@ fn ids_in(postfix: &crate::postfix::PostfixInstance, queue: &str) -> Vec<String>
 /// The daemon with its status listener up (queue hold asks it for the
 /// queue ids it recorded).
 fn daemon_with_status_listener() -> EgressMilter {
-    let status = format!("127.0.0.1:{}", free_port());
+    let status = format!("127.0.0.1:{}", free_port().expect("a free port"));
     let daemon = EgressMilter::start(&MilterConfig::example().set("status.listen", status.as_str()));
     let started = Instant::now();
     while std::net::TcpStream::connect(status.as_str()).is_err() {

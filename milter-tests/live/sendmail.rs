@@ -56,8 +56,8 @@
 
 #![allow(dead_code)] // harness API: not every helper is used by every test
 
-use crate::egress::{free_port, poll_until};
-use crate::postfix::{MYHOSTNAME, is_listening};
+use crate::egress::{free_port, poll_until, read_lossy, tail};
+use crate::postfix::{MYHOSTNAME, effective_uid, is_listening};
 use crate::sink::SmtpSink;
 use std::fs;
 use std::io::{self, Write};
@@ -601,7 +601,7 @@ fn preflight(sendmail_root: &Path, opts: &SendmailOptions) -> io::Result<()> {
             ),
         ));
     }
-    if !is_root()? {
+    if effective_uid()? != 0 {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             "the Sendmail live tests must run as root (the daemon binds and switches users; the harness mounts \
@@ -729,28 +729,6 @@ fn checked(program: &str, args: &[&str], out: Output) -> io::Result<String> {
         )));
     }
     Ok(stdout)
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .unwrap_or_default()
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// Whether the effective user is root, from /proc/self/status.
-fn is_root() -> io::Result<bool> {
-    let status = fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .map(|euid| euid == "0")
-        .ok_or_else(|| io::Error::other("cannot read the effective UID from /proc/self/status"))
 }
 
 #[cfg(test)]
