@@ -57,9 +57,6 @@ impl Timestamp {
     /// admin in Europe might write by hand); written back in UTC.
     pub fn parse(s: &str) -> Result<Timestamp, String> {
         let s = s.trim();
-        if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-            return Ok(Timestamp(t));
-        }
         let b = s.as_bytes();
         let offset = b.len().checked_sub(6).filter(|&i| {
             matches!(b[i], b'+' | b'-')
@@ -67,6 +64,7 @@ impl Timestamp {
                 && [1, 2, 4, 5].iter().all(|&k| b[i + k].is_ascii_digit())
                 && i > 10
         });
+        // No numeric offset: UTC, with or without `Z`.
         let Some(i) = offset else {
             return humantime::parse_rfc3339_weak(s)
                 .map(Timestamp)
