@@ -8,7 +8,7 @@
 use crate::common::*;
 use egress_milter::config::Config;
 use egress_milter::daemon::lock_normaliser;
-use egress_milter::lockfile::{LockList, LockSource};
+use egress_milter::locks::file::{LockList, LockSource};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

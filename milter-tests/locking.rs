@@ -5,7 +5,7 @@
 //! Automatic locking, support addresses, hold and dry-run.
 
 use crate::common::*;
-use egress_milter::lockfile::LockSource;
+use egress_milter::locks::file::LockSource;
 use indymilter_test::*;
 use std::time::Duration;
 

@@ -4,17 +4,17 @@
 
 //! The running daemon: state, background tasks, reload and shutdown.
 
-use crate::callbacks::{self, CurrentPolicy};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::identity::normalise_address;
-use crate::listener::MilterListener;
-use crate::lockfile::LockFileError;
+use crate::locks::file::LockFileError;
 use crate::locks::{FileLocks, Normaliser};
-use crate::metrics::Observer;
+use crate::milter::callbacks::{self, CurrentPolicy};
+use crate::milter::listener::MilterListener;
 use crate::notify::{self, Notifier};
+use crate::ops::metrics::Observer;
+use crate::ops::status;
+use crate::policy::identity::normalise_address;
 use crate::policy::{Counters, Policy};
-use crate::status;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};

@@ -39,24 +39,14 @@
 
 #![forbid(unsafe_code)]
 
-pub mod activity;
 pub mod admin;
-pub mod callbacks;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod daemon;
-pub mod identity;
-pub mod limiter;
-pub mod listener;
-pub mod lockfile;
 pub mod locks;
 pub mod logging;
-pub mod metrics;
+pub mod milter;
 pub mod notify;
+pub mod ops;
 pub mod policy;
-pub mod queue;
-pub mod reply;
-pub mod session;
-pub mod status;
-pub mod status_client;

@@ -5,11 +5,13 @@
 //! The `egress-milter` command: argument parsing and dispatch.
 
 use clap::Parser;
+use egress_milter::admin::queue::{self, QueueAction};
+use egress_milter::admin::{self, client as status_client};
 use egress_milter::cli::{Cli, Command, LocksCommand, QueueCommand};
 use egress_milter::clock::Clock;
 use egress_milter::config::{Config, SocketSpec};
-use egress_milter::queue::{self, QueueAction};
-use egress_milter::{admin, daemon, listener, logging, status_client};
+use egress_milter::milter::listener;
+use egress_milter::{daemon, logging};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -12,8 +12,9 @@ mod ports;
 
 use egress_milter::clock::Clock;
 use egress_milter::config::Config;
-use egress_milter::listener::{MilterListener, QuickAckListener};
-use egress_milter::{daemon, lockfile};
+use egress_milter::daemon;
+use egress_milter::locks::file as lockfile;
+use egress_milter::milter::listener::{MilterListener, QuickAckListener};
 use indymilter_test::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

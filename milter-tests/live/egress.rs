@@ -27,7 +27,7 @@
 #![allow(dead_code)] // harness API: not every helper is used by every test
 
 use egress_milter::config::Config;
-use egress_milter::lockfile::{LockEntry, LockList};
+use egress_milter::locks::file::{LockEntry, LockList};
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

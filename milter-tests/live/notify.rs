@@ -9,7 +9,7 @@ use crate::harness::{LiveMta, skip_unless_live};
 use crate::sink::ReceivedMessage;
 use egress_milter::config::notify::SmtpRelay;
 use egress_milter::config::{Counted, Scope};
-use egress_milter::lockfile::{LockSource, Timestamp};
+use egress_milter::locks::file::{LockSource, Timestamp};
 use egress_milter::notify::{LockEvent, compose_report, smtp};
 use std::time::{Duration, SystemTime};
 

@@ -12,7 +12,7 @@ use crate::egress::{EgressMilter, MilterConfig, free_port};
 use crate::harness::{LiveMta, skip_unless_live};
 use crate::postfix::TRUSTED_UPSTREAM;
 use crate::smtp::{Envelope, send_message};
-use egress_milter::activity::QUEUE_IDS;
+use egress_milter::ops::activity::QUEUE_IDS;
 use std::process::Output;
 use std::time::{Duration, Instant};
 

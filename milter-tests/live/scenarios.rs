@@ -14,7 +14,7 @@ use crate::postfix::{PostfixOptions, QueueEntry, TRUSTED_UPSTREAM, UNTRUSTED_CLI
 use crate::sink::ReceivedMessage;
 use crate::smtp::{Envelope, Reply, SendOutcome, Stage, build_message, open_session, send_message, send_transaction};
 use egress_milter::config::{Action, Config, Counted, Scope};
-use egress_milter::lockfile::LockSource;
+use egress_milter::locks::file::LockSource;
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -15,7 +15,7 @@ use crate::harness::skip_unless_live;
 use crate::sendmail::{SendmailMta, SendmailOptions};
 use crate::smtp::{Envelope, Reply, SendOutcome, Stage, build_message, send_message};
 use egress_milter::config::{Action, Config};
-use egress_milter::lockfile::LockSource;
+use egress_milter::locks::file::LockSource;
 use std::time::Duration;
 
 /// Upper bound for anything Sendmail or the daemon does here (each takes

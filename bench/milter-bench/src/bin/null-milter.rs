@@ -11,7 +11,7 @@
 
 use clap::Parser;
 use egress_milter::config::{FileMode, SocketSpec};
-use egress_milter::listener::{self, SocketCleanup};
+use egress_milter::milter::listener::{self, SocketCleanup};
 use indymilter::{Actions, Callbacks, MacroStage, ProtoOpts, Status};
 use std::process::ExitCode;
 use std::time::Duration;

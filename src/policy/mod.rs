@@ -6,14 +6,18 @@
 //! message or recipient fits, counting accepted mail, and automatic locking.
 //! It knows nothing of the milter protocol.
 
+pub mod identity;
+pub mod limiter;
+pub mod reply;
+
 use crate::clock::Clock;
 use crate::config::{Action, Config, Counted, Mode, Rate, Scope, format_duration};
-use crate::identity::{Identity, normalise_address};
-use crate::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
-use crate::lockfile::{LockEntry, LockSource, Timestamp};
 use crate::locks::LockStore;
-use crate::metrics::Observer;
+use crate::locks::file::{LockEntry, LockSource, Timestamp};
 use crate::notify::{LockEvent, Notifier};
+use crate::ops::metrics::Observer;
+use crate::policy::identity::{Identity, normalise_address};
+use crate::policy::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;

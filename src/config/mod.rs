@@ -464,7 +464,7 @@ impl Config {
             let target = match (&over.identity, &over.domain) {
                 (Some(id), None) => format!(
                     "identity {}",
-                    crate::identity::normalise_address(&self.identity, id.as_bytes())
+                    crate::policy::identity::normalise_address(&self.identity, id.as_bytes())
                         .unwrap_or_else(|_| id.trim().to_lowercase())
                 ),
                 (None, Some(d)) => format!("domain {}", d.trim().trim_end_matches('.').to_lowercase()),

@@ -103,7 +103,7 @@ pub fn escape(text: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::{Action, Counted, Scope};
-    use crate::limiter::Usage;
+    use crate::policy::limiter::Usage;
     use std::time::Duration;
 
     fn trip() -> Trip {

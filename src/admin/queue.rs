@@ -125,7 +125,8 @@ pub fn select<'a>(
 /// A login or identity as the daemon would count it: normalised like an
 /// auth identity, or (if that refuses it) trimmed and lowercased.
 pub fn login_key(config: &IdentityConfig, raw: &str) -> String {
-    crate::identity::normalise_address(config, raw.as_bytes()).unwrap_or_else(|_| raw.trim().to_ascii_lowercase())
+    crate::policy::identity::normalise_address(config, raw.as_bytes())
+        .unwrap_or_else(|_| raw.trim().to_ascii_lowercase())
 }
 
 /// What `postcat -e` printed: the queue files in the order shown, and the
@@ -314,8 +315,11 @@ fn postfix_command(name: &str, postfix_config: Option<&Path>) -> Command {
 /// Queue ids the daemon recorded for `identity`, if its status listener
 /// answers; otherwise why not (matching then goes without them).
 fn evidence(config: &Config, identity: &str) -> Result<HashSet<String>, String> {
-    let path = format!("/api/identities/{}", crate::status::percent_encode(identity.trim()));
-    let body = crate::status_client::get(config, &path).map_err(|f| f.message)?;
+    let path = format!(
+        "/api/identities/{}",
+        crate::ops::status::percent_encode(identity.trim())
+    );
+    let body = crate::admin::client::get(config, &path).map_err(|f| f.message)?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
     Ok(v["activity"]["queue_ids"]
         .as_array()

@@ -5,10 +5,10 @@
 //! `top`, `explain` and `report`: ask the running daemon through its status
 //! listener (`[status] listen`) with a minimal HTTP/1.1 GET client.
 
-use crate::activity::{Activity, Counts, OTHER};
 use crate::admin::Failure;
 use crate::config::Config;
-use crate::status::{ReportAnswer, TopAnswer, percent_encode};
+use crate::ops::activity::{Activity, Counts, OTHER};
+use crate::ops::status::{ReportAnswer, TopAnswer, percent_encode};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

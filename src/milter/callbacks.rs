@@ -7,9 +7,9 @@
 //! milter status and reply.
 
 use crate::config::ErrorPolicy;
-use crate::metrics::Stage;
+use crate::milter::session::{Session, Verdict};
+use crate::ops::metrics::Stage;
 use crate::policy::Policy;
-use crate::session::{Session, Verdict};
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, Macros, NegotiateContext, ProtoOpts,
     SetErrorReply, SmtpReply, SocketInfo, Status,
@@ -218,7 +218,7 @@ fn error_status(policy: &Policy, reply: &mut SmtpReply) -> Status {
         ErrorPolicy::Accept => Status::Accept,
         ErrorPolicy::Tempfail => {
             let r = policy.config().replies.error.get_ref();
-            let _ = reply.set_error_reply(&r.code, Some(&r.status), [crate::reply::escape(&r.text)]);
+            let _ = reply.set_error_reply(&r.code, Some(&r.status), [crate::policy::reply::escape(&r.text)]);
             Status::Tempfail
         }
     }

@@ -10,9 +10,9 @@
 //! rule) is a dashmap keyed by the rule name, read without allocating. The
 //! text exposition is written by `prometheus-client` at scrape time.
 
-use crate::activity::{ActivityRegistry, Event};
 use crate::clock::Clock;
 use crate::config::Action;
+use crate::ops::activity::{ActivityRegistry, Event};
 use dashmap::DashMap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};

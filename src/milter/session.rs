@@ -16,11 +16,11 @@
 //!   reached meanwhile by a parallel session: then it is refused uncounted.
 
 use crate::config::{Action, IdentitySource, LockedAction};
-use crate::identity::{self, Facts, HeaderValues, Identity, Resolution};
-use crate::lockfile::LockEntry;
-use crate::metrics::{RULE_CONFLICT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
+use crate::locks::file::LockEntry;
+use crate::ops::metrics::{RULE_CONFLICT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
+use crate::policy::identity::{self, Facts, HeaderValues, Identity, Resolution};
+use crate::policy::reply::{self, Reply, Vars};
 use crate::policy::{Plan, Policy, Trip, most_severe};
-use crate::reply::{self, Reply, Vars};
 use std::net::IpAddr;
 use std::sync::Arc;
 use tracing::{info, warn};

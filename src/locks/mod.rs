@@ -6,8 +6,10 @@
 //! the daemon locks an identity and persisted by a background writer, plus a
 //! watcher that picks up edits made by hand or by the CLI.
 
-use crate::lockfile::{self, Fingerprint, LockEntry, LockFileError, LockList, LockSource, Snapshot, fingerprint};
+pub mod file;
+
 use dashmap::DashMap;
+use file::{self as lockfile, Fingerprint, LockEntry, LockFileError, LockList, LockSource, Snapshot, fingerprint};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -413,7 +415,7 @@ fn summarise(ids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lockfile::Timestamp;
+    use crate::locks::file::Timestamp;
 
     fn norm() -> Normaliser {
         Arc::new(|s: &str| s.trim().to_lowercase())

@@ -18,13 +18,13 @@
 //! connection closed after 30 s, at most `status.max_connections` at once
 //! (more are closed at once).
 
-use crate::activity::{Activity, HISTORY_HOURS, ReportRow, SortBy};
-use crate::callbacks::{CurrentPolicy, snapshot};
 use crate::config::{IdentitySource, format_duration};
-use crate::identity::Identity;
-use crate::lockfile::LockEntry;
+use crate::locks::file::LockEntry;
 use crate::locks::{FileLocks, LockStore};
-use crate::metrics::{Gauges, Observer};
+use crate::milter::callbacks::{CurrentPolicy, snapshot};
+use crate::ops::activity::{Activity, HISTORY_HOURS, ReportRow, SortBy};
+use crate::ops::metrics::{Gauges, Observer};
+use crate::policy::identity::Identity;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -197,7 +197,7 @@ fn metrics(state: &State) -> Answer {
             .map(|n| n.stats().snapshot())
             .unwrap_or_default(),
     };
-    match crate::metrics::encode(&state.observer, gauges) {
+    match crate::ops::metrics::encode(&state.observer, gauges) {
         Ok(body) => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

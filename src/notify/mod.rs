@@ -15,7 +15,7 @@ pub mod smtp;
 
 use crate::clock::Clock;
 use crate::config::{Config, Counted, NotifyConfig, Scope, format_duration};
-use crate::lockfile::{LockSource, Timestamp};
+use crate::locks::file::{LockSource, Timestamp};
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::future::Future;
@@ -109,7 +109,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The counters in the order of [`crate::metrics::NOTIFICATION_OUTCOMES`].
+    /// The counters in the order of [`crate::ops::metrics::NOTIFICATION_OUTCOMES`].
     pub fn snapshot(&self) -> [u64; 8] {
         [
             &self.dropped,

@@ -6,9 +6,12 @@
 //! They work on the files, so they work whether the daemon runs or not; a
 //! running daemon picks up their changes within its poll interval.
 
+pub mod client;
+pub mod queue;
+
 use crate::config::{Config, format_duration};
 use crate::daemon::{check_lock_dir, lock_normaliser};
-use crate::lockfile::{self, LockEntry, LockList, LockSource, Timestamp};
+use crate::locks::file::{self as lockfile, LockEntry, LockList, LockSource, Timestamp};
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -68,7 +71,7 @@ pub fn check_config(config: &Config, path: &std::path::Path) -> Result<String, F
 }
 
 fn normalise(config: &Config, identity: &str) -> Result<String, Failure> {
-    crate::identity::normalise_address(&config.identity, identity.as_bytes())
+    crate::policy::identity::normalise_address(&config.identity, identity.as_bytes())
         .map_err(|e| Failure::new(format!("\"{identity}\" is not a valid identity: {e}")))
 }
 
@@ -126,7 +129,10 @@ pub fn list_json(config: &Config) -> Result<String, Failure> {
     let now = SystemTime::now();
     let mut entries: Vec<_> = list.entries.iter().collect();
     entries.sort_by_key(|e| std::cmp::Reverse(e.locked_at));
-    let views: Vec<_> = entries.iter().map(|e| crate::status::LockView::new(e, now)).collect();
+    let views: Vec<_> = entries
+        .iter()
+        .map(|e| crate::ops::status::LockView::new(e, now))
+        .collect();
     let mut out = serde_json::to_string_pretty(&views).map_err(|e| Failure::new(format!("cannot encode JSON: {e}")))?;
     out.push('\n');
     Ok(out)

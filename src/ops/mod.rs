@@ -1,0 +1,10 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! Observability: what the daemon did, counted and served.
+
+pub mod activity;
+pub mod api;
+pub mod metrics;
+pub mod status;
