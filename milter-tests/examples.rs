@@ -7,8 +7,8 @@
 
 use crate::common::*;
 use egress_milter::config::Config;
-use egress_milter::daemon::lock_normaliser;
 use egress_milter::locks::file::{LockList, LockSource};
+use egress_milter::locks::lock_normaliser;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

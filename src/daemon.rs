@@ -6,62 +6,19 @@
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::locks::file::LockFileError;
-use crate::locks::{FileLocks, Normaliser};
-use crate::milter::callbacks::{self, CurrentPolicy};
+use crate::locks::FileLocks;
 use crate::milter::listener::MilterListener;
+use crate::milter::{Reporting, callbacks};
 use crate::notify::{self, Notifier};
 use crate::ops::metrics::Observer;
 use crate::ops::status;
-use crate::policy::identity::normalise_address;
-use crate::policy::{Counters, Policy};
+use crate::policy::{self, Counters, CurrentPolicy, Policy, snapshot};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
-
-/// How identities written in the lock list are compared with resolved ones.
-pub fn lock_normaliser(config: &Config) -> Normaliser {
-    let identity = config.identity.clone();
-    Arc::new(move |s: &str| normalise_address(&identity, s.as_bytes()).unwrap_or_else(|_| s.trim().to_lowercase()))
-}
-
-/// Opens the lock list named by the configuration.
-pub fn open_locks(config: &Config) -> Result<Arc<FileLocks>, LockFileError> {
-    FileLocks::open(&config.locks.file, lock_normaliser(config))
-}
-
-/// Checks that the lock list's directory is writable by this process, so a
-/// lock set at run time can be persisted. With `create`, a missing directory
-/// is created (the daemon at start); without, nothing is left on disk
-/// (`check-config`, which an admin may run as root).
-pub fn check_lock_dir(path: &Path, create: bool) -> Result<(), String> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.exists() {
-        if !create {
-            return Err(format!(
-                "the lock list's directory ({}) does not exist; the daemon creates it at start if it can",
-                dir.display()
-            ));
-        }
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create the lock list's directory ({}): {e}", dir.display()))?;
-    }
-    let probe = dir.join(format!(".egress-milter-probe.{}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(&probe)
-        .map(drop)
-        .map_err(|e| format!("cannot write in the lock list's directory ({}): {e}", dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
-}
 
 /// Runs the milter until `shutdown` resolves; each message on `reload`
 /// re-reads the configuration file and the lock list.
@@ -84,11 +41,12 @@ pub async fn run(
     });
     let (notifier, notify_rx) = Notifier::channel(notify::QUEUE_CAPACITY);
     let counters = Counters::new(clock.clone());
-    let policy = Arc::new(
-        Policy::new(config.clone(), counters.clone(), locks.clone())
-            .with_observer(observer.clone())
-            .with_notifier(Some(notifier)),
-    );
+    let notifications = notifier.stats().clone();
+    let reporting = Reporting {
+        observer: observer.clone(),
+        notifier: Some(notifier),
+    };
+    let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()));
     let current: CurrentPolicy = Arc::new(RwLock::new(policy));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -116,16 +74,23 @@ pub async fn run(
     tokio::spawn(housekeeping(
         counters.clone(),
         current.clone(),
+        observer.clone(),
         stopped(stop_rx.clone()),
     ));
     if let Some(addr) = config.status.listen {
         let listener = status::bind(addr).await?;
-        let state = status::State::new(current.clone(), locks.clone(), observer.clone());
+        let state = status::State::new(
+            current.clone(),
+            locks.clone(),
+            observer.clone(),
+            notifications,
+            clock.clone(),
+        );
         tokio::spawn(status::serve(listener, state, stopped(stop_rx.clone())));
     }
     let notify_task = {
         let current = current.clone();
-        let config = move || callbacks::snapshot(&current).config().clone();
+        let config = move || snapshot(&current).config().clone();
         tokio::spawn(notify::run(notify_rx, config, clock, stopped(stop_rx.clone())))
     };
     {
@@ -145,7 +110,13 @@ pub async fn run(
         ..Default::default()
     };
     info!(socket = %config.socket, mode = %config.mode, rules = config.rules.len(), "egress-milter started");
-    let result = indymilter::run(listener, callbacks::make_callbacks(current), milter_config, shutdown).await;
+    let result = indymilter::run(
+        listener,
+        callbacks::make_callbacks(current, reporting),
+        milter_config,
+        shutdown,
+    )
+    .await;
     info!("stopped accepting connections; writing pending locks");
     let _ = stop_tx.send(true);
     if let Err(e) = writer.await {
@@ -168,7 +139,7 @@ async fn reload_config(
     let read = tokio::task::spawn_blocking(move || Config::read(&read_path)).await;
     match read {
         Ok(Ok(new)) => {
-            let old = callbacks::snapshot(current);
+            let old = snapshot(current);
             for param in old.config().restart_needed(&new) {
                 warn!("parameter \"{param}\" changed; it takes effect only after a restart");
             }
@@ -176,13 +147,8 @@ async fn reload_config(
                 warn!("{w}");
             }
             observer.activity().set_cap(new.status.max_identities);
-            let policy = Policy::new(Arc::new(new), counters.clone(), locks.clone() as _)
-                .with_observer(observer.clone())
-                .with_notifier(old.notifier().cloned());
-            match current.write() {
-                Ok(mut c) => *c = Arc::new(policy),
-                Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
-            }
+            let policy = Policy::new(Arc::new(new), counters.clone(), locks.clone() as _);
+            policy::replace(current, policy);
             info!(file = %path.display(), "configuration reloaded");
             observer.reloaded(true);
         }
@@ -205,10 +171,15 @@ async fn reload_config(
 
 /// Forgets idle counters periodically, which bounds memory by the number of
 /// recently active identities.
-async fn housekeeping(counters: Arc<Counters>, current: CurrentPolicy, stop: impl Future<Output = ()>) {
+async fn housekeeping(
+    counters: Arc<Counters>,
+    current: CurrentPolicy,
+    observer: Arc<Observer>,
+    stop: impl Future<Output = ()>,
+) {
     tokio::pin!(stop);
     loop {
-        let interval = callbacks::snapshot(&current).config().limits.eviction_interval.0;
+        let interval = snapshot(&current).config().limits.eviction_interval.0;
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = &mut stop => return,
@@ -221,7 +192,6 @@ async fn housekeeping(counters: Arc<Counters>, current: CurrentPolicy, stop: imp
             took_ms = started.elapsed().as_millis() as u64,
             "idle counters evicted"
         );
-        let observer = callbacks::snapshot(&current).observer().clone();
         if observer.enabled() {
             let removed = observer.activity().evict_idle();
             debug!(
@@ -230,7 +200,7 @@ async fn housekeeping(counters: Arc<Counters>, current: CurrentPolicy, stop: imp
                 "idle activity entries evicted"
             );
         }
-        let cap = callbacks::snapshot(&current).config().limits.max_tracked_identities;
+        let cap = snapshot(&current).config().limits.max_tracked_identities;
         if tracked >= cap {
             warn!(
                 tracked,

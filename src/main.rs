@@ -11,7 +11,7 @@ use egress_milter::cli::{Cli, Command, LocksCommand, QueueCommand};
 use egress_milter::clock::Clock;
 use egress_milter::config::{Config, SocketSpec};
 use egress_milter::milter::listener;
-use egress_milter::{daemon, logging};
+use egress_milter::{daemon, locks, logging};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -99,14 +99,14 @@ fn run(config_path: PathBuf, config: Config) -> ExitCode {
         for w in config.warnings() {
             warn!("{w}");
         }
-        let locks = match daemon::open_locks(&config) {
+        let locks = match locks::open_locks(&config) {
             Ok(l) => l,
             Err(e) => {
                 error!("cannot load the lock list, not starting (fix or move the file): {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        if let Err(e) = daemon::check_lock_dir(&config.locks.file, true) {
+        if let Err(e) = locks::file::check_lock_dir(&config.locks.file, true) {
             error!("{e}; not starting, as locks could not be persisted");
             return ExitCode::from(EXIT_CONFIG);
         }

@@ -12,9 +12,9 @@ mod ports;
 
 use egress_milter::clock::Clock;
 use egress_milter::config::Config;
-use egress_milter::daemon;
 use egress_milter::locks::file as lockfile;
 use egress_milter::milter::listener::{MilterListener, QuickAckListener};
+use egress_milter::{daemon, locks};
 use indymilter_test::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -113,7 +113,7 @@ impl Milter {
         let config_path = write_config(dir.path(), config, &format!("inet:{addr}"));
         let config = Config::read(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let lock_path = config.locks.file.clone();
-        let locks = daemon::open_locks(&config).unwrap_or_else(|e| panic!("{e}"));
+        let locks = locks::open_locks(&config).unwrap_or_else(|e| panic!("{e}"));
         let (reload_tx, reload_rx) = mpsc::channel(1);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let listener = MilterListener::Tcp(QuickAckListener::new(listener, config.tcp_quickack));

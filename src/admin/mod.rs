@@ -10,8 +10,9 @@ pub mod client;
 pub mod queue;
 
 use crate::config::{Config, format_duration};
-use crate::daemon::{check_lock_dir, lock_normaliser};
+use crate::locks::file::check_lock_dir;
 use crate::locks::file::{self as lockfile, LockEntry, LockList, LockSource, Timestamp};
+use crate::locks::lock_normaliser;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -71,7 +72,7 @@ pub fn check_config(config: &Config, path: &std::path::Path) -> Result<String, F
 }
 
 fn normalise(config: &Config, identity: &str) -> Result<String, Failure> {
-    crate::policy::identity::normalise_address(&config.identity, identity.as_bytes())
+    crate::config::address::normalise_address(&config.identity, identity.as_bytes())
         .map_err(|e| Failure::new(format!("\"{identity}\" is not a valid identity: {e}")))
 }
 

@@ -21,6 +21,7 @@
 //! input. Run as root: Postfix reserves `postsuper` for the superuser.
 
 use crate::admin::Failure;
+use crate::config::address::lock_key;
 use crate::config::{Config, IdentityConfig};
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -120,13 +121,6 @@ pub fn select<'a>(
             (m, why)
         })
         .collect()
-}
-
-/// A login or identity as the daemon would count it: normalised like an
-/// auth identity, or (if that refuses it) trimmed and lowercased.
-pub fn login_key(config: &IdentityConfig, raw: &str) -> String {
-    crate::policy::identity::normalise_address(config, raw.as_bytes())
-        .unwrap_or_else(|_| raw.trim().to_ascii_lowercase())
 }
 
 /// What `postcat -e` printed: the queue files in the order shown, and the
@@ -282,7 +276,7 @@ fn logins_matching(
             records
                 .logins
                 .into_iter()
-                .filter(|(id, login)| wanted.contains(id.as_str()) && login_key(identity, login) == want)
+                .filter(|(id, login)| wanted.contains(id.as_str()) && lock_key(identity, login) == want)
                 .map(|(id, _)| id),
         );
         let done = records.files.len().min(batch.len());
@@ -379,7 +373,7 @@ pub fn run(
         .map(|(m, _)| m.queue_id.as_str())
         .collect();
     if !others.is_empty() {
-        let want = login_key(&config.identity, identity);
+        let want = lock_key(&config.identity, identity);
         let lookup = logins_matching(&others, &want, &config.identity, |batch| postcat(batch, postfix_config));
         if let Some(why) = &lookup.failure {
             let _ = writeln!(
@@ -615,12 +609,15 @@ recipient: carol@remote.test
     #[test]
     fn logins_compare_as_the_daemon_normalises_them() {
         let mut c = IdentityConfig::default();
-        assert_eq!(login_key(&c, " <Alice@Example.COM> "), "alice@example.com");
-        assert_eq!(login_key(&c, "Alice"), "alice");
+        assert_eq!(lock_key(&c, " <Alice@Example.COM> "), "alice@example.com");
+        assert_eq!(lock_key(&c, "Alice"), "alice");
         // Not an address the daemon would take: still trimmed and lowercased.
-        assert_eq!(login_key(&c, " A B "), "a b");
+        assert_eq!(lock_key(&c, " A B "), "a b");
+        // Non-ASCII is lowercased as the lock list does it (it used to be
+        // ASCII-only here, so `queue hold` could miss a locked identity).
+        assert_eq!(lock_key(&c, "ÖZ B"), "öz b");
         c.fold_subaddress = true;
-        assert_eq!(login_key(&c, "alice+x@example.com"), login_key(&c, "ALICE@example.com"));
+        assert_eq!(lock_key(&c, "alice+x@example.com"), lock_key(&c, "ALICE@example.com"));
     }
 
     #[test]
@@ -703,7 +700,7 @@ recipient: carol@remote.test
         ids.insert(10, "GONE1".into());
         ids.insert(700, "GONE2".into());
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let want = login_key(&config, "alice@example.com");
+        let want = lock_key(&config, "alice@example.com");
 
         let calls = std::cell::RefCell::new(Vec::new());
         let lookup = logins_matching(&ids, &want, &config, fake_postcat(&logins, &calls, None));

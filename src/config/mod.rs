@@ -5,6 +5,7 @@
 //! The configuration file: TOML read with serde, unknown keys refused, then
 //! validated; every error names the file, the line and the key.
 
+pub mod address;
 pub mod model;
 pub mod notify;
 
@@ -462,12 +463,8 @@ impl Config {
             let over = over.get_ref();
             let key = format!("override[{i}]");
             let target = match (&over.identity, &over.domain) {
-                (Some(id), None) => format!(
-                    "identity {}",
-                    crate::policy::identity::normalise_address(&self.identity, id.as_bytes())
-                        .unwrap_or_else(|_| id.trim().to_lowercase())
-                ),
-                (None, Some(d)) => format!("domain {}", d.trim().trim_end_matches('.').to_lowercase()),
+                (Some(id), None) => format!("identity {}", address::lock_key(&self.identity, id)),
+                (None, Some(d)) => format!("domain {}", address::domain_key(d)),
                 _ => {
                     return fail(span, &key, "give exactly one of \"identity\" or \"domain\"".into());
                 }

@@ -466,6 +466,36 @@ fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), LockFileError> {
     result
 }
 
+/// Checks that the lock list's directory is writable by this process, so a
+/// lock set at run time can be persisted. With `create`, a missing directory
+/// is created (the daemon at start); without, nothing is left on disk
+/// (`check-config`, which an admin may run as root).
+pub fn check_lock_dir(path: &Path, create: bool) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        if !create {
+            return Err(format!(
+                "the lock list's directory ({}) does not exist; the daemon creates it at start if it can",
+                dir.display()
+            ));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create the lock list's directory ({}): {e}", dir.display()))?;
+    }
+    let probe = dir.join(format!(".egress-milter-probe.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&probe)
+        .map(drop)
+        .map_err(|e| format!("cannot write in the lock list's directory ({}): {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

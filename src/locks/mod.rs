@@ -8,6 +8,8 @@
 
 pub mod file;
 
+use crate::config::Config;
+use crate::config::address::lock_key;
 use dashmap::DashMap;
 use file::{self as lockfile, Fingerprint, LockEntry, LockFileError, LockList, LockSource, Snapshot, fingerprint};
 use std::collections::HashMap;
@@ -31,6 +33,17 @@ pub trait LockStore: Send + Sync + 'static {
 
 /// Maps an identity written by an admin to the form the milter compares.
 pub type Normaliser = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// How identities written in the lock list are compared with resolved ones.
+pub fn lock_normaliser(config: &Config) -> Normaliser {
+    let identity = config.identity.clone();
+    Arc::new(move |s: &str| lock_key(&identity, s))
+}
+
+/// Opens the lock list named by the configuration.
+pub fn open_locks(config: &Config) -> Result<Arc<FileLocks>, LockFileError> {
+    FileLocks::open(&config.locks.file, lock_normaliser(config))
+}
 
 /// The lock list file as a [`LockStore`].
 pub struct FileLocks {

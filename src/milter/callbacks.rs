@@ -6,31 +6,19 @@
 //! that hands the event to the [`Session`] and turns its verdict into a
 //! milter status and reply.
 
+use super::Reporting;
+use super::session::{Session, Verdict};
 use crate::config::ErrorPolicy;
-use crate::milter::session::{Session, Verdict};
 use crate::ops::metrics::Stage;
-use crate::policy::Policy;
+use crate::policy::{CurrentPolicy, Policy, snapshot};
 use indymilter::{
     Actions, Callbacks, Context, ContextActions, EomContext, MacroStage, Macros, NegotiateContext, ProtoOpts,
     SetErrorReply, SmtpReply, SocketInfo, Status,
 };
 use std::borrow::Cow;
 use std::ffi::CString;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tracing::{error, warn};
-
-/// The policy new connections use; replaced atomically on reload. Each
-/// connection keeps the snapshot it started with.
-pub type CurrentPolicy = Arc<RwLock<Arc<Policy>>>;
-
-/// Reads the current policy snapshot.
-pub fn snapshot(current: &CurrentPolicy) -> Arc<Policy> {
-    match current.read() {
-        Ok(p) => p.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    }
-}
 
 /// Per-connection data.
 pub struct Connection {
@@ -41,7 +29,9 @@ pub struct Connection {
     decided: Duration,
 }
 
-pub fn make_callbacks(current: CurrentPolicy) -> Callbacks<Connection> {
+/// The callbacks of every connection: each one takes the policy current
+/// when it starts, and reports to `reporting`.
+pub fn make_callbacks(current: CurrentPolicy, reporting: Reporting) -> Callbacks<Connection> {
     let (c1, c2, c3, c4, c5, c6) = (
         current.clone(),
         current.clone(),
@@ -51,7 +41,9 @@ pub fn make_callbacks(current: CurrentPolicy) -> Callbacks<Connection> {
         current.clone(),
     );
     Callbacks::new()
-        .on_negotiate(move |cx, actions, opts| Box::pin(handle_negotiate(current.clone(), cx, actions, opts)))
+        .on_negotiate(move |cx, actions, opts| {
+            Box::pin(handle_negotiate(current.clone(), reporting.clone(), cx, actions, opts))
+        })
         .on_connect(move |cx, _host, socket| Box::pin(handle_connect(c1.clone(), cx, socket)))
         .on_mail(move |cx, args| Box::pin(handle_mail(c2.clone(), cx, args)))
         .on_rcpt(move |cx, args| Box::pin(handle_rcpt(c3.clone(), cx, args)))
@@ -77,11 +69,12 @@ macro_rules! connection {
 
 async fn handle_negotiate(
     current: CurrentPolicy,
+    reporting: Reporting,
     cx: &mut NegotiateContext<Connection>,
     actions: Actions,
     opts: ProtoOpts,
 ) -> Status {
-    let session = Session::new(snapshot(&current));
+    let session = Session::new(snapshot(&current), reporting);
     // Quarantine is how a locked identity's mail is held; ask for nothing else.
     cx.requested_actions = if actions.contains(Actions::QUARANTINE) {
         Actions::QUARANTINE
@@ -124,10 +117,10 @@ async fn handle_mail(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let auth = cx.macros.get(c"{auth_authen}").map(|a| a.to_bytes().to_vec());
     let conn = connection!(current, cx);
     let from = args.first().map_or(&b""[..], |a| a.as_bytes());
-    let started = conn.session.policy().observer().start();
+    let started = conn.session.reporting().observer.start();
     let verdict = conn.session.mail(from, auth.as_deref(), &queue_id);
     // MAIL begins a transaction.
-    conn.decided = conn.session.policy().observer().finish(Stage::Mail, started);
+    conn.decided = conn.session.reporting().observer.finish(Stage::Mail, started);
     answer(&mut cx.reply, verdict)
 }
 
@@ -135,9 +128,9 @@ async fn handle_rcpt(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let queue_id = queue_id(&cx.macros);
     let conn = connection!(current, cx);
     let rcpt = args.first().map_or(&b""[..], |a| a.as_bytes());
-    let started = conn.session.policy().observer().start();
+    let started = conn.session.reporting().observer.start();
     let verdict = conn.session.rcpt(rcpt, &queue_id);
-    conn.decided += conn.session.policy().observer().finish(Stage::Rcpt, started);
+    conn.decided += conn.session.reporting().observer.finish(Stage::Rcpt, started);
     answer(&mut cx.reply, verdict)
 }
 
@@ -154,18 +147,18 @@ async fn handle_header(current: CurrentPolicy, cx: &mut Context<Connection>, nam
 async fn handle_eoh(current: CurrentPolicy, cx: &mut Context<Connection>) -> Status {
     let queue_id = queue_id(&cx.macros);
     let conn = connection!(current, cx);
-    let started = conn.session.policy().observer().start();
+    let started = conn.session.reporting().observer.start();
     let verdict = conn.session.eoh(&queue_id);
-    conn.decided += conn.session.policy().observer().finish(Stage::Eoh, started);
+    conn.decided += conn.session.reporting().observer.finish(Stage::Eoh, started);
     answer(&mut cx.reply, verdict)
 }
 
 async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> Status {
     let queue_id = queue_id(&cx.macros);
     let conn = connection!(current, cx);
-    let started = conn.session.policy().observer().start();
+    let started = conn.session.reporting().observer.start();
     let verdict = conn.session.eom(&queue_id);
-    let observer = conn.session.policy().observer();
+    let observer = &conn.session.reporting().observer;
     let decided = conn.decided + observer.finish(Stage::Eom, started);
     observer.message(decided);
     conn.decided = Duration::ZERO;

@@ -15,10 +15,12 @@
 //! - finally, at end of message, the message is counted, unless a limit was
 //!   reached meanwhile by a parallel session: then it is refused uncounted.
 
-use crate::config::{Action, IdentitySource, LockedAction};
+use super::Reporting;
+use crate::config::{Action, IdentitySource, ReplySpec, format_duration};
 use crate::locks::file::LockEntry;
 use crate::ops::metrics::{RULE_CONFLICT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
 use crate::policy::identity::{self, Facts, HeaderValues, Identity, Resolution};
+use crate::policy::locked::{LockedStep, Stage, locked_step};
 use crate::policy::reply::{self, Reply, Vars};
 use crate::policy::{Plan, Policy, Trip, most_severe};
 use std::net::IpAddr;
@@ -49,6 +51,7 @@ pub enum Verdict {
 /// Per-connection state.
 pub struct Session {
     policy: Arc<Policy>,
+    reporting: Reporting,
     client_ip: Option<IpAddr>,
     message: Option<Message>,
 }
@@ -75,9 +78,10 @@ struct Message {
 }
 
 impl Session {
-    pub fn new(policy: Arc<Policy>) -> Self {
+    pub fn new(policy: Arc<Policy>, reporting: Reporting) -> Self {
         Self {
             policy,
+            reporting,
             client_ip: None,
             message: None,
         }
@@ -85,6 +89,10 @@ impl Session {
 
     pub fn policy(&self) -> &Arc<Policy> {
         &self.policy
+    }
+
+    pub fn reporting(&self) -> &Reporting {
+        &self.reporting
     }
 
     /// Whether any identity source reads headers.
@@ -98,8 +106,8 @@ impl Session {
 
     /// MAIL FROM. `auth` is the `{auth_authen}` macro.
     pub fn mail(&mut self, from: &[u8], auth: Option<&[u8]>, queue_id: &str) -> Verdict {
-        self.policy.observer().seen();
-        let message = Message {
+        self.reporting.observer.seen();
+        let message = self.message.insert(Message {
             envelope_from: from.to_vec(),
             bounce: identity::is_null_sender(from),
             auth: auth.filter(|a| !a.is_empty()).map(<[u8]>::to_vec),
@@ -110,75 +118,43 @@ impl Session {
             support_only: true,
             pending_recipients: Vec::new(),
             pending_not_support: false,
-        };
-        let message = self.message.insert(message);
-        let policy = &self.policy;
+        });
+        let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         let facts = Facts {
             auth: message.auth.as_deref(),
             envelope_from: Some(&message.envelope_from),
             client_ip: self.client_ip,
             headers: None,
         };
-        let (resolution, skipped) = identity::resolve(&policy.config().identity, &facts);
-        log_skipped(queue_id, &skipped);
-        let identity = match resolution {
+        let identity = match cx.resolve(&facts) {
             Resolution::Resolved(id) => id,
             Resolution::Unidentified => unidentified(),
             Resolution::Pending | Resolution::Conflict { .. } => return Verdict::Continue,
         };
-        message.plan = Some(policy.plan(identity, message.bounce));
-        message.lock = message.plan.as_ref().and_then(|p| lock_in_force(policy, p, queue_id));
+        let plan = message.plan.insert(cx.policy.plan(identity, message.bounce));
+        message.lock = cx.lock_in_force(plan);
         if message.lock.is_some() {
-            let no_exceptions = policy.config().locks.allow_recipients.is_empty();
-            let hold = policy.config().locks.locked_action == LockedAction::Hold;
-            if no_exceptions && !hold {
-                return refuse_locked(policy, message, queue_id, "mail");
-            }
-            return Verdict::Continue;
+            return cx.locked(message, Stage::Mail, false);
         }
-        let trips = message
-            .plan
-            .as_ref()
-            .map(|p| {
-                let mut trips = policy.attempt(p, 1, 0);
-                trips.extend(policy.peek(p, 1, 0));
-                trips
-            })
-            .unwrap_or_default();
-        act(policy, message, trips, queue_id, "mail")
+        let mut trips = cx.policy.attempt(plan, 1, 0);
+        trips.extend(cx.policy.peek(plan, 1, 0));
+        cx.act(message, trips, Stage::Mail)
     }
 
     /// RCPT TO.
     pub fn rcpt(&mut self, rcpt: &[u8], queue_id: &str) -> Verdict {
-        let policy = &self.policy;
+        let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         let Some(message) = self.message.as_mut() else {
             return Verdict::Continue;
         };
-        let cap = policy.config().limits.max_recipients_per_message;
+        let cap = cx.policy.config().limits.max_recipients_per_message;
         if cap > 0 && message.recipients >= cap {
-            if !policy.enforcing() {
-                info!(queue_id, recipient = %lossy(rcpt), cap, "too many recipients in one message, would refuse [dry run, not done]");
-                return Verdict::Continue;
-            }
-            let reply = reply::render(
-                policy.config().replies.too_many_recipients.get_ref(),
-                &Vars {
-                    identity: message.plan.as_ref().map_or("", |p| &p.identity.value),
-                    limit: Some(cap),
-                    ..Vars::default()
-                },
-            );
-            info!(queue_id, recipient = %lossy(rcpt), cap, "recipient refused: too many recipients in one message");
-            let identity = message.plan.as_ref().map(|p| p.identity.value.as_str());
-            policy
-                .observer()
-                .refused(identity, RULE_MAX_RECIPIENTS, refusal(&reply), 0, queue_id);
-            return Verdict::Refuse(reply);
+            return cx.too_many_recipients(message, rcpt, cap);
         }
         let Some(plan) = &message.plan else {
             // Identity pending until the headers: remember what is needed to
             // tell, should it be locked, whether it writes to support only.
-            if message.pending_recipients.len() < MAX_PENDING_RECIPIENTS && policy.may_be_support_address(rcpt) {
+            if message.pending_recipients.len() < MAX_PENDING_RECIPIENTS && cx.policy.may_be_support_address(rcpt) {
                 message.pending_recipients.push(rcpt.to_vec());
             } else {
                 message.pending_not_support = true;
@@ -186,18 +162,18 @@ impl Session {
             message.recipients += 1;
             return Verdict::Continue;
         };
-        let support = message.lock.is_some() && policy.may_write_while_locked(&plan.identity, rcpt);
         if message.lock.is_some() {
-            if support || policy.config().locks.locked_action == LockedAction::Hold {
+            let support = cx.policy.may_write_while_locked(&plan.identity, rcpt);
+            let verdict = cx.locked(message, Stage::Rcpt, support);
+            if verdict == Verdict::Continue {
                 message.support_only &= support;
                 message.recipients += 1;
-                return Verdict::Continue;
             }
-            return refuse_locked(policy, message, queue_id, "rcpt");
+            return verdict;
         }
-        let mut trips = policy.attempt(plan, 0, 1);
-        trips.extend(policy.peek(plan, 0, message.recipients + 1));
-        let verdict = act(policy, message, trips, queue_id, "rcpt");
+        let mut trips = cx.policy.attempt(plan, 0, 1);
+        trips.extend(cx.policy.peek(plan, 0, message.recipients + 1));
+        let verdict = cx.act(message, trips, Stage::Rcpt);
         if verdict == Verdict::Continue {
             message.recipients += 1;
             message.support_only = false;
@@ -220,7 +196,7 @@ impl Session {
 
     /// End of headers: resolves a header identity and checks the whole message.
     pub fn eoh(&mut self, queue_id: &str) -> Verdict {
-        let policy = &self.policy;
+        let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         let Some(message) = self.message.as_mut() else {
             return Verdict::Continue;
         };
@@ -233,57 +209,30 @@ impl Session {
             client_ip: self.client_ip,
             headers: Some(&message.headers),
         };
-        let (resolution, skipped) = identity::resolve(&policy.config().identity, &facts);
-        log_skipped(queue_id, &skipped);
-        let identity = match resolution {
+        let identity = match cx.resolve(&facts) {
             Resolution::Resolved(id) => id,
             Resolution::Unidentified | Resolution::Pending => unidentified(),
-            Resolution::Conflict { header } => {
-                let spec = policy.config().replies.error.get_ref();
-                let reply = reply::render(
-                    &crate::config::ReplySpec::new(
-                        &spec.code,
-                        &spec.status,
-                        "Conflicting {header} headers: the sender cannot be identified",
-                    ),
-                    &Vars {
-                        header: Some(&header),
-                        ..Vars::default()
-                    },
-                );
-                warn!(queue_id, header = %header, "message refused: differing copies of the identity header from a trusted client");
-                policy
-                    .observer()
-                    .refused(None, RULE_CONFLICT, refusal(&reply), 0, queue_id);
-                return Verdict::Refuse(reply);
-            }
+            Resolution::Conflict { header } => return cx.conflicting_headers(&header),
         };
-        let plan = policy.plan(identity, message.bounce);
-        message.lock = lock_in_force(policy, &plan, queue_id);
+        let pending = std::mem::take(&mut message.pending_recipients);
+        let plan = message.plan.insert(cx.policy.plan(identity, message.bounce));
+        message.lock = cx.lock_in_force(plan);
         if message.lock.is_some() {
             message.support_only = !message.pending_not_support
-                && message
-                    .pending_recipients
+                && pending
                     .iter()
-                    .all(|r| policy.may_write_while_locked(&plan.identity, r));
-            message.pending_recipients = Vec::new();
-            message.plan = Some(plan);
-            if message.support_only || policy.config().locks.locked_action == LockedAction::Hold {
-                return Verdict::Continue;
-            }
-            return refuse_locked(policy, message, queue_id, "eoh");
+                    .all(|r| cx.policy.may_write_while_locked(&plan.identity, r));
+            return cx.locked(message, Stage::Eoh, message.support_only);
         }
-        message.pending_recipients = Vec::new();
-        let mut trips = policy.attempt(&plan, 1, message.recipients);
-        trips.extend(policy.peek(&plan, 1, message.recipients));
-        message.plan = Some(plan);
+        let mut trips = cx.policy.attempt(plan, 1, message.recipients);
+        trips.extend(cx.policy.peek(plan, 1, message.recipients));
         message.support_only = false;
-        act(policy, message, trips, queue_id, "eoh")
+        cx.act(message, trips, Stage::Eoh)
     }
 
     /// End of message: hold a locked identity's mail, or count the message.
     pub fn eom(&mut self, queue_id: &str) -> Verdict {
-        let policy = &self.policy;
+        let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         let Some(message) = self.message.as_mut() else {
             return Verdict::Continue;
         };
@@ -291,18 +240,11 @@ impl Session {
             // No MAIL or identity seen: nothing to count.
             return Verdict::Continue;
         };
-        if let Some(lock) = &message.lock {
-            if message.support_only {
-                info!(queue_id, identity = %plan.identity, recipients = message.recipients, "accepted: locked identity writing to support addresses only (not counted)");
-                policy
-                    .observer()
-                    .accepted(&plan.identity.value, message.recipients, queue_id);
-                return Verdict::Continue;
-            }
-            return locked_eom(policy, plan, lock, message.recipients, queue_id);
+        if message.lock.is_some() {
+            return cx.locked(message, Stage::Eom, message.support_only);
         }
-        let trips = policy.commit(plan, message.recipients);
-        let verdict = act(policy, message, trips, queue_id, "eom");
+        let trips = cx.policy.commit(plan, message.recipients);
+        let verdict = cx.act(message, trips, Stage::Eom);
         if verdict == Verdict::Continue
             && let Some(plan) = &message.plan
         {
@@ -314,8 +256,8 @@ impl Session {
                 action = "accept",
                 "accepted"
             );
-            policy
-                .observer()
+            cx.reporting
+                .observer
                 .accepted(&plan.identity.value, message.recipients, queue_id);
         }
         verdict
@@ -327,21 +269,283 @@ impl Session {
     }
 }
 
-/// The identity's lock, if it is to be enforced. In dry-run mode a lock is
-/// only logged: nothing is refused, locks included.
-fn lock_in_force(policy: &Policy, plan: &Plan, queue_id: &str) -> Option<Arc<LockEntry>> {
-    let lock = policy.lock_of(&plan.identity.value)?;
-    if policy.enforcing() {
-        return Some(lock);
+/// One stage's decision: the policy snapshot, where to report, the queue id.
+struct Decider<'a> {
+    policy: &'a Policy,
+    reporting: &'a Reporting,
+    queue_id: &'a str,
+}
+
+impl<'a> Decider<'a> {
+    fn new(policy: &'a Policy, reporting: &'a Reporting, queue_id: &'a str) -> Self {
+        Self {
+            policy,
+            reporting,
+            queue_id,
+        }
     }
-    info!(
-        queue_id,
-        identity = %plan.identity,
-        source = %plan.identity.source,
-        "identity is locked, would refuse [dry run, not done]"
-    );
-    policy.observer().not_enforced(RULE_LOCKED, Action::Reject);
-    None
+
+    fn resolve(&self, facts: &Facts<'_>) -> Resolution {
+        let (resolution, skipped) = identity::resolve(&self.policy.config().identity, facts);
+        for s in skipped {
+            warn!(queue_id = self.queue_id, source = %s.source, "identity source skipped: {}", s.why);
+        }
+        resolution
+    }
+
+    /// The identity's lock, if it is to be enforced. In dry-run mode a lock
+    /// is only logged: nothing is refused, locks included.
+    fn lock_in_force(&self, plan: &Plan) -> Option<Arc<LockEntry>> {
+        let lock = self.policy.lock_of(&plan.identity.value)?;
+        if self.policy.enforcing() {
+            return Some(lock);
+        }
+        info!(
+            queue_id = self.queue_id,
+            identity = %plan.identity,
+            source = %plan.identity.source,
+            "identity is locked, would refuse [dry run, not done]"
+        );
+        self.reporting.observer.not_enforced(RULE_LOCKED, Action::Reject);
+        None
+    }
+
+    /// Acts for a locked identity at `stage` (see [`locked_step`]).
+    fn locked(&self, message: &Message, stage: Stage, support: bool) -> Verdict {
+        let locks = &self.policy.config().locks;
+        let has_exceptions = !locks.allow_recipients.is_empty();
+        match locked_step(stage, locks.locked_action, support, has_exceptions) {
+            LockedStep::Continue => Verdict::Continue,
+            LockedStep::Refuse if stage == Stage::Eom => self.refuse_locked_message(message),
+            LockedStep::Refuse => self.refuse_locked(message, stage),
+            LockedStep::Hold => self.hold(message),
+            LockedStep::DeliverToSupport => {
+                let Some(plan) = &message.plan else {
+                    return Verdict::Continue;
+                };
+                info!(queue_id = self.queue_id, identity = %plan.identity, recipients = message.recipients, "accepted: locked identity writing to support addresses only (not counted)");
+                self.reporting
+                    .observer
+                    .accepted(&plan.identity.value, message.recipients, self.queue_id);
+                Verdict::Continue
+            }
+        }
+    }
+
+    /// Acts on the rules a message or recipient would exceed.
+    fn act(&self, message: &mut Message, trips: Vec<Trip>, stage: Stage) -> Verdict {
+        let Some(worst) = most_severe(&trips) else {
+            return Verdict::Continue;
+        };
+        let Some(plan) = &message.plan else {
+            return Verdict::Continue;
+        };
+        let others: Vec<&str> = trips
+            .iter()
+            .filter(|t| t.rule != worst.rule)
+            .map(|t| t.rule.as_str())
+            .collect();
+        let others = others.join(",");
+        if worst.action == Action::Log || !self.policy.enforcing() {
+            self.not_enforced(&plan.identity, worst, stage, &others);
+            return Verdict::Continue;
+        }
+        let vars = Vars {
+            identity: &plan.identity.value,
+            trip: Some(worst),
+            ..Vars::default()
+        };
+        let replies = &self.policy.config().replies;
+        let reply = match worst.action {
+            Action::Log => return Verdict::Continue,
+            Action::Lock => return self.lock(message, worst, stage),
+            Action::Tempfail => {
+                self.log_refusal("refused temporarily", message, worst, stage, &others);
+                reply::render(replies.tempfail.get_ref(), &vars)
+            }
+            Action::Reject => {
+                self.log_refusal("rejected", message, worst, stage, &others);
+                reply::render(replies.reject.get_ref(), &vars)
+            }
+        };
+        self.refuse(Some(&plan.identity.value), &worst.rule, reply)
+    }
+
+    /// A rule exceeded but not enforced: `action = "log"`, or dry-run.
+    fn not_enforced(&self, identity: &Identity, worst: &Trip, stage: Stage, others: &str) {
+        let what = if worst.action == Action::Log {
+            "limit exceeded (action log: nothing refused)".to_string()
+        } else {
+            format!("limit exceeded, would {} [dry run, not done]", worst.action)
+        };
+        info!(
+            queue_id = self.queue_id,
+            identity = %identity,
+            source = %identity.source,
+            stage = %stage,
+            rule = %worst.rule,
+            key = %worst.key,
+            count = worst.usage.used,
+            limit = worst.usage.limit,
+            window = %format_duration(worst.rate.window),
+            also = %others,
+            "{what}"
+        );
+        self.reporting.observer.not_enforced(&worst.rule, worst.action);
+    }
+
+    fn log_refusal(&self, verb: &str, message: &Message, worst: &Trip, stage: Stage, others: &str) {
+        let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
+        let source = message.plan.as_ref().map(|p| p.identity.source.to_string());
+        info!(
+            queue_id = self.queue_id,
+            identity = %identity,
+            source = %source.unwrap_or_default(),
+            stage = %stage,
+            recipients = message.recipients,
+            rule = %worst.rule,
+            key = %worst.key,
+            count = worst.usage.used,
+            limit = worst.usage.limit,
+            window = %format_duration(worst.rate.window),
+            reset_in = %format_duration(worst.usage.reset_in),
+            also = %others,
+            action = %worst.action,
+            "{verb}"
+        )
+    }
+
+    /// A lock rule tripped: lock the identity and act as for a locked one.
+    fn lock(&self, message: &mut Message, worst: &Trip, stage: Stage) -> Verdict {
+        let Some(plan) = &message.plan else {
+            return Verdict::Continue;
+        };
+        let identity = &plan.identity;
+        let locked = self.policy.auto_lock(identity, worst, self.queue_id);
+        if let Some(lock) = &locked {
+            self.reporting
+                .new_lock(self.policy.config(), lock, identity, worst, self.queue_id);
+        }
+        // One "identity locked" per lock: a parallel session that trips the
+        // same rule a moment later finds the lock in force.
+        let window = format_duration(worst.rate.window);
+        let (rule, count, limit) = (&worst.rule, worst.usage.used, worst.usage.limit);
+        if locked.as_ref().is_none_or(|l| l.fresh) {
+            warn!(queue_id = self.queue_id, identity = %identity, source = %identity.source, %rule, count, limit, %window, "identity locked");
+        } else {
+            info!(queue_id = self.queue_id, identity = %identity, %rule, "identity already locked by a parallel session");
+        }
+        let Some(lock) = locked else {
+            let vars = Vars {
+                identity: &identity.value,
+                trip: Some(worst),
+                ..Vars::default()
+            };
+            let reply = reply::render(self.policy.config().replies.reject.get_ref(), &vars);
+            return self.refuse(Some(&identity.value), &worst.rule, reply);
+        };
+        message.lock = Some(lock.entry);
+        // What tripped the lock is not a support-address exception.
+        self.locked(message, stage, false)
+    }
+
+    fn locked_reply(&self, identity: &str) -> Reply {
+        reply::render(
+            self.policy.config().replies.locked.get_ref(),
+            &Vars {
+                identity,
+                ..Vars::default()
+            },
+        )
+    }
+
+    fn refuse_locked(&self, message: &Message, stage: Stage) -> Verdict {
+        let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
+        info!(
+            queue_id = self.queue_id,
+            identity = %identity,
+            stage = %stage,
+            action = "locked",
+            "refused: identity is locked"
+        );
+        self.refuse(Some(identity), RULE_LOCKED, self.locked_reply(identity))
+    }
+
+    /// A locked identity's whole message refused at its end.
+    fn refuse_locked_message(&self, message: &Message) -> Verdict {
+        let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
+        info!(queue_id = self.queue_id, identity = %identity, action = "locked", "refused: identity is locked");
+        self.refuse(Some(identity), RULE_LOCKED, self.locked_reply(identity))
+    }
+
+    /// A locked identity's message into the hold queue.
+    fn hold(&self, message: &Message) -> Verdict {
+        let (Some(plan), Some(lock)) = (&message.plan, &message.lock) else {
+            return self.refuse_locked_message(message);
+        };
+        let identity = &plan.identity;
+        let recipients = message.recipients;
+        info!(queue_id = self.queue_id, identity = %identity, recipients, action = "hold", "held: identity is locked");
+        self.reporting.observer.refused(
+            Some(&identity.value),
+            RULE_LOCKED,
+            Refusal::Hold { recipients },
+            self.queue_id,
+        );
+        Verdict::Hold {
+            reason: reply::escape(&format!(
+                "egress-milter: {} is locked ({})",
+                identity.value, lock.reason
+            )),
+            fallback: self.locked_reply(&identity.value),
+        }
+    }
+
+    fn too_many_recipients(&self, message: &Message, rcpt: &[u8], cap: u32) -> Verdict {
+        let identity = message.plan.as_ref().map(|p| p.identity.value.as_str());
+        if !self.policy.enforcing() {
+            info!(queue_id = self.queue_id, recipient = %lossy(rcpt), cap, "too many recipients in one message, would refuse [dry run, not done]");
+            return Verdict::Continue;
+        }
+        let reply = reply::render(
+            self.policy.config().replies.too_many_recipients.get_ref(),
+            &Vars {
+                identity: identity.unwrap_or(""),
+                limit: Some(cap),
+                ..Vars::default()
+            },
+        );
+        info!(queue_id = self.queue_id, recipient = %lossy(rcpt), cap, "recipient refused: too many recipients in one message");
+        self.refuse(identity, RULE_MAX_RECIPIENTS, reply)
+    }
+
+    fn conflicting_headers(&self, header: &str) -> Verdict {
+        let spec = self.policy.config().replies.error.get_ref();
+        let reply = reply::render(
+            &ReplySpec::new(
+                &spec.code,
+                &spec.status,
+                "Conflicting {header} headers: the sender cannot be identified",
+            ),
+            &Vars {
+                header: Some(header),
+                ..Vars::default()
+            },
+        );
+        warn!(queue_id = self.queue_id, header = %header, "message refused: differing copies of the identity header from a trusted client");
+        self.refuse(None, RULE_CONFLICT, reply)
+    }
+
+    /// Counts a refusal by the class of its reply and returns it.
+    fn refuse(&self, identity: Option<&str>, rule: &str, reply: Reply) -> Verdict {
+        let how = if reply.is_temporary() {
+            Refusal::Tempfail
+        } else {
+            Refusal::Reject
+        };
+        self.reporting.observer.refused(identity, rule, how, self.queue_id);
+        Verdict::Refuse(reply)
+    }
 }
 
 fn header_sources(policy: &Policy) -> impl Iterator<Item = &IdentitySource> {
@@ -365,173 +569,4 @@ fn unidentified() -> Identity {
 
 fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
-}
-
-fn log_skipped(queue_id: &str, skipped: &[identity::Skipped]) {
-    for s in skipped {
-        warn!(queue_id, source = %s.source, "identity source skipped: {}", s.why);
-    }
-}
-
-/// Acts on the rules a message or recipient would exceed.
-fn act(policy: &Policy, message: &mut Message, trips: Vec<Trip>, queue_id: &str, stage: &str) -> Verdict {
-    let Some(worst) = most_severe(&trips) else {
-        return Verdict::Continue;
-    };
-    let Some(plan) = &message.plan else {
-        return Verdict::Continue;
-    };
-    let identity = &plan.identity;
-    let others: Vec<&str> = trips
-        .iter()
-        .filter(|t| t.rule != worst.rule)
-        .map(|t| t.rule.as_str())
-        .collect();
-    if worst.action == Action::Log || !policy.enforcing() {
-        let what = if worst.action == Action::Log {
-            "limit exceeded (action log: nothing refused)".to_string()
-        } else {
-            format!("limit exceeded, would {} [dry run, not done]", worst.action)
-        };
-        info!(
-            queue_id,
-            identity = %identity,
-            source = %identity.source,
-            stage,
-            rule = %worst.rule,
-            key = %worst.key,
-            count = worst.usage.used,
-            limit = worst.usage.limit,
-            window = %crate::config::format_duration(worst.rate.window),
-            also = %others.join(","),
-            "{what}"
-        );
-        policy.observer().not_enforced(&worst.rule, worst.action);
-        return Verdict::Continue;
-    }
-    let fields = |verb: &str| {
-        info!(
-            queue_id,
-            identity = %identity,
-            source = %identity.source,
-            stage,
-            recipients = message.recipients,
-            rule = %worst.rule,
-            key = %worst.key,
-            count = worst.usage.used,
-            limit = worst.usage.limit,
-            window = %crate::config::format_duration(worst.rate.window),
-            reset_in = %crate::config::format_duration(worst.usage.reset_in),
-            also = %others.join(","),
-            action = %worst.action,
-            "{verb}"
-        )
-    };
-    let vars = Vars {
-        identity: &identity.value,
-        trip: Some(worst),
-        ..Vars::default()
-    };
-    let replies = &policy.config().replies;
-    let refuse = |reply: Reply| {
-        let how = refusal(&reply);
-        policy
-            .observer()
-            .refused(Some(&identity.value), &worst.rule, how, 0, queue_id);
-        Verdict::Refuse(reply)
-    };
-    match worst.action {
-        Action::Log => Verdict::Continue,
-        Action::Tempfail => {
-            fields("refused temporarily");
-            refuse(reply::render(replies.tempfail.get_ref(), &vars))
-        }
-        Action::Reject => {
-            fields("rejected");
-            refuse(reply::render(replies.reject.get_ref(), &vars))
-        }
-        Action::Lock => {
-            let locked = policy.auto_lock(identity, worst, queue_id);
-            // One "identity locked" per lock: a parallel session that trips
-            // the same rule a moment later finds the lock in force.
-            let window = crate::config::format_duration(worst.rate.window);
-            let (rule, count, limit) = (&worst.rule, worst.usage.used, worst.usage.limit);
-            if locked.as_ref().is_none_or(|l| l.fresh) {
-                warn!(queue_id, identity = %identity, source = %identity.source, %rule, count, limit, %window, "identity locked");
-            } else {
-                info!(queue_id, identity = %identity, %rule, "identity already locked by a parallel session");
-            }
-            message.lock = locked.map(|l| l.entry);
-            let Some(lock) = message.lock.clone() else {
-                return refuse(reply::render(replies.reject.get_ref(), &vars));
-            };
-            let hold = policy.config().locks.locked_action == LockedAction::Hold;
-            match stage {
-                "eom" if hold => locked_eom(policy, plan, &lock, message.recipients, queue_id),
-                "mail" | "rcpt" | "eoh" if hold => Verdict::Continue,
-                "mail" if !policy.config().locks.allow_recipients.is_empty() => Verdict::Continue,
-                _ => refuse_locked(policy, message, queue_id, stage),
-            }
-        }
-    }
-}
-
-fn refuse_locked(policy: &Policy, message: &Message, queue_id: &str, stage: &str) -> Verdict {
-    let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
-    info!(
-        queue_id,
-        identity = %identity,
-        stage,
-        action = "locked",
-        "refused: identity is locked"
-    );
-    let reply = reply::render(
-        policy.config().replies.locked.get_ref(),
-        &Vars {
-            identity,
-            ..Vars::default()
-        },
-    );
-    policy
-        .observer()
-        .refused(Some(identity), RULE_LOCKED, refusal(&reply), 0, queue_id);
-    Verdict::Refuse(reply)
-}
-
-fn locked_eom(policy: &Policy, plan: &Plan, lock: &LockEntry, recipients: u32, queue_id: &str) -> Verdict {
-    let identity = &plan.identity;
-    let locked_reply = reply::render(
-        policy.config().replies.locked.get_ref(),
-        &Vars {
-            identity: &identity.value,
-            ..Vars::default()
-        },
-    );
-    if policy.config().locks.locked_action == LockedAction::Hold {
-        info!(queue_id, identity = %identity, recipients, action = "hold", "held: identity is locked");
-        policy
-            .observer()
-            .refused(Some(&identity.value), RULE_LOCKED, Refusal::Hold, recipients, queue_id);
-        return Verdict::Hold {
-            reason: reply::escape(&format!(
-                "egress-milter: {} is locked ({})",
-                identity.value, lock.reason
-            )),
-            fallback: locked_reply,
-        };
-    }
-    info!(queue_id, identity = %identity, action = "locked", "refused: identity is locked");
-    policy
-        .observer()
-        .refused(Some(&identity.value), RULE_LOCKED, refusal(&locked_reply), 0, queue_id);
-    Verdict::Refuse(locked_reply)
-}
-
-/// How a refusal is counted: by the class of its reply.
-fn refusal(reply: &Reply) -> Refusal {
-    if reply.is_temporary() {
-        Refusal::Tempfail
-    } else {
-        Refusal::Reject
-    }
 }

@@ -15,7 +15,9 @@ pub mod smtp;
 
 use crate::clock::Clock;
 use crate::config::{Config, Counted, NotifyConfig, Scope, format_duration};
-use crate::locks::file::{LockSource, Timestamp};
+use crate::locks::file::{LockEntry, LockSource, Timestamp};
+use crate::policy::Trip;
+use crate::policy::identity::Identity;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::future::Future;
@@ -77,6 +79,29 @@ pub struct LockEvent {
     pub queue_ids: Vec<String>,
 }
 
+impl LockEvent {
+    /// What a notification says about a new automatic lock: the one place
+    /// where its evidence is put together. `queue_ids` holds the queue id
+    /// of the message that tripped the lock first, then recent ones.
+    pub fn new(lock: &LockEntry, identity: &Identity, trip: &Trip, queue_ids: Vec<String>) -> Self {
+        LockEvent {
+            identity: lock.identity.clone(),
+            identity_source: identity.source.to_string(),
+            source: lock.source,
+            rule: trip.rule.clone(),
+            reason: lock.reason.clone(),
+            counted: trip.counted,
+            scope: trip.scope,
+            count: trip.usage.used,
+            limit: trip.usage.limit,
+            window: trip.rate.window,
+            locked_at: lock.locked_at,
+            expires_at: lock.expires_at,
+            queue_ids,
+        }
+    }
+}
+
 /// The sessions' end of the notification queue.
 pub struct Notifier {
     tx: mpsc::Sender<LockEvent>,
@@ -109,19 +134,21 @@ pub struct Stats {
 }
 
 impl Stats {
-    /// The counters in the order of [`crate::ops::metrics::NOTIFICATION_OUTCOMES`].
-    pub fn snapshot(&self) -> [u64; 8] {
+    /// Each counter with its `outcome` label in the metrics.
+    pub fn outcomes(&self) -> Vec<(&'static str, u64)> {
         [
-            &self.dropped,
-            &self.duplicates,
-            &self.suppressed,
-            &self.commands_ok,
-            &self.commands_failed,
-            &self.commands_killed,
-            &self.reports_sent,
-            &self.reports_failed,
+            ("dropped", &self.dropped),
+            ("duplicate", &self.duplicates),
+            ("suppressed", &self.suppressed),
+            ("command_ok", &self.commands_ok),
+            ("command_failed", &self.commands_failed),
+            ("command_killed", &self.commands_killed),
+            ("mail_sent", &self.reports_sent),
+            ("mail_failed", &self.reports_failed),
         ]
-        .map(|c| c.load(Ordering::Relaxed))
+        .into_iter()
+        .map(|(label, c)| (label, c.load(Ordering::Relaxed)))
+        .collect()
     }
 
     fn add(counter: &AtomicU64) -> u64 {

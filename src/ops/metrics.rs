@@ -81,16 +81,26 @@ impl Histogram {
 /// The `action` label of a refusal: what the MTA was told.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    Tempfail = 0,
-    Reject = 1,
-    Hold = 2,
+    Tempfail,
+    Reject,
+    /// Put on hold, with the message's recipients.
+    Hold {
+        recipients: u32,
+    },
 }
 
-const REFUSALS: [(Refusal, &str); 3] = [
-    (Refusal::Tempfail, "tempfail"),
-    (Refusal::Reject, "reject"),
-    (Refusal::Hold, "hold"),
-];
+impl Refusal {
+    /// Its `action` label and the index of its counter.
+    fn label(self) -> (usize, &'static str) {
+        match self {
+            Refusal::Tempfail => (0, "tempfail"),
+            Refusal::Reject => (1, "reject"),
+            Refusal::Hold { .. } => (2, "hold"),
+        }
+    }
+}
+
+const REFUSALS: [Refusal; 3] = [Refusal::Tempfail, Refusal::Reject, Refusal::Hold { recipients: 0 }];
 
 /// Index of a rule action in the not-enforced counters.
 fn action_index(a: Action) -> usize {
@@ -212,18 +222,18 @@ impl Observer {
 
     /// A refusal or a hold because of `rule` (or a pseudo-rule such as
     /// [`RULE_LOCKED`]); `identity` is `None` when it is not known.
-    pub fn refused(&self, identity: Option<&str>, rule: &str, how: Refusal, recipients: u32, queue_id: &str) {
+    pub fn refused(&self, identity: Option<&str>, rule: &str, how: Refusal, queue_id: &str) {
         if !self.enabled {
             return;
         }
         self.rule(rule, |c| {
-            c.refused[how as usize].fetch_add(1, Ordering::Relaxed);
+            c.refused[how.label().0].fetch_add(1, Ordering::Relaxed);
         });
         if let Some(identity) = identity {
             let event = match how {
                 Refusal::Tempfail => Event::Tempfailed,
                 Refusal::Reject => Event::Rejected,
-                Refusal::Hold => Event::Held { recipients },
+                Refusal::Hold { recipients } => Event::Held { recipients },
             };
             self.activity.record(identity, event, queue_id);
         }
@@ -254,7 +264,7 @@ impl Observer {
 }
 
 /// Values read at scrape time from outside the observer.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Gauges {
     pub locks_active: u64,
     pub locks_pending_write: u64,
@@ -262,21 +272,11 @@ pub struct Gauges {
     pub locks_added_manual: u64,
     pub lock_write_errors: u64,
     pub lock_list_corrupt: bool,
-    /// What became of lock notifications, in [`NOTIFICATION_OUTCOMES`] order.
-    pub notifications: [u64; 8],
+    /// What became of lock notifications: each `outcome` label of
+    /// `egress_milter_notifications_total` with its count
+    /// ([`crate::notify::Stats::outcomes`]).
+    pub notifications: Vec<(&'static str, u64)>,
 }
-
-/// The `outcome` labels of `egress_milter_notifications_total`.
-pub const NOTIFICATION_OUTCOMES: [&str; 8] = [
-    "dropped",
-    "duplicate",
-    "suppressed",
-    "command_ok",
-    "command_failed",
-    "command_killed",
-    "mail_sent",
-    "mail_failed",
-];
 
 /// The text exposition (OpenMetrics, which Prometheus reads) of everything.
 pub fn encode(observer: &Arc<Observer>, gauges: Gauges) -> Result<String, std::fmt::Error> {
@@ -353,8 +353,9 @@ impl Collector for Exposition {
                 MetricType::Counter,
             )?;
             for (rule, refused, _) in &rules {
-                for (how, name) in REFUSALS {
-                    let v = refused[how as usize];
+                for how in REFUSALS {
+                    let (index, name) = how.label();
+                    let v = refused[index];
                     if v > 0 {
                         let labels = [("rule", rule.as_str()), ("action", name)];
                         ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
@@ -462,8 +463,8 @@ impl Collector for Exposition {
                 None,
                 MetricType::Counter,
             )?;
-            for (outcome, v) in NOTIFICATION_OUTCOMES.iter().zip(g.notifications) {
-                ConstCounter::new(v).encode(m.encode_family(&[("outcome", *outcome)])?)?;
+            for &(outcome, v) in &g.notifications {
+                ConstCounter::new(v).encode(m.encode_family(&[("outcome", outcome)])?)?;
             }
         }
         {
@@ -491,9 +492,9 @@ mod tests {
         o.seen();
         o.seen();
         o.accepted("a@x", 3, "Q1");
-        o.refused(Some("b@x"), "per-minute", Refusal::Tempfail, 1, "Q2");
-        o.refused(Some("b@x"), "per-minute", Refusal::Tempfail, 1, "Q3");
-        o.refused(None, RULE_CONFLICT, Refusal::Reject, 0, "Q4");
+        o.refused(Some("b@x"), "per-minute", Refusal::Tempfail, "Q2");
+        o.refused(Some("b@x"), "per-minute", Refusal::Tempfail, "Q3");
+        o.refused(None, RULE_CONFLICT, Refusal::Reject, "Q4");
         o.not_enforced("soft", Action::Tempfail);
         let t = o.start();
         let took = o.finish(Stage::Mail, t);
@@ -504,7 +505,7 @@ mod tests {
             Gauges {
                 locks_active: 2,
                 locks_added_auto: 1,
-                notifications: [0, 0, 0, 1, 0, 0, 2, 0],
+                notifications: vec![("command_ok", 1), ("command_failed", 0), ("mail_sent", 2)],
                 ..Gauges::default()
             },
         )

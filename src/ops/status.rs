@@ -18,13 +18,15 @@
 //! connection closed after 30 s, at most `status.max_connections` at once
 //! (more are closed at once).
 
+use crate::clock::Clock;
 use crate::config::{IdentitySource, format_duration};
 use crate::locks::file::LockEntry;
 use crate::locks::{FileLocks, LockStore};
-use crate::milter::callbacks::{CurrentPolicy, snapshot};
+use crate::notify;
 use crate::ops::activity::{Activity, HISTORY_HOURS, ReportRow, SortBy};
 use crate::ops::metrics::{Gauges, Observer};
 use crate::policy::identity::Identity;
+use crate::policy::{CurrentPolicy, snapshot};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -55,16 +57,27 @@ pub struct State {
     current: CurrentPolicy,
     locks: Arc<FileLocks>,
     observer: Arc<Observer>,
+    /// What became of lock notifications, for `/metrics`.
+    notifications: Arc<notify::Stats>,
+    clock: Clock,
     max_connections: usize,
 }
 
 impl State {
-    pub fn new(current: CurrentPolicy, locks: Arc<FileLocks>, observer: Arc<Observer>) -> Self {
+    pub fn new(
+        current: CurrentPolicy,
+        locks: Arc<FileLocks>,
+        observer: Arc<Observer>,
+        notifications: Arc<notify::Stats>,
+        clock: Clock,
+    ) -> Self {
         let max_connections = snapshot(&current).config().status.max_connections;
         Self {
             current,
             locks,
             observer,
+            notifications,
+            clock,
             max_connections,
         }
     }
@@ -178,7 +191,7 @@ fn answer(state: &State, req: &Request<Incoming>) -> Answer {
 }
 
 fn now(state: &State) -> SystemTime {
-    snapshot(&state.current).clock().wall_now()
+    state.clock.wall_now()
 }
 
 fn metrics(state: &State) -> Answer {
@@ -192,10 +205,7 @@ fn metrics(state: &State) -> Answer {
         locks_added_manual: load(&stats.added_manual),
         lock_write_errors: load(&stats.write_errors),
         lock_list_corrupt: stats.corrupt.load(Ordering::Relaxed),
-        notifications: snapshot(&state.current)
-            .notifier()
-            .map(|n| n.stats().snapshot())
-            .unwrap_or_default(),
+        notifications: state.notifications.outcomes(),
     };
     match crate::ops::metrics::encode(&state.observer, gauges) {
         Ok(body) => reply(
@@ -377,7 +387,7 @@ struct ExplainAnswer {
 
 fn explain(state: &State, raw: &str) -> Answer {
     let policy = snapshot(&state.current);
-    let value = crate::daemon::lock_normaliser(policy.config())(raw);
+    let value = crate::config::address::lock_key(&policy.config().identity, raw);
     let identity = Identity {
         source: if value.contains('@') {
             IdentitySource::Auth
@@ -387,7 +397,7 @@ fn explain(state: &State, raw: &str) -> Answer {
         value,
     };
     let domain = identity.domain().map(str::to_string);
-    let now = policy.clock().wall_now();
+    let now = state.clock.wall_now();
     let lock = state.locks.lookup(&identity.value, now).map(|e| LockView::new(&e, now));
     let mut activity = state.observer.activity().get(&identity.value);
     if let Some(a) = &mut activity {

@@ -5,6 +5,7 @@
 //! Who is sending: the configured identity sources tried in order, each value
 //! normalised, headers believed only from trusted clients.
 
+use crate::config::address::{Invalid, normalise_address};
 use crate::config::{IdentityConfig, IdentitySource};
 use std::collections::HashMap;
 use std::fmt;
@@ -34,26 +35,6 @@ impl Identity {
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.value)
-    }
-}
-
-/// Why a source's value was not believed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Invalid {
-    NotUtf8,
-    Empty,
-    TooLong(usize),
-    Malformed,
-}
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Invalid::NotUtf8 => f.write_str("not UTF-8"),
-            Invalid::Empty => f.write_str("empty"),
-            Invalid::TooLong(n) => write!(f, "too long ({n} bytes)"),
-            Invalid::Malformed => f.write_str("malformed (spaces, control characters or stray '@')"),
-        }
     }
 }
 
@@ -225,55 +206,6 @@ pub fn client_key(ip: IpAddr, v6_prefix: u8) -> String {
     }
 }
 
-/// Normalises a login or address: trim, strip `<>`, lowercase the domain
-/// (and the local part unless configured otherwise), fold `+tag`, bound the length.
-pub fn normalise_address(config: &IdentityConfig, raw: &[u8]) -> Result<String, Invalid> {
-    let raw = std::str::from_utf8(raw).map_err(|_| Invalid::NotUtf8)?;
-    let mut s = raw.trim();
-    if let Some(inner) = s.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
-        s = inner.trim();
-    }
-    if s.is_empty() {
-        return Err(Invalid::Empty);
-    }
-    if s.len() > config.max_length {
-        return Err(Invalid::TooLong(s.len()));
-    }
-    if s.chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
-    {
-        return Err(Invalid::Malformed);
-    }
-    let (local, domain) = match s.rsplit_once('@') {
-        Some((local, domain)) => {
-            if local.is_empty() || domain.is_empty() || domain.contains('@') {
-                return Err(Invalid::Malformed);
-            }
-            (local, Some(domain))
-        }
-        None => (s, None),
-    };
-    let local = if config.fold_subaddress {
-        match local.split_once(config.subaddress_separator) {
-            Some((base, _)) if !base.is_empty() => base,
-            _ => local,
-        }
-    } else {
-        local
-    };
-    let mut out = String::with_capacity(s.len());
-    if config.lowercase_local_part {
-        out.push_str(&local.to_lowercase());
-    } else {
-        out.push_str(local);
-    }
-    if let Some(domain) = domain {
-        out.push('@');
-        out.push_str(&domain.trim_end_matches('.').to_lowercase());
-    }
-    Ok(out)
-}
-
 /// Normalises an identity header's value, which may be a bare login, an
 /// address, or an address with a display name or comments.
 fn normalise_header_value(config: &IdentityConfig, raw: &[u8]) -> Result<String, Invalid> {
@@ -324,39 +256,6 @@ mod tests {
             Resolution::Resolved(id) => id,
             other => panic!("expected an identity, got {other:?} (skipped: {:?})", r.1),
         }
-    }
-
-    #[test]
-    fn normalisation() {
-        let c = IdentityConfig::default();
-        assert_eq!(
-            normalise_address(&c, b"  <Alice@Example.COM>  ").unwrap(),
-            "alice@example.com"
-        );
-        assert_eq!(normalise_address(&c, b"Bob").unwrap(), "bob");
-        assert_eq!(
-            normalise_address(&c, b"carol@example.com.").unwrap(),
-            "carol@example.com"
-        );
-        assert_eq!(normalise_address(&c, b"<>"), Err(Invalid::Empty));
-        assert_eq!(normalise_address(&c, b"a b@example.com"), Err(Invalid::Malformed));
-        assert_eq!(normalise_address(&c, b"@example.com"), Err(Invalid::Malformed));
-        assert_eq!(normalise_address(&c, b"a@"), Err(Invalid::Malformed));
-        assert_eq!(normalise_address(&c, b"a\x01@example.com"), Err(Invalid::Malformed));
-        assert_eq!(normalise_address(&c, b"\xff\xfe@example.com"), Err(Invalid::NotUtf8));
-        let long = format!("{}@example.com", "x".repeat(300));
-        assert_eq!(normalise_address(&c, long.as_bytes()), Err(Invalid::TooLong(312)));
-        // Keep the local part's case if asked; fold +tags if asked.
-        let keep = IdentityConfig {
-            lowercase_local_part: false,
-            fold_subaddress: true,
-            ..IdentityConfig::default()
-        };
-        assert_eq!(
-            normalise_address(&keep, b"Alice+News@EXAMPLE.com").unwrap(),
-            "Alice@example.com"
-        );
-        assert_eq!(normalise_address(&keep, b"+x@example.com").unwrap(), "+x@example.com");
     }
 
     #[test]

@@ -8,21 +8,21 @@
 
 pub mod identity;
 pub mod limiter;
+pub mod locked;
 pub mod reply;
 
 use crate::clock::Clock;
+use crate::config::address::{domain_key, lock_key};
 use crate::config::{Action, Config, Counted, Mode, Rate, Scope, format_duration};
 use crate::locks::LockStore;
 use crate::locks::file::{LockEntry, LockSource, Timestamp};
-use crate::notify::{LockEvent, Notifier};
-use crate::ops::metrics::Observer;
-use crate::policy::identity::{Identity, normalise_address};
+use crate::policy::identity::Identity;
 use crate::policy::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Number of stripes serialising the final count of a message. Messages of
@@ -131,9 +131,26 @@ pub struct Policy {
     rules: Vec<CompiledRule>,
     identity_overrides: HashMap<String, CompiledOverride>,
     domain_overrides: HashMap<String, CompiledOverride>,
-    observer: Arc<Observer>,
-    /// Where new automatic locks are reported (`[notify]`), if anywhere.
-    notifier: Option<Arc<Notifier>>,
+}
+
+/// The policy new connections use; replaced atomically on reload. Each
+/// connection keeps the snapshot it started with.
+pub type CurrentPolicy = Arc<RwLock<Arc<Policy>>>;
+
+/// Reads the current policy snapshot.
+pub fn snapshot(current: &CurrentPolicy) -> Arc<Policy> {
+    match current.read() {
+        Ok(p) => p.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Makes `policy` the one new connections use.
+pub fn replace(current: &CurrentPolicy, policy: Policy) {
+    match current.write() {
+        Ok(mut c) => *c = Arc::new(policy),
+        Err(poisoned) => *poisoned.into_inner() = Arc::new(policy),
+    }
 }
 
 /// What [`Policy::auto_lock`] did.
@@ -245,14 +262,8 @@ impl Policy {
         for over in &config.overrides {
             let over = over.get_ref();
             let (target, map) = match (&over.identity, &over.domain) {
-                (Some(id), _) => (
-                    normalise_address(&config.identity, id.as_bytes()).unwrap_or_else(|_| id.trim().to_lowercase()),
-                    &mut identity_overrides,
-                ),
-                (None, Some(domain)) => (
-                    domain.trim().trim_end_matches('.').to_lowercase(),
-                    &mut domain_overrides,
-                ),
+                (Some(id), _) => (lock_key(&config.identity, id), &mut identity_overrides),
+                (None, Some(domain)) => (domain_key(domain), &mut domain_overrides),
                 (None, None) => continue,
             };
             let mut compiled = CompiledOverride {
@@ -285,38 +296,11 @@ impl Policy {
             rules,
             identity_overrides,
             domain_overrides,
-            observer: Arc::new(Observer::disabled()),
-            notifier: None,
         }
-    }
-
-    /// Reports verdicts to `observer` (metrics and the activity registry)
-    /// instead of a disabled one.
-    pub fn with_observer(mut self, observer: Arc<Observer>) -> Self {
-        self.observer = observer;
-        self
-    }
-
-    pub fn observer(&self) -> &Arc<Observer> {
-        &self.observer
-    }
-
-    /// Reports new automatic locks to `notifier` (the daemon's notification queue).
-    pub fn with_notifier(mut self, notifier: Option<Arc<Notifier>>) -> Self {
-        self.notifier = notifier;
-        self
-    }
-
-    pub fn notifier(&self) -> Option<&Arc<Notifier>> {
-        self.notifier.as_ref()
     }
 
     pub fn config(&self) -> &Arc<Config> {
         &self.config
-    }
-
-    pub fn clock(&self) -> &Clock {
-        &self.counters.clock
     }
 
     pub fn enforcing(&self) -> bool {
@@ -478,7 +462,8 @@ impl Policy {
     /// Locks an identity because of `trip` (enforce mode only; in dry-run
     /// nothing is locked and `None` is returned). The lock in force is
     /// returned, with `fresh` false when a parallel session (or an admin)
-    /// locked the identity first.
+    /// locked the identity first: the caller reports a fresh lock (log,
+    /// notification), the policy only decides and records it.
     pub fn auto_lock(&self, identity: &Identity, trip: &Trip, queue_id: &str) -> Option<AutoLock> {
         if !self.enforcing() {
             return None;
@@ -511,57 +496,7 @@ impl Policy {
             note: None,
         };
         let fresh = self.locks.lock(entry, now);
-        let lock = self.lock_of(&identity.value);
-        // Only a new lock is notified: not an identity already locked by a
-        // parallel session, never a refused message. Queuing never waits.
-        if fresh
-            && self.config.notify.is_enabled()
-            && let (Some(notifier), Some(lock)) = (&self.notifier, &lock)
-        {
-            notifier.notify(self.lock_event(lock, identity, trip, queue_id));
-        }
-        lock.map(|entry| AutoLock { entry, fresh })
-    }
-
-    /// What a notification says about a new automatic lock: the one place
-    /// where its evidence is gathered.
-    fn lock_event(&self, lock: &LockEntry, identity: &Identity, trip: &Trip, queue_id: &str) -> LockEvent {
-        LockEvent {
-            identity: lock.identity.clone(),
-            identity_source: identity.source.to_string(),
-            source: lock.source,
-            rule: trip.rule.clone(),
-            reason: lock.reason.clone(),
-            counted: trip.counted,
-            scope: trip.scope,
-            count: trip.usage.used,
-            limit: trip.usage.limit,
-            window: trip.rate.window,
-            locked_at: lock.locked_at,
-            expires_at: lock.expires_at,
-            queue_ids: self.evidence_queue_ids(&lock.identity, queue_id),
-        }
-    }
-
-    /// The queue id of the message that tripped the lock (none if the MTA
-    /// had not assigned one yet: Postfix's "NONE" at MAIL FROM), then the
-    /// identity's most recent accepted or held messages, newest first, as
-    /// the activity registry remembers them (when it runs).
-    fn evidence_queue_ids(&self, identity: &str, queue_id: &str) -> Vec<String> {
-        let mut ids: Vec<String> = Vec::new();
-        if !queue_id.is_empty() && queue_id != "NONE" {
-            ids.push(queue_id.to_owned());
-        }
-        if self.observer.enabled()
-            && let Some(recent) = self.observer.activity().get(identity)
-        {
-            for q in recent.queue_ids {
-                if !ids.contains(&q) {
-                    ids.push(q);
-                }
-            }
-        }
-        ids
+        self.lock_of(&identity.value).map(|entry| AutoLock { entry, fresh })
     }
 
     /// Whether a locked identity may still write to `recipient` (the

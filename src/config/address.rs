@@ -1,0 +1,143 @@
+// egress-milter – stop hijacked mail accounts from flooding the internet
+// Copyright © 2026 The egress-milter developers
+// SPDX-License-Identifier: GPL-3.0-or-later
+
+//! The normal form of an address or login as `[identity]` writes it, and
+//! the lock key of an identity: the one definition that identity
+//! resolution, override and lock-list matching, the status API and
+//! `queue hold` all use, so that they can never disagree on who is who.
+
+use super::IdentityConfig;
+use std::fmt;
+
+/// Why a source's value was not believed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    NotUtf8,
+    Empty,
+    TooLong(usize),
+    Malformed,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Invalid::NotUtf8 => f.write_str("not UTF-8"),
+            Invalid::Empty => f.write_str("empty"),
+            Invalid::TooLong(n) => write!(f, "too long ({n} bytes)"),
+            Invalid::Malformed => f.write_str("malformed (spaces, control characters or stray '@')"),
+        }
+    }
+}
+
+/// Normalises a login or address: trim, strip `<>`, lowercase the domain
+/// (and the local part unless configured otherwise), fold `+tag`, bound the length.
+pub fn normalise_address(config: &IdentityConfig, raw: &[u8]) -> Result<String, Invalid> {
+    let raw = std::str::from_utf8(raw).map_err(|_| Invalid::NotUtf8)?;
+    let mut s = raw.trim();
+    if let Some(inner) = s.strip_prefix('<').and_then(|s| s.strip_suffix('>')) {
+        s = inner.trim();
+    }
+    if s.is_empty() {
+        return Err(Invalid::Empty);
+    }
+    if s.len() > config.max_length {
+        return Err(Invalid::TooLong(s.len()));
+    }
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+    {
+        return Err(Invalid::Malformed);
+    }
+    let (local, domain) = match s.rsplit_once('@') {
+        Some((local, domain)) => {
+            if local.is_empty() || domain.is_empty() || domain.contains('@') {
+                return Err(Invalid::Malformed);
+            }
+            (local, Some(domain))
+        }
+        None => (s, None),
+    };
+    let local = if config.fold_subaddress {
+        match local.split_once(config.subaddress_separator) {
+            Some((base, _)) if !base.is_empty() => base,
+            _ => local,
+        }
+    } else {
+        local
+    };
+    let mut out = String::with_capacity(s.len());
+    if config.lowercase_local_part {
+        out.push_str(&local.to_lowercase());
+    } else {
+        out.push_str(local);
+    }
+    if let Some(domain) = domain {
+        out.push('@');
+        out.push_str(&domain.trim_end_matches('.').to_lowercase());
+    }
+    Ok(out)
+}
+
+/// The key under which an identity is counted, locked and looked up: its
+/// normal form or, for a value that is not a valid address or login (a
+/// client network written in the lock list, say), the value trimmed and
+/// lowercased. Full Unicode lowercasing, as [`normalise_address`] does, so a
+/// non-ASCII identity gets one key everywhere.
+pub fn lock_key(config: &IdentityConfig, raw: &str) -> String {
+    normalise_address(config, raw.as_bytes()).unwrap_or_else(|_| raw.trim().to_lowercase())
+}
+
+/// A domain as overrides and the lock list compare it.
+pub fn domain_key(raw: &str) -> String {
+    raw.trim().trim_end_matches('.').to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalisation() {
+        let c = IdentityConfig::default();
+        assert_eq!(
+            normalise_address(&c, b"  <Alice@Example.COM>  ").unwrap(),
+            "alice@example.com"
+        );
+        assert_eq!(normalise_address(&c, b"Bob").unwrap(), "bob");
+        assert_eq!(
+            normalise_address(&c, b"carol@example.com.").unwrap(),
+            "carol@example.com"
+        );
+        assert_eq!(normalise_address(&c, b"<>"), Err(Invalid::Empty));
+        assert_eq!(normalise_address(&c, b"a b@example.com"), Err(Invalid::Malformed));
+        assert_eq!(normalise_address(&c, b"@example.com"), Err(Invalid::Malformed));
+        assert_eq!(normalise_address(&c, b"a@"), Err(Invalid::Malformed));
+        assert_eq!(normalise_address(&c, b"a\x01@example.com"), Err(Invalid::Malformed));
+        assert_eq!(normalise_address(&c, b"\xff\xfe@example.com"), Err(Invalid::NotUtf8));
+        let long = format!("{}@example.com", "x".repeat(300));
+        assert_eq!(normalise_address(&c, long.as_bytes()), Err(Invalid::TooLong(312)));
+        // Keep the local part's case if asked; fold +tags if asked.
+        let keep = IdentityConfig {
+            lowercase_local_part: false,
+            fold_subaddress: true,
+            ..IdentityConfig::default()
+        };
+        assert_eq!(
+            normalise_address(&keep, b"Alice+News@EXAMPLE.com").unwrap(),
+            "Alice@example.com"
+        );
+        assert_eq!(normalise_address(&keep, b"+x@example.com").unwrap(), "+x@example.com");
+    }
+
+    #[test]
+    fn lock_key_falls_back_to_full_lowercasing() {
+        let c = IdentityConfig::default();
+        assert_eq!(lock_key(&c, " <Alice@Example.COM> "), "alice@example.com");
+        // Not an address (a space inside): trimmed and lowercased, Unicode
+        // included, never ASCII-only.
+        assert_eq!(lock_key(&c, " ÉLODIE Dupont "), "élodie dupont");
+        assert_eq!(lock_key(&c, "ÉLODIE@Example.org"), "élodie@example.org");
+        assert_eq!(domain_key(" Example.ORG. "), "example.org");
+    }
+}
