@@ -9,6 +9,7 @@ mod common;
 mod daemon;
 mod examples;
 mod identity;
+mod layers;
 mod limits;
 mod lock_list;
 mod locking;

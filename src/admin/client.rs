@@ -8,7 +8,7 @@
 use crate::admin::Failure;
 use crate::config::Config;
 use crate::ops::activity::{Activity, Counts, OTHER};
-use crate::ops::status::{ReportAnswer, TopAnswer, percent_encode};
+use crate::ops::api::{ExplainAnswer, LockView, ReportAnswer, RuleView, TopAnswer, percent_encode};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -216,57 +216,18 @@ pub fn explain(config: &Config, identity: &str, json: bool) -> Result<String, Fa
     if json {
         return Ok(body);
     }
-    let v: serde_json::Value = decode(&body)?;
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    Ok(render_explain(&decode(&body)?))
+}
+
+/// The text `explain` prints for an answer.
+pub fn render_explain(answer: &ExplainAnswer) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "identity:   {}", s(&v["identity"]));
-    if !v["domain"].is_null() {
-        let _ = writeln!(out, "domain:     {}", s(&v["domain"]));
+    let _ = writeln!(out, "identity:   {}", answer.identity);
+    if let Some(domain) = &answer.domain {
+        let _ = writeln!(out, "domain:     {domain}");
     }
-    let lock = &v["lock"];
-    if lock.is_null() {
-        let _ = writeln!(out, "lock:       not locked");
-    } else {
-        let _ = writeln!(
-            out,
-            "lock:       locked since {} ({}): {}",
-            s(&lock["locked_at"]),
-            s(&lock["source"]),
-            s(&lock["reason"])
-        );
-        let expires = if lock["expires_at"].is_null() {
-            "never (until removed)".to_string()
-        } else {
-            s(&lock["expires_at"])
-        };
-        let _ = writeln!(out, "expires:    {expires}");
-    }
-    match serde_json::from_value::<Activity>(v["activity"].clone()) {
-        Ok(a) => {
-            for (name, c) in [("last 1m", &a.last_minute), ("last 1h", &a.last_hour)] {
-                let _ = writeln!(
-                    out,
-                    "{:<12}{} messages, {} recipients accepted; {} tempfailed, {} rejected, {} held",
-                    format!("{name}:"),
-                    c.messages,
-                    c.recipients,
-                    c.tempfailed,
-                    c.rejected,
-                    c.held
-                );
-            }
-            if !a.queue_ids.is_empty() {
-                let _ = writeln!(out, "queue ids:  {}", a.queue_ids.join(" "));
-            }
-        }
-        Err(_) => {
-            let _ = writeln!(out, "activity:   none recorded");
-        }
-    }
+    explain_lock(&mut out, answer.lock.as_ref());
+    explain_activity(&mut out, answer.activity.as_ref());
     out.push('\n');
     let mut rows = vec![
         [
@@ -282,25 +243,75 @@ pub fn explain(config: &Config, identity: &str, json: bool) -> Result<String, Fa
         .map(String::from)
         .to_vec(),
     ];
-    for r in v["rules"].as_array().into_iter().flatten() {
-        let applies = r["applies"].as_bool().unwrap_or(false);
-        rows.push(vec![
-            s(&r["rule"]),
-            s(&r["action"]),
-            if applies { s(&r["count"]) } else { "-".into() },
-            if applies { s(&r["limit"]) } else { "exempt".into() },
-            s(&r["counted"]),
-            s(&r["per"]),
-            s(&r["window"]),
-            if applies { s(&r["reset_in"]) } else { "-".into() },
-        ]);
-    }
+    rows.extend(answer.rules.iter().map(rule_row));
     if rows.len() == 1 {
         out.push_str("no rules configured\n");
     } else {
         out.push_str(&table(&rows));
     }
-    Ok(out)
+    out
+}
+
+fn explain_lock(out: &mut String, lock: Option<&LockView>) {
+    let Some(lock) = lock else {
+        let _ = writeln!(out, "lock:       not locked");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "lock:       locked since {} ({}): {}",
+        lock.locked_at, lock.source, lock.reason
+    );
+    let expires = lock.expires_at.as_deref().unwrap_or("never (until removed)");
+    let _ = writeln!(out, "expires:    {expires}");
+}
+
+fn explain_activity(out: &mut String, activity: Option<&Activity>) {
+    let Some(a) = activity else {
+        let _ = writeln!(out, "activity:   none recorded");
+        return;
+    };
+    for (name, c) in [("last 1m", &a.last_minute), ("last 1h", &a.last_hour)] {
+        let _ = writeln!(
+            out,
+            "{:<12}{} messages, {} recipients accepted; {} tempfailed, {} rejected, {} held",
+            format!("{name}:"),
+            c.messages,
+            c.recipients,
+            c.tempfailed,
+            c.rejected,
+            c.held
+        );
+    }
+    if !a.queue_ids.is_empty() {
+        let _ = writeln!(out, "queue ids:  {}", a.queue_ids.join(" "));
+    }
+}
+
+fn rule_row(r: &RuleView) -> Vec<String> {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    vec![
+        r.rule.clone(),
+        r.action.clone(),
+        if r.applies {
+            or_dash(r.count.map(|c| c.to_string()))
+        } else {
+            "-".into()
+        },
+        if r.applies {
+            or_dash(r.limit.map(|l| l.to_string()))
+        } else {
+            "exempt".into()
+        },
+        r.counted.clone(),
+        r.per.clone(),
+        r.window.clone(),
+        if r.applies {
+            or_dash(r.reset_in.clone())
+        } else {
+            "-".into()
+        },
+    ]
 }
 
 fn csv_field(s: &str) -> String {

@@ -130,10 +130,7 @@ pub fn list_json(config: &Config) -> Result<String, Failure> {
     let now = SystemTime::now();
     let mut entries: Vec<_> = list.entries.iter().collect();
     entries.sort_by_key(|e| std::cmp::Reverse(e.locked_at));
-    let views: Vec<_> = entries
-        .iter()
-        .map(|e| crate::ops::status::LockView::new(e, now))
-        .collect();
+    let views: Vec<_> = entries.iter().map(|e| crate::ops::api::LockView::new(e, now)).collect();
     let mut out = serde_json::to_string_pretty(&views).map_err(|e| Failure::new(format!("cannot encode JSON: {e}")))?;
     out.push('\n');
     Ok(out)

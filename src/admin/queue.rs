@@ -23,6 +23,7 @@
 use crate::admin::Failure;
 use crate::config::address::lock_key;
 use crate::config::{Config, IdentityConfig};
+use crate::ops::api::ExplainAnswer;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -309,17 +310,14 @@ fn postfix_command(name: &str, postfix_config: Option<&Path>) -> Command {
 /// Queue ids the daemon recorded for `identity`, if its status listener
 /// answers; otherwise why not (matching then goes without them).
 fn evidence(config: &Config, identity: &str) -> Result<HashSet<String>, String> {
-    let path = format!(
-        "/api/identities/{}",
-        crate::ops::status::percent_encode(identity.trim())
-    );
+    let path = format!("/api/identities/{}", crate::ops::api::percent_encode(identity.trim()));
     let body = crate::admin::client::get(config, &path).map_err(|f| f.message)?;
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    Ok(v["activity"]["queue_ids"]
-        .as_array()
+    let answer: ExplainAnswer = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    Ok(answer
+        .activity
+        .map(|a| a.queue_ids)
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .filter_map(|q| q.as_str().map(str::to_string))
         .collect())
 }
 

@@ -4,3 +4,157 @@
 
 //! The status API's answers on the wire, shared by the server
 //! ([`super::status`]) and the CLI (`top`, `explain`, `report`, `queue`).
+
+use crate::locks::file::LockEntry;
+use crate::ops::activity::{Activity, ReportRow};
+use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
+
+/// The answer of `/api/identities`.
+#[derive(Serialize, Deserialize)]
+pub struct TopAnswer {
+    /// Identities with an entry of their own, and the cap.
+    pub tracked: usize,
+    pub cap: usize,
+    pub sort: String,
+    pub identities: Vec<Activity>,
+}
+
+/// The answer of `/api/report`.
+#[derive(Serialize, Deserialize)]
+pub struct ReportAnswer {
+    pub hours: usize,
+    pub rows: Vec<ReportRow>,
+}
+
+/// A lock as the API and `locks list --json` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockView {
+    pub identity: String,
+    /// `locked` or `expired`.
+    pub state: String,
+    pub source: String,
+    pub locked_at: String,
+    pub reason: String,
+    pub rule: Option<String>,
+    pub previous_locks: u32,
+    pub expires_at: Option<String>,
+    pub note: Option<String>,
+}
+
+impl LockView {
+    pub fn new(e: &LockEntry, now: SystemTime) -> Self {
+        Self {
+            identity: e.identity.clone(),
+            state: if e.is_active(now) { "locked" } else { "expired" }.to_string(),
+            source: e.source.to_string(),
+            locked_at: e.locked_at.to_string(),
+            reason: e.reason.clone(),
+            rule: e.rule.clone(),
+            previous_locks: e.previous_locks,
+            expires_at: e.expires_at.map(|t| t.to_string()),
+            note: e.note.clone(),
+        }
+    }
+}
+
+/// One rule's state for one identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    pub rule: String,
+    pub counted: String,
+    pub per: String,
+    pub action: String,
+    pub rate: String,
+    /// Whether the rule applies (not exempt, a domain for per-domain rules).
+    pub applies: bool,
+    pub count: Option<u32>,
+    pub limit: Option<u32>,
+    pub window: String,
+    pub window_secs: u64,
+    pub reset_in: Option<String>,
+    pub reset_in_secs: Option<u64>,
+}
+
+/// The answer of `/api/identities/IDENTITY`: what `explain` shows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainAnswer {
+    pub identity: String,
+    pub domain: Option<String>,
+    pub rules: Vec<RuleView>,
+    pub lock: Option<LockView>,
+    pub activity: Option<Activity>,
+}
+
+/// Decodes `%XX` escapes; `None` if malformed or not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encodes everything but unreserved characters and `@` as `%XX`.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server writes and the CLI reads with the same types: what one
+    /// side writes, the other reads back unchanged.
+    #[test]
+    fn explain_answer_round_trips() {
+        let answer = ExplainAnswer {
+            identity: "alice@example.com".into(),
+            domain: Some("example.com".into()),
+            rules: vec![RuleView {
+                rule: "per-minute".into(),
+                counted: "messages".into(),
+                per: "identity".into(),
+                action: "tempfail".into(),
+                rate: "5/1m".into(),
+                applies: true,
+                count: Some(3),
+                limit: Some(5),
+                window: "1m".into(),
+                window_secs: 60,
+                reset_in: Some("24s".into()),
+                reset_in_secs: Some(24),
+            }],
+            lock: None,
+            activity: None,
+        };
+        let text = serde_json::to_string(&answer).unwrap();
+        assert_eq!(serde_json::from_str::<ExplainAnswer>(&text).unwrap(), answer);
+    }
+
+    #[test]
+    fn percent_coding_round_trips() {
+        for s in ["alice@example.com", "a b+c/d%e@x", "2001:db8::/64", "ü@x"] {
+            assert_eq!(percent_decode(&percent_encode(s)).as_deref(), Some(s));
+        }
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%zz"), None);
+    }
+}

@@ -20,10 +20,10 @@
 
 use crate::clock::Clock;
 use crate::config::{IdentitySource, format_duration};
-use crate::locks::file::LockEntry;
 use crate::locks::{FileLocks, LockStore};
 use crate::notify;
-use crate::ops::activity::{Activity, HISTORY_HOURS, ReportRow, SortBy};
+use crate::ops::activity::{HISTORY_HOURS, SortBy};
+use crate::ops::api::{ExplainAnswer, LockView, ReportAnswer, RuleView, TopAnswer, percent_decode};
 use crate::ops::metrics::{Gauges, Observer};
 use crate::policy::identity::Identity;
 use crate::policy::{CurrentPolicy, snapshot};
@@ -32,7 +32,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -251,16 +251,6 @@ fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The answer of `/api/identities`.
-#[derive(Serialize, Deserialize)]
-pub struct TopAnswer {
-    /// Identities with an entry of their own, and the cap.
-    pub tracked: usize,
-    pub cap: usize,
-    pub sort: String,
-    pub identities: Vec<Activity>,
-}
-
 fn is_locked(state: &State, identity: &str, now: SystemTime) -> bool {
     state.locks.lookup(identity, now).is_some()
 }
@@ -295,13 +285,6 @@ fn top(state: &State, query: &str) -> Answer {
     })
 }
 
-/// The answer of `/api/report`.
-#[derive(Serialize, Deserialize)]
-pub struct ReportAnswer {
-    pub hours: usize,
-    pub rows: Vec<ReportRow>,
-}
-
 fn report(state: &State, query: &str) -> Answer {
     let since = param(query, "since").unwrap_or("24h");
     let hours = match humantime::parse_duration(since) {
@@ -325,64 +308,6 @@ fn report(state: &State, query: &str) -> Answer {
         r.locked = is_locked(state, &r.identity, now);
     }
     json(&ReportAnswer { hours, rows })
-}
-
-/// A lock as the API and `locks list --json` show it.
-#[derive(Clone, Debug, Serialize)]
-pub struct LockView {
-    pub identity: String,
-    /// `locked` or `expired`.
-    pub state: &'static str,
-    pub source: String,
-    pub locked_at: String,
-    pub reason: String,
-    pub rule: Option<String>,
-    pub previous_locks: u32,
-    pub expires_at: Option<String>,
-    pub note: Option<String>,
-}
-
-impl LockView {
-    pub fn new(e: &LockEntry, now: SystemTime) -> Self {
-        Self {
-            identity: e.identity.clone(),
-            state: if e.is_active(now) { "locked" } else { "expired" },
-            source: e.source.to_string(),
-            locked_at: e.locked_at.to_string(),
-            reason: e.reason.clone(),
-            rule: e.rule.clone(),
-            previous_locks: e.previous_locks,
-            expires_at: e.expires_at.map(|t| t.to_string()),
-            note: e.note.clone(),
-        }
-    }
-}
-
-/// One rule's state for one identity.
-#[derive(Serialize)]
-struct RuleView {
-    rule: String,
-    counted: String,
-    per: String,
-    action: String,
-    rate: String,
-    /// Whether the rule applies (not exempt, a domain for per-domain rules).
-    applies: bool,
-    count: Option<u32>,
-    limit: Option<u32>,
-    window: String,
-    window_secs: u64,
-    reset_in: Option<String>,
-    reset_in_secs: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct ExplainAnswer {
-    identity: String,
-    domain: Option<String>,
-    rules: Vec<RuleView>,
-    lock: Option<LockView>,
-    activity: Option<Activity>,
 }
 
 fn explain(state: &State, raw: &str) -> Answer {
@@ -429,49 +354,4 @@ fn explain(state: &State, raw: &str) -> Answer {
         lock,
         activity,
     })
-}
-
-/// Decodes `%XX` escapes; `None` if malformed or not UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Encodes everything but unreserved characters and `@` as `%XX`.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_coding_round_trips() {
-        for s in ["alice@example.com", "a b+c/d%e@x", "2001:db8::/64", "ü@x"] {
-            assert_eq!(percent_decode(&percent_encode(s)).as_deref(), Some(s));
-        }
-        assert_eq!(percent_decode("%4"), None);
-        assert_eq!(percent_decode("%zz"), None);
-    }
 }
