@@ -8,11 +8,12 @@
 pub mod address;
 pub mod model;
 pub mod notify;
+pub mod validate;
 
 pub use model::*;
 pub use notify::NotifyConfig;
 use serde::Deserialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::ops::Range;
@@ -356,189 +357,8 @@ impl Config {
             let inner = e.into_inner();
             error(inner.span(), key, inner.message().to_string())
         })?;
-        config
-            .validate()
-            .map_err(|(span, key, message)| error(span, Some(key), message))?;
+        validate::validate(&config).map_err(|v| error(v.span, Some(v.key), v.message))?;
         Ok(config)
-    }
-
-    /// Cross-field checks that serde cannot express.
-    fn validate(&self) -> Result<(), (Option<Range<usize>>, String, String)> {
-        let fail = |span: Range<usize>, key: &str, message: String| {
-            Err((Some(span).filter(|s| !s.is_empty()), key.to_string(), message))
-        };
-
-        let sources = &self.identity.sources;
-        if sources.get_ref().is_empty() {
-            return fail(
-                sources.span(),
-                "identity.sources",
-                "at least one identity source is needed".into(),
-            );
-        }
-        let mut seen = HashSet::new();
-        for source in sources.get_ref() {
-            if !seen.insert(source) {
-                return fail(
-                    sources.span(),
-                    "identity.sources",
-                    format!("\"{source}\" is listed twice"),
-                );
-            }
-        }
-        if !(16..=1024).contains(&self.identity.max_length) {
-            return fail(0..0, "identity.max_length", "must be between 16 and 1024".into());
-        }
-        if !(16..=128).contains(&self.identity.client_ipv6_prefix) {
-            return fail(0..0, "identity.client_ipv6_prefix", "must be between 16 and 128".into());
-        }
-        if self.max_connections == 0 {
-            return fail(0..0, "max_connections", "must be at least 1".into());
-        }
-        if self.limits.max_tracked_identities == 0 {
-            return fail(0..0, "limits.max_tracked_identities", "must be at least 1".into());
-        }
-        if let Some(addr) = self.status.listen
-            && !addr.ip().is_loopback()
-            && !self.status.allow_non_loopback
-        {
-            return fail(
-                0..0,
-                "status.listen",
-                format!(
-                    "{addr} is not a loopback address: the status listener has no authentication and shows who sends what; use 127.0.0.1 or ::1 (or set status.allow_non_loopback = true behind a firewall)"
-                ),
-            );
-        }
-        if self.status.max_identities == 0 {
-            return fail(0..0, "status.max_identities", "must be at least 1".into());
-        }
-        if self.status.max_connections == 0 {
-            return fail(0..0, "status.max_connections", "must be at least 1".into());
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
-            return fail(
-                0..0,
-                "log_level",
-                format!("\"{}\" is not a valid log filter", self.log_level),
-            );
-        }
-
-        let mut names = HashSet::new();
-        for (i, rule) in self.rules.iter().enumerate() {
-            let name = rule.name.get_ref();
-            let key = format!("rule[{i}].name");
-            let valid = !name.is_empty()
-                && name.len() <= 64
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if !valid {
-                return fail(
-                    rule.name.span(),
-                    &key,
-                    format!("\"{name}\" must be 1-64 letters, digits, '-', '_' or '.'"),
-                );
-            }
-            if !names.insert(name.as_str()) {
-                return fail(
-                    rule.name.span(),
-                    &key,
-                    format!("a rule named \"{name}\" already exists"),
-                );
-            }
-        }
-
-        for (i, rule) in self.rules.iter().enumerate() {
-            if rule.action == Action::Lock && rule.per != Scope::Identity {
-                return fail(
-                    rule.name.span(),
-                    &format!("rule[{i}].per"),
-                    "a lock rule must count per identity: a per-domain count would lock whichever sender crossed the domain's limit".into(),
-                );
-            }
-        }
-
-        let mut targets = HashSet::new();
-        for (i, over) in self.overrides.iter().enumerate() {
-            let span = over.span();
-            let over = over.get_ref();
-            let key = format!("override[{i}]");
-            let target = match (&over.identity, &over.domain) {
-                (Some(id), None) => format!("identity {}", address::lock_key(&self.identity, id)),
-                (None, Some(d)) => format!("domain {}", address::domain_key(d)),
-                _ => {
-                    return fail(span, &key, "give exactly one of \"identity\" or \"domain\"".into());
-                }
-            };
-            if !targets.insert(target.clone()) {
-                return fail(span, &key, format!("{target} already has an override; merge the two"));
-            }
-            if over.exempt && !over.rates.is_empty() {
-                return fail(span, &key, "an exempt override cannot also set rates".into());
-            }
-            if !over.exempt && over.rates.is_empty() {
-                return fail(
-                    span,
-                    &key,
-                    "set \"exempt = true\" or at least one entry in \"rates\"".into(),
-                );
-            }
-            for rule_name in over.rates.keys() {
-                let rate_key = format!("override[{i}].rates.{}", rule_name.get_ref());
-                let Some(rule) = self.rules.iter().find(|r| r.name.get_ref() == rule_name.get_ref()) else {
-                    return fail(
-                        rule_name.span(),
-                        &rate_key,
-                        format!("there is no rule named \"{}\"", rule_name.get_ref()),
-                    );
-                };
-                if over.identity.is_some() && rule.per == Scope::Domain {
-                    return fail(
-                        rule_name.span(),
-                        &rate_key,
-                        "an identity override cannot change a per-domain rule; use a domain override".into(),
-                    );
-                }
-            }
-        }
-
-        let replies = &self.replies;
-        for (name, reply, class) in [
-            ("replies.tempfail", &replies.tempfail, 4),
-            ("replies.reject", &replies.reject, 5),
-            ("replies.locked", &replies.locked, 5),
-            ("replies.too_many_recipients", &replies.too_many_recipients, 5),
-            ("replies.error", &replies.error, 4),
-        ] {
-            if let Err(message) = reply.get_ref().check(class) {
-                return fail(reply.span(), name, message);
-            }
-        }
-        for (i, addr) in self.locks.allow_recipients.iter().enumerate() {
-            if addr.is_empty() || addr.contains(char::is_whitespace) || addr.starts_with('@') {
-                return fail(
-                    0..0,
-                    &format!("locks.allow_recipients[{i}]"),
-                    format!("\"{addr}\" is not a local part or an address"),
-                );
-            }
-        }
-        for (i, domain) in self.locks.local_domains.iter().enumerate() {
-            let d = domain.trim_end_matches('.');
-            let label_ok = |l: &str| {
-                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80)
-            };
-            if d.is_empty() || d.len() > 253 || !d.split('.').all(label_ok) {
-                return fail(
-                    0..0,
-                    &format!("locks.local_domains[{i}]"),
-                    format!("\"{domain}\" is not a domain name (write \"example.com\", without \"@\")"),
-                );
-            }
-        }
-        if let Err((span, key, message)) = self.notify.validate() {
-            return fail(span, &key, message);
-        }
-        Ok(())
     }
 
     /// Warnings about a valid but probably unintended configuration.

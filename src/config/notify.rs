@@ -6,9 +6,9 @@
 //! automatically, by a command and by mail.
 
 use super::DurationValue;
+use super::validate::Violation;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
-use std::ops::Range;
 use std::str::FromStr;
 use std::time::Duration;
 use toml::Spanned;
@@ -65,10 +65,10 @@ impl NotifyConfig {
         self.command.as_ref().map(|c| c.get_ref().as_slice())
     }
 
-    /// Checks that serde cannot express: (span, key, message).
-    pub(crate) fn validate(&self) -> Result<(), (Range<usize>, String, String)> {
+    /// `[notify]`: checks that serde cannot express.
+    pub(crate) fn validate(&self) -> Result<(), Violation> {
         if let Some(command) = &self.command {
-            let fail = |m: &str| Err((command.span(), "notify.command".to_string(), m.to_string()));
+            let fail = |m: &str| Err(Violation::new(command.span(), "notify.command", m));
             match command.get_ref().first() {
                 None => return fail("give the program and its arguments, e.g. [\"/usr/local/sbin/on-egress-lock\"]"),
                 Some(p) if !p.starts_with('/') => {
@@ -83,26 +83,26 @@ impl NotifyConfig {
             }
         }
         if !self.mail_to.is_empty() && self.mail_from.is_none() {
-            return Err((
+            return Err(Violation::new(
                 0..0,
-                "notify.mail_to".into(),
-                "needs notify.mail_from too (the sender of the lock reports)".into(),
+                "notify.mail_to",
+                "needs notify.mail_from too (the sender of the lock reports)",
             ));
         }
         if self.max_per_hour == 0 {
-            return Err((
+            return Err(Violation::new(
                 0..0,
-                "notify.max_per_hour".into(),
-                "must be at least 1 (remove notify.command and notify.mail_to to turn notifications off)".into(),
+                "notify.max_per_hour",
+                "must be at least 1 (remove notify.command and notify.mail_to to turn notifications off)",
             ));
         }
         if let Some(h) = &self.hostname {
             let valid =
                 !h.is_empty() && h.len() <= 253 && h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b));
             if !valid {
-                return Err((
+                return Err(Violation::new(
                     0..0,
-                    "notify.hostname".into(),
+                    "notify.hostname",
                     format!("\"{h}\" is not a host name (letters, digits, '-' and '.')"),
                 ));
             }
