@@ -20,43 +20,50 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-/// Runs the milter until `shutdown` resolves; each message on `reload`
-/// re-reads the configuration file and the lock list.
-pub async fn run(
-    listener: MilterListener,
-    config_path: PathBuf,
-    config: Config,
-    locks: Arc<FileLocks>,
-    clock: Clock,
-    mut reload: mpsc::Receiver<()>,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let config = Arc::new(config);
-    // The activity registry serves the status listener and gives lock
-    // notifications their recent queue ids; without either it costs nothing.
-    let observer = Arc::new(if config.status.listen.is_some() || config.notify.is_enabled() {
+/// Tells the background tasks that the daemon stops.
+struct Stop(watch::Sender<bool>);
+
+impl Stop {
+    fn new() -> Self {
+        Self(watch::channel(false).0)
+    }
+
+    /// Resolves once [`Stop::now`] was called.
+    fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    fn now(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// The activity registry serves the status listener and gives lock
+/// notifications their recent queue ids; without either it costs nothing.
+fn observer_for(config: &Config, clock: &Clock) -> Arc<Observer> {
+    Arc::new(if config.status.listen.is_some() || config.notify.is_enabled() {
         Observer::new(clock.clone(), config.status.max_identities)
     } else {
         Observer::disabled()
-    });
-    let (notifier, notify_rx) = Notifier::channel(notify::QUEUE_CAPACITY);
-    let counters = Counters::new(clock.clone());
-    let notifications = notifier.stats().clone();
-    let reporting = Reporting {
-        observer: observer.clone(),
-        notifier: Some(notifier),
-    };
-    let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()));
-    let current: CurrentPolicy = Arc::new(RwLock::new(policy));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    })
+}
 
+/// The lock list's writer (awaited at shutdown, so pending locks are
+/// written) and its watcher, which forgets the counters of identities an
+/// admin unlocked.
+fn spawn_lock_tasks(
+    config: &Config,
+    locks: &Arc<FileLocks>,
+    counters: &Arc<Counters>,
+    stop: &Stop,
+) -> tokio::task::JoinHandle<()> {
     let writer = tokio::spawn(
         locks
             .clone()
-            .run_writer(config.locks.write_retry_interval.0, stopped(stop_rx.clone())),
+            .run_writer(config.locks.write_retry_interval.0, stop.signal()),
     );
     let unlocked = {
         let counters = counters.clone();
@@ -69,13 +76,41 @@ pub async fn run(
     tokio::spawn(
         locks
             .clone()
-            .run_watcher(config.locks.poll_interval.0, unlocked, stopped(stop_rx.clone())),
+            .run_watcher(config.locks.poll_interval.0, unlocked, stop.signal()),
     );
+    writer
+}
+
+/// Runs the milter until `shutdown` resolves; each message on `reload`
+/// re-reads the configuration file and the lock list.
+pub async fn run(
+    listener: MilterListener,
+    config_path: PathBuf,
+    config: Config,
+    locks: Arc<FileLocks>,
+    clock: Clock,
+    mut reload: mpsc::Receiver<()>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = Arc::new(config);
+    let observer = observer_for(&config, &clock);
+    let (notifier, notify_rx) = Notifier::channel(notify::QUEUE_CAPACITY);
+    let counters = Counters::new(clock.clone());
+    let notifications = notifier.stats().clone();
+    let reporting = Reporting {
+        observer: observer.clone(),
+        notifier: Some(notifier),
+    };
+    let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()));
+    let current: CurrentPolicy = Arc::new(RwLock::new(policy));
+    let stop = Stop::new();
+
+    let writer = spawn_lock_tasks(&config, &locks, &counters, &stop);
     tokio::spawn(housekeeping(
         counters.clone(),
         current.clone(),
         observer.clone(),
-        stopped(stop_rx.clone()),
+        stop.signal(),
     ));
     if let Some(addr) = config.status.listen {
         let listener = status::bind(addr).await?;
@@ -86,12 +121,12 @@ pub async fn run(
             notifications,
             clock.clone(),
         );
-        tokio::spawn(status::serve(listener, state, stopped(stop_rx.clone())));
+        tokio::spawn(status::serve(listener, state, stop.signal()));
     }
     let notify_task = {
         let current = current.clone();
         let config = move || snapshot(&current).config().clone();
-        tokio::spawn(notify::run(notify_rx, config, clock, stopped(stop_rx.clone())))
+        tokio::spawn(notify::run(notify_rx, config, clock, stop.signal()))
     };
     {
         let current = current.clone();
@@ -118,7 +153,7 @@ pub async fn run(
     )
     .await;
     info!("stopped accepting connections; writing pending locks");
-    let _ = stop_tx.send(true);
+    stop.now();
     if let Err(e) = writer.await {
         error!("lock list writer did not finish: {e}");
     }

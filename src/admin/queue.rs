@@ -351,43 +351,9 @@ pub fn run(
             HashSet::new()
         }
     };
-    let listed = postfix_command("postqueue", postfix_config)
-        .arg("-j")
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| Failure::new(format!("cannot run postqueue: {e}")))?;
-    if !listed.status.success() {
-        return Err(Failure::new(format!(
-            "postqueue -j failed ({}): {}",
-            listed.status,
-            String::from_utf8_lossy(&listed.stderr).trim()
-        )));
-    }
-    let queue = parse_postqueue(&String::from_utf8_lossy(&listed.stdout)).map_err(Failure::new)?;
+    let queue = list_queue(postfix_config)?;
     let mut selected = select(&queue, identity, &evidence, action);
-    let others: Vec<&str> = selected
-        .iter()
-        .filter(|(_, why)| why.is_none())
-        .map(|(m, _)| m.queue_id.as_str())
-        .collect();
-    if !others.is_empty() {
-        let want = lock_key(&config.identity, identity);
-        let lookup = logins_matching(&others, &want, &config.identity, |batch| postcat(batch, postfix_config));
-        if let Some(why) = &lookup.failure {
-            let _ = writeln!(
-                out,
-                "note: {why}; SASL login read for {} of {} other message(s), the rest matched by envelope \
-                 sender and recorded queue id only",
-                lookup.checked,
-                others.len()
-            );
-        }
-        for (m, why) in &mut selected {
-            if why.is_none() && lookup.matched.contains(&m.queue_id) {
-                *why = Some(Criterion::Login);
-            }
-        }
-    }
+    match_by_login(config, identity, &mut selected, postfix_config, &mut out);
     let chosen: Vec<(&QueuedMessage, Criterion)> =
         selected.into_iter().filter_map(|(m, why)| Some((m, why?))).collect();
     let ids: Vec<&str> = chosen.iter().map(|(m, _)| m.queue_id.as_str()).collect();
@@ -401,18 +367,77 @@ pub fn run(
         );
         return Ok(out);
     }
-    if dry_run {
+    if !dry_run {
+        postsuper(action, &ids, postfix_config)?;
+    }
+    let _ = writeln!(
+        out,
+        "{}{} {} message(s) of {}: {}\n{}",
+        if dry_run { "would have " } else { "" },
+        action.verb(),
+        ids.len(),
+        identity.trim(),
+        ids.join(" "),
+        summary(&chosen)
+    );
+    Ok(out)
+}
+
+/// The whole queue, as `postqueue -j` lists it.
+fn list_queue(postfix_config: Option<&Path>) -> Result<Vec<QueuedMessage>, Failure> {
+    let listed = postfix_command("postqueue", postfix_config)
+        .arg("-j")
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| Failure::new(format!("cannot run postqueue: {e}")))?;
+    if !listed.status.success() {
+        return Err(Failure::new(format!(
+            "postqueue -j failed ({}): {}",
+            listed.status,
+            String::from_utf8_lossy(&listed.stderr).trim()
+        )));
+    }
+    parse_postqueue(&String::from_utf8_lossy(&listed.stdout)).map_err(Failure::new)
+}
+
+/// Marks the messages not chosen otherwise whose queue file records the
+/// identity as its SASL login (read with postcat); notes in `out` what
+/// could not be read.
+fn match_by_login(
+    config: &Config,
+    identity: &str,
+    selected: &mut [(&QueuedMessage, Option<Criterion>)],
+    postfix_config: Option<&Path>,
+    out: &mut String,
+) {
+    let others: Vec<&str> = selected
+        .iter()
+        .filter(|(_, why)| why.is_none())
+        .map(|(m, _)| m.queue_id.as_str())
+        .collect();
+    if others.is_empty() {
+        return;
+    }
+    let want = lock_key(&config.identity, identity);
+    let lookup = logins_matching(&others, &want, &config.identity, |batch| postcat(batch, postfix_config));
+    if let Some(why) = &lookup.failure {
         let _ = writeln!(
             out,
-            "would have {} {} message(s) of {}: {}\n{}",
-            action.verb(),
-            ids.len(),
-            identity.trim(),
-            ids.join(" "),
-            summary(&chosen)
+            "note: {why}; SASL login read for {} of {} other message(s), the rest matched by envelope \
+             sender and recorded queue id only",
+            lookup.checked,
+            others.len()
         );
-        return Ok(out);
     }
+    for (m, why) in selected.iter_mut() {
+        if why.is_none() && lookup.matched.contains(&m.queue_id) {
+            *why = Some(Criterion::Login);
+        }
+    }
+}
+
+/// Holds or releases the messages `ids` with `postsuper -h -` / `-H -`.
+fn postsuper(action: QueueAction, ids: &[&str], postfix_config: Option<&Path>) -> Result<(), Failure> {
     let mut child = postfix_command("postsuper", postfix_config)
         .arg(action.flag())
         .arg("-")
@@ -438,16 +463,7 @@ pub fn run(
             String::from_utf8_lossy(&done.stderr).trim()
         )));
     }
-    let _ = writeln!(
-        out,
-        "{} {} message(s) of {}: {}\n{}",
-        action.verb(),
-        ids.len(),
-        identity.trim(),
-        ids.join(" "),
-        summary(&chosen)
-    );
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
