@@ -58,11 +58,6 @@ impl Clock {
         }
     }
 
-    /// Whether this clock is manual (the daemon warns if so outside tests).
-    pub fn is_manual(&self) -> bool {
-        matches!(&*self.inner, ClockInner::Manual { .. })
-    }
-
     /// Monotonic nanoseconds since this clock was created.
     pub fn elapsed_nanos(&self) -> u64 {
         match &*self.inner {

@@ -10,32 +10,41 @@
 //!
 //! # Layout
 //!
-//! Policy (no milter protocol in it, unit-tested on its own):
-//! - [`config`]: the TOML configuration, value types and validation;
-//! - [`identity`]: who is sending (SASL login, trusted header, envelope, client);
-//! - [`limiter`]: keyed GCRA buckets (governor over dashmap) with peek and commit;
-//! - [`policy`]: rules, overrides, counting accepted mail, automatic locking;
-//! - [`lockfile`]: the lock list's format and atomic, locked updates;
-//! - [`locks`]: locks in force, the background writer and the file watcher;
-//! - [`reply`]: SMTP reply templates;
-//! - [`clock`]: real or manual time.
-//! - [`notify`]: lock notifications (command and mail), off the mail path.
+//! The folders are the architecture; `milter-tests/layers.rs` fails the
+//! suite if `policy/` or `locks/` import anything from the adapter, the
+//! operations side or the admin tools, or if two parts import each other.
 //!
-//! Milter adapter and daemon:
-//! - [`session`]: one MTA connection's stages turned into policy calls;
-//! - [`callbacks`]: indymilter negotiation and thin stage callbacks;
-//! - [`listener`]: socket specs, stale sockets, TCP_QUICKACK;
-//! - [`daemon`]: background tasks, reload, shutdown;
-//! - [`cli`]: the command line (subcommands and options);
-//! - [`admin`]: `check-config` and `locks` commands;
+//! What to decide (no milter protocol, no HTTP, no files but the lock list
+//! behind [`locks::LockStore`]; unit-tested on its own):
+//! - [`policy`]: rules, overrides, counting accepted mail and attempts,
+//!   automatic locking; [`policy::identity`] (who is sending),
+//!   [`policy::limiter`] (keyed GCRA buckets with peek and commit),
+//!   [`policy::locked`] (what a locked identity may do at each stage),
+//!   [`policy::reply`] (SMTP reply templates);
+//! - [`locks`]: locks in force, the background writer and the file watcher;
+//!   [`locks::file`] is the lock list's format and atomic, locked updates;
+//! - [`config`]: the TOML configuration, value types ([`config::model`]),
+//!   per-section validation ([`config::validate`]) and the one normal form
+//!   of an identity ([`config::address`]);
+//! - [`clock`]: real or manual time.
+//!
+//! The milter adapter, protocol in and verdicts out ([`milter`]):
+//! - [`milter::callbacks`]: indymilter negotiation and thin stage callbacks;
+//! - [`milter::session`]: one MTA connection's stages turned into policy calls;
+//! - [`milter::listener`]: socket specs, stale sockets, TCP_QUICKACK;
+//! - [`milter::Reporting`]: where verdicts and new locks are reported.
+//!
+//! Operations, off the mail path:
+//! - [`ops`]: the activity registry, Prometheus metrics, the HTTP status
+//!   listener and its typed answers ([`ops::api`], shared with the CLI);
+//! - [`notify`]: lock notifications (command and mail);
+//! - [`daemon`]: wires it all, runs the background tasks, reload, shutdown;
 //! - [`logging`]: text or JSON logs on stderr.
 //!
-//! Observability and incident tools:
-//! - [`activity`]: bounded per-identity activity registry (minute, hour, 48 h);
-//! - [`metrics`]: the verdict observer and the Prometheus exposition;
-//! - [`status`]: the optional HTTP status listener (`/metrics`, `/healthz`, `/api`);
-//! - [`status_client`]: `top`, `explain`, `report` over the status listener;
-//! - [`queue`]: `queue hold|release` through Postfix's postqueue, postcat and postsuper.
+//! The command line:
+//! - [`cli`]: subcommands and options;
+//! - [`admin`]: `check-config`, `locks`, `top`/`explain`/`report`
+//!   ([`admin::client`]) and `queue hold|release` ([`admin::queue`]).
 
 #![forbid(unsafe_code)]
 

@@ -55,6 +55,7 @@ pub fn example_config() -> String {
 /// Writes `config` into `dir` with the socket and lock list pointed into it.
 /// Lines setting `socket` or `[locks] file` in `config` are replaced.
 pub fn write_config(dir: &Path, config: &str, socket: &str) -> PathBuf {
+    // The socket line first: top-level keys must precede tables.
     let mut out = format!("socket = \"{socket}\"\n");
     let mut in_locks = false;
     let mut locks_seen = false;
@@ -76,7 +77,6 @@ pub fn write_config(dir: &Path, config: &str, socket: &str) -> PathBuf {
     if !locks_seen {
         out.push_str("\n[locks]\nfile = \"locks.toml\"\n");
     }
-    // Top-level keys must precede tables: move the socket line first.
     let path = dir.join("egress-milter.toml");
     std::fs::write(&path, out).unwrap();
     path

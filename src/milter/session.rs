@@ -570,3 +570,203 @@ fn unidentified() -> Identity {
 fn lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(b)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The stage logic without a socket: a session driven stage by stage as
+    //! the callbacks drive it, against a real policy and lock list.
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Config;
+    use crate::locks::file::{LockSource, Timestamp};
+    use crate::locks::{FileLocks, LockStore};
+    use crate::policy::Counters;
+    use std::path::Path;
+
+    struct Fixture {
+        policy: Arc<Policy>,
+        locks: Arc<FileLocks>,
+        clock: Clock,
+        _dir: tempfile::TempDir,
+    }
+
+    const RULES: &str = r#"
+[identity]
+sources = ["auth", "header:X-Sender", "client-address"]
+trusted_networks = ["10.0.0.0/8"]
+
+[[rule]]
+name = "per-minute"
+rate = "2/1m"
+action = "tempfail"
+
+[[rule]]
+name = "lock-5"
+rate = "5/1h"
+action = "lock"
+"#;
+
+    fn fixture(locks_extra: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("locks.toml");
+        let text = format!("{RULES}\n[locks]\nfile = \"{}\"\n{locks_extra}", file.display());
+        let config = Arc::new(Config::parse(&text, Path::new("t.toml")).unwrap());
+        let clock = Clock::manual();
+        let locks = FileLocks::open(&file, Arc::new(|s: &str| s.to_lowercase())).unwrap();
+        let policy = Arc::new(Policy::new(config, Counters::new(clock.clone()), locks.clone()));
+        Fixture {
+            policy,
+            locks,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    impl Fixture {
+        fn session(&self, ip: &str) -> Session {
+            let mut s = Session::new(self.policy.clone(), Reporting::none());
+            s.connect(Some(ip.parse().unwrap()));
+            s
+        }
+
+        fn lock(&self, identity: &str) {
+            let now = self.clock.wall_now();
+            let entry = LockEntry {
+                identity: identity.into(),
+                source: LockSource::Manual,
+                locked_at: Timestamp(now),
+                reason: "test".into(),
+                rule: None,
+                previous_locks: 0,
+                expires_at: None,
+                note: None,
+            };
+            assert!(self.locks.lock(entry, now));
+        }
+    }
+
+    fn refused_with(v: &Verdict, code: &str) -> bool {
+        matches!(v, Verdict::Refuse(r) if r.code == code)
+    }
+
+    /// One whole message from a SASL login; the verdict of its first refusal.
+    fn send(s: &mut Session, login: &str, rcpts: &[&str]) -> Verdict {
+        let v = s.mail(b"<a@example.com>", Some(login.as_bytes()), "Q");
+        if v != Verdict::Continue {
+            return v;
+        }
+        for r in rcpts {
+            let v = s.rcpt(r.as_bytes(), "Q");
+            if v != Verdict::Continue {
+                return v;
+            }
+        }
+        let v = s.eoh("Q");
+        if v != Verdict::Continue {
+            return v;
+        }
+        s.eom("Q")
+    }
+
+    #[test]
+    fn a_message_limit_refuses_at_mail_and_counts_only_accepted_mail() {
+        let f = fixture("");
+        let mut s = f.session("192.0.2.1");
+        assert_eq!(send(&mut s, "alice@example.com", &["x@example.net"]), Verdict::Continue);
+        assert_eq!(send(&mut s, "alice@example.com", &["x@example.net"]), Verdict::Continue);
+        let third = s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q");
+        assert!(refused_with(&third, "451"), "{third:?}");
+        // Another login is counted on its own.
+        assert_eq!(send(&mut s, "bob@example.com", &["x@example.net"]), Verdict::Continue);
+    }
+
+    #[test]
+    fn a_locked_login_is_refused_at_mail_without_support_addresses() {
+        let f = fixture("allow_recipients = []");
+        f.lock("alice@example.com");
+        let mut s = f.session("192.0.2.1");
+        let v = s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q");
+        assert!(refused_with(&v, "550"), "{v:?}");
+    }
+
+    #[test]
+    fn a_locked_login_may_write_to_support_only() {
+        let f = fixture("allow_recipients = [\"postmaster\"]");
+        f.lock("alice@example.com");
+        let mut s = f.session("192.0.2.1");
+        assert_eq!(s.mail(b"<>", Some(b"alice@example.com"), "Q"), Verdict::Continue);
+        assert_eq!(s.rcpt(b"<postmaster@example.com>", "Q"), Verdict::Continue);
+        assert!(refused_with(&s.rcpt(b"<victim@example.net>", "Q"), "550"));
+        assert_eq!(s.eoh("Q"), Verdict::Continue);
+        assert_eq!(s.eom("Q"), Verdict::Continue, "to support only: delivered");
+    }
+
+    #[test]
+    fn hold_takes_a_locked_message_to_the_end_and_holds_it() {
+        let f = fixture("locked_action = \"hold\"");
+        f.lock("alice@example.com");
+        let mut s = f.session("192.0.2.1");
+        assert_eq!(
+            s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q"),
+            Verdict::Continue
+        );
+        assert_eq!(s.rcpt(b"<victim@example.net>", "Q"), Verdict::Continue);
+        assert_eq!(s.eoh("Q"), Verdict::Continue);
+        assert!(matches!(s.eom("Q"), Verdict::Hold { .. }));
+    }
+
+    #[test]
+    fn a_header_identity_is_decided_after_the_headers() {
+        let f = fixture("");
+        f.lock("carol@example.com");
+        // A trusted relay: no SASL login, the identity comes from the header.
+        let mut s = f.session("10.0.0.5");
+        assert_eq!(s.mail(b"<bounce@relay.example>", None, "Q"), Verdict::Continue);
+        assert_eq!(
+            s.rcpt(b"<victim@example.net>", "Q"),
+            Verdict::Continue,
+            "identity still pending"
+        );
+        s.header(b"X-Sender", b"carol@example.com");
+        assert!(refused_with(&s.eoh("Q"), "550"), "locked once the header is read");
+    }
+
+    #[test]
+    fn the_lock_rule_locks_and_the_tripping_attempt_is_refused_as_locked() {
+        let f = fixture("");
+        let mut s = f.session("192.0.2.1");
+        // Attempts are counted at MAIL whether or not they are accepted:
+        // two accepted, then throttled retries until the lock rule trips.
+        let mut verdicts = Vec::new();
+        for _ in 0..6 {
+            verdicts.push(send(&mut s, "mallory@example.com", &["x@example.net"]));
+        }
+        assert!(refused_with(&verdicts[2], "451"), "{verdicts:?}");
+        assert!(refused_with(&verdicts[5], "550"), "{verdicts:?}");
+        assert!(f.policy.lock_of("mallory@example.com").is_some());
+        // From now on refused as locked on any session, at the first
+        // recipient that is not a support address.
+        let mut other = f.session("192.0.2.9");
+        assert_eq!(other.mail(b"<>", Some(b"mallory@example.com"), "Q"), Verdict::Continue);
+        let v = other.rcpt(b"<x@example.net>", "Q");
+        assert!(refused_with(&v, "550"), "{v:?}");
+        assert_eq!(other.rcpt(b"<abuse@example.com>", "Q"), Verdict::Continue);
+    }
+
+    #[test]
+    fn the_per_message_recipient_cap_refuses_the_recipient_past_it() {
+        let f = fixture("");
+        let mut s = f.session("192.0.2.1");
+        let cap = f.policy.config().limits.max_recipients_per_message;
+        assert_eq!(
+            s.mail(b"<a@example.com>", Some(b"dave@example.com"), "Q"),
+            Verdict::Continue
+        );
+        for i in 0..cap {
+            let v = s.rcpt(format!("<r{i}@example.net>").as_bytes(), "Q");
+            assert_eq!(v, Verdict::Continue, "recipient {i}");
+        }
+        assert!(refused_with(&s.rcpt(b"<one-more@example.net>", "Q"), "550"));
+    }
+}
