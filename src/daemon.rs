@@ -15,10 +15,10 @@ use crate::metrics::Observer;
 use crate::notify::{self, Notifier};
 use crate::policy::{Counters, Policy};
 use crate::status;
+use crate::watchdog::{Guard, Timeouts};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -139,9 +139,15 @@ pub async fn run(
         });
     }
 
+    // The guard counts connections and times them out; see watchdog.rs.
+    let timeouts = Timeouts::new(&config);
+    let listener = Guard::new(listener, config.max_connections, timeouts);
     let milter_config = indymilter::Config {
-        max_connections: config.max_connections,
-        connection_timeout: Duration::from_secs(7210),
+        // One more than the guard's limit, so that indymilter's accept loop
+        // still reaches the guard when every slot is taken.
+        max_connections: listener.max_connections() + 1,
+        // Only a backstop: the guard's timeouts fire first and say why.
+        connection_timeout: timeouts.backstop(),
         ..Default::default()
     };
     info!(socket = %config.socket, mode = %config.mode, rules = config.rules.len(), "egress-milter started");

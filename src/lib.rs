@@ -25,6 +25,8 @@
 //! - [`session`]: one MTA connection's stages turned into policy calls;
 //! - [`callbacks`]: indymilter negotiation and thin stage callbacks;
 //! - [`listener`]: socket specs, stale sockets, TCP_QUICKACK;
+//! - [`watchdog`]: read and idle timeouts, the connection count, commands
+//!   the milter library drops, oversized packets;
 //! - [`daemon`]: background tasks, reload, shutdown;
 //! - [`cli`]: the command line (subcommands and options);
 //! - [`admin`]: `check-config` and `locks` commands;
@@ -60,3 +62,4 @@ pub mod reply;
 pub mod session;
 pub mod status;
 pub mod status_client;
+pub mod watchdog;
