@@ -14,3 +14,4 @@ mod lock_list;
 mod locking;
 mod notify;
 mod status;
+mod watchdog;
