@@ -318,12 +318,9 @@ struct Framing {
 }
 
 /// What [`Framing::feed`] found.
-#[derive(Debug, PartialEq, Eq)]
-enum Frame {
-    Packet {
-        kind: u8,
-        head: Vec<u8>,
-    },
+enum Frame<'a> {
+    /// A complete packet and its first payload bytes.
+    Packet { kind: u8, head: &'a [u8] },
     /// A header announcing this many bytes (kind included), more than
     /// indymilter reads; nothing after it is followed.
     Oversized(u32),
@@ -340,7 +337,7 @@ impl Framing {
         (self.header_seen == 5).then_some(self.header[4])
     }
 
-    fn feed(&mut self, mut bytes: &[u8], mut found: impl FnMut(Frame)) {
+    fn feed(&mut self, mut bytes: &[u8], mut found: impl FnMut(Frame<'_>)) {
         while !bytes.is_empty() {
             if self.header_seen < 5 {
                 let n = (5 - self.header_seen).min(bytes.len());
@@ -368,7 +365,7 @@ impl Framing {
             if self.remaining == 0 {
                 found(Frame::Packet {
                     kind: self.header[4],
-                    head: self.head[..self.head_seen].to_vec(),
+                    head: &self.head[..self.head_seen],
                 });
                 self.header_seen = 0;
                 self.head_seen = 0;
@@ -573,13 +570,23 @@ impl<S: Peer> Watched<S> {
     }
 }
 
-/// Polls a timer set to `deadline` (created or moved as needed).
+/// Polls a timer for `deadline`, ready once it has passed.
+///
+/// Moving a timer registers it anew, and the deadline moves with every
+/// command; so it is moved here only when it must fire earlier. One that
+/// fires before the deadline (set for an earlier wait) is moved then.
 fn poll_timer(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
     let timer = timer.get_or_insert_with(|| Box::pin(sleep_until(deadline)));
-    if timer.deadline() != deadline {
+    if deadline < timer.deadline() {
         timer.as_mut().reset(deadline);
     }
-    timer.as_mut().poll(cx)
+    loop {
+        ready!(timer.as_mut().poll(cx));
+        if Instant::now() >= deadline {
+            return Poll::Ready(());
+        }
+        timer.as_mut().reset(deadline);
+    }
 }
 
 impl<S: AsyncRead + Peer + Unpin> AsyncRead for Watched<S> {
@@ -645,9 +652,23 @@ mod tests {
         p
     }
 
-    fn frames(framing: &mut Framing, bytes: &[u8]) -> Vec<Frame> {
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        Packet { kind: u8, head: Vec<u8> },
+        Oversized(u32),
+    }
+
+    fn frames(framing: &mut Framing, bytes: &[u8]) -> Vec<Seen> {
         let mut out = Vec::new();
-        framing.feed(bytes, |f| out.push(f));
+        framing.feed(bytes, |f| {
+            out.push(match f {
+                Frame::Packet { kind, head } => Seen::Packet {
+                    kind,
+                    head: head.to_vec(),
+                },
+                Frame::Oversized(len) => Seen::Oversized(len),
+            })
+        });
         out
     }
 
@@ -661,19 +682,19 @@ mod tests {
         assert_eq!(
             whole,
             [
-                Frame::Packet {
+                Seen::Packet {
                     kind: b'O',
                     head: vec![0, 0, 0, 6, 0, 0, 1, 0xff, 0, 0x1f, 0xff, 0xff]
                 },
-                Frame::Packet {
+                Seen::Packet {
                     kind: b'D',
                     head: b"Mi\0ABC\0".to_vec()
                 },
-                Frame::Packet {
+                Seen::Packet {
                     kind: b'A',
                     head: vec![]
                 },
-                Frame::Packet {
+                Seen::Packet {
                     kind: b'M',
                     head: b"<a@b>\0".to_vec()
                 },
@@ -705,7 +726,7 @@ mod tests {
         let mut f = Framing::default();
         let mut over = (MAX_PAYLOAD + 2).to_be_bytes().to_vec();
         over.extend(b"Bxxxx");
-        assert_eq!(frames(&mut f, &over), [Frame::Oversized(MAX_PAYLOAD + 2)]);
+        assert_eq!(frames(&mut f, &over), [Seen::Oversized(MAX_PAYLOAD + 2)]);
     }
 
     #[test]
@@ -804,6 +825,24 @@ mod tests {
         let e = w.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         assert_eq!(half.elapsed(), TIMEOUTS.read);
+
+        // A wait that ends after 100 s, then another: the second gets its
+        // whole idle_timeout (the timer set for the first is moved on).
+        let (mut w, mut mta4) = watched(TIMEOUTS);
+        mta4.write_all(&packet(b'O', &[0; 12])).await.unwrap();
+        assert_eq!(w.read(&mut buf).await.unwrap(), 17);
+        w.write_all(&packet(b'O', &[0; 12])).await.unwrap();
+        let abort_later = async move {
+            tokio::time::sleep(Duration::from_secs(100)).await;
+            mta4.write_all(&packet(b'A', b"")).await.unwrap();
+            mta4
+        };
+        let (read, _mta4) = tokio::join!(w.read(&mut buf), abort_later);
+        assert_eq!(read.unwrap(), 5);
+        let second = Instant::now();
+        let e = w.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(second.elapsed(), TIMEOUTS.idle);
         drop(mta);
     }
 
