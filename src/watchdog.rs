@@ -453,21 +453,17 @@ impl<S: Peer> Watched<S> {
         let was_in_packet = self.incoming.in_packet();
         let mut completed = false;
         let mut oversized = None;
-        let (mut owed, noreply) = (self.owed, self.noreply);
-        let (mut negotiated, mut last, mut before_last) = (self.negotiated, self.last, self.before_last);
         self.incoming.feed(bytes, |frame| match frame {
             Frame::Packet { kind, .. } => {
                 completed = true;
-                negotiated |= kind == b'O';
-                if needs_reply(kind, noreply) {
-                    owed += 1;
+                self.negotiated |= kind == b'O';
+                if needs_reply(kind, self.noreply) {
+                    self.owed += 1;
                 }
-                before_last = last;
-                last = Some(kind);
+                self.before_last = self.last.replace(kind);
             }
             Frame::Oversized(len) => oversized = Some(len),
         });
-        (self.owed, self.negotiated, self.last, self.before_last) = (owed, negotiated, last, before_last);
         if let Some(len) = oversized {
             return Err(self.close(Reason::Oversized(len)));
         }
@@ -479,22 +475,19 @@ impl<S: Peer> Watched<S> {
 
     /// Follows bytes we wrote to the MTA.
     fn sent(&mut self, bytes: &[u8]) {
-        let (mut owed, mut noreply) = (self.owed, self.noreply);
         self.outgoing.feed(bytes, |frame| {
             if let Frame::Packet { kind, head } = frame {
                 if FINAL_REPLIES.contains(&kind) {
-                    owed = owed.saturating_sub(1);
+                    self.owed = self.owed.saturating_sub(1);
                 }
                 // Our negotiation reply: version, actions, options.
                 if kind == b'O'
-                    && let Some(opts) = head.get(8..12)
+                    && let Some(&[a, b, c, d]) = head.get(8..12)
                 {
-                    let opts = u32::from_be_bytes([opts[0], opts[1], opts[2], opts[3]]);
-                    noreply = ProtoOpts::from_bits_truncate(opts);
+                    self.noreply = ProtoOpts::from_bits_truncate(u32::from_be_bytes([a, b, c, d]));
                 }
             }
         });
-        (self.owed, self.noreply) = (owed, noreply);
     }
 
     /// Logs why the connection is closed (rate-limited) and returns the
