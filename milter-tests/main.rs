@@ -15,3 +15,4 @@ mod lock_list;
 mod locking;
 mod notify;
 mod status;
+mod watchdog;

@@ -8,6 +8,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::locks::FileLocks;
 use crate::milter::listener::MilterListener;
+use crate::milter::watchdog::{Guard, Timeouts};
 use crate::milter::{Reporting, callbacks};
 use crate::notify::{self, Notifier};
 use crate::ops::metrics::Observer;
@@ -16,7 +17,6 @@ use crate::policy::{self, Counters, CurrentPolicy, Policy, snapshot};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -139,9 +139,15 @@ pub async fn run(
         });
     }
 
+    // The guard counts connections and times them out; see watchdog.rs.
+    let timeouts = Timeouts::new(&config);
+    let listener = Guard::new(listener, config.max_connections, timeouts);
     let milter_config = indymilter::Config {
-        max_connections: config.max_connections,
-        connection_timeout: Duration::from_secs(7210),
+        // One more than the guard's limit, so that indymilter's accept loop
+        // still reaches the guard when every slot is taken.
+        max_connections: listener.max_connections() + 1,
+        // Only a backstop: the guard's timeouts fire first and say why.
+        connection_timeout: timeouts.backstop(),
         ..Default::default()
     };
     info!(socket = %config.socket, mode = %config.mode, rules = config.rules.len(), "egress-milter started");

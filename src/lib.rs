@@ -32,6 +32,8 @@
 //! - [`milter::callbacks`]: indymilter negotiation and thin stage callbacks;
 //! - [`milter::session`]: one MTA connection's stages turned into policy calls;
 //! - [`milter::listener`]: socket specs, stale sockets, TCP_QUICKACK;
+//! - [`milter::watchdog`]: read and idle timeouts, the connection count,
+//!   commands the milter library drops, oversized packets;
 //! - [`milter::Reporting`]: where verdicts and new locks are reported.
 //!
 //! Operations, off the mail path:

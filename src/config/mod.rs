@@ -68,6 +68,12 @@ pub struct Config {
     pub log_level: String,
     /// Largest number of simultaneous MTA connections.
     pub max_connections: usize,
+    /// How long the MTA may take to negotiate once a session starts, to
+    /// finish a packet it has begun, and to read a reply of ours.
+    pub read_timeout: DurationValue,
+    /// How long a negotiated connection may go without a packet: an SMTP
+    /// session's pauses between commands and its DATA transfer.
+    pub idle_timeout: DurationValue,
     /// Re-arm `TCP_QUICKACK` after each read on TCP sockets (Linux), so an
     /// MTA that writes with Nagle on does not wait ~40 ms per message for
     /// our delayed ACK. Off only to measure that stall.
@@ -95,6 +101,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             max_connections: 500,
+            read_timeout: DurationValue(Duration::from_secs(10)),
+            idle_timeout: DurationValue(Duration::from_secs(3600)),
             tcp_quickack: true,
             identity: IdentityConfig::default(),
             limits: LimitsConfig::default(),
@@ -376,6 +384,12 @@ impl Config {
                     .to_string(),
             );
         }
+        if self.idle_timeout.0 < Duration::from_secs(300) {
+            warnings.push(format!(
+                "idle_timeout (\"{}\") is shorter than Postfix's smtpd_timeout (300s by default): SMTP sessions that pause between commands, or send a message slowly, are cut and get milter_default_action",
+                format_duration(self.idle_timeout.0)
+            ));
+        }
         if self.rules.is_empty() {
             warnings.push("no [[rule]] is configured: only locks are enforced".to_string());
         }
@@ -412,6 +426,12 @@ impl Config {
         }
         if self.tcp_quickack != new.tcp_quickack {
             changed.push("tcp_quickack");
+        }
+        if self.read_timeout != new.read_timeout {
+            changed.push("read_timeout");
+        }
+        if self.idle_timeout != new.idle_timeout {
+            changed.push("idle_timeout");
         }
         if self.locks.file != new.locks.file {
             changed.push("locks.file");
@@ -707,5 +727,28 @@ mod tests {
         let d = parse("[notify]\ncommand = [\"/bin/true\"]\n").unwrap();
         assert_eq!(a.restart_needed(&d), ["notify (recent queue ids in notifications)"]);
         assert!(d.restart_needed(&a).is_empty());
+    }
+
+    #[test]
+    fn connection_timeouts_are_bounded_warned_about_and_need_a_restart() {
+        let a = parse("").unwrap();
+        assert_eq!(a.read_timeout.0, Duration::from_secs(10));
+        assert_eq!(a.idle_timeout.0, Duration::from_secs(3600));
+        assert!(!a.warnings().iter().any(|w| w.contains("idle_timeout")));
+        let b = parse("read_timeout = \"20s\"\nidle_timeout = \"2m\"\n").unwrap();
+        assert_eq!(a.restart_needed(&b), ["read_timeout", "idle_timeout"]);
+        assert!(
+            b.warnings()
+                .iter()
+                .any(|w| w.starts_with("idle_timeout (\"2m\") is shorter than Postfix's smtpd_timeout")),
+            "{:?}",
+            b.warnings()
+        );
+        let e = err("read_timeout = \"11m\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("read_timeout")), "{e}");
+        assert_eq!(e.message, "must be between 1s and 10m");
+        let e = err("idle_timeout = \"8d\"\n");
+        assert_eq!(e.message, "must be between 1s and 7d");
+        assert!(err("idle_timeout = \"500ms\"\n").message.contains("between 1s and 7d"));
     }
 }

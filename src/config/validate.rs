@@ -11,6 +11,7 @@ use super::{
 };
 use std::collections::HashSet;
 use std::ops::Range;
+use std::time::Duration;
 
 /// A valid TOML file that is not a valid configuration: which key, where,
 /// and why.
@@ -85,6 +86,12 @@ fn identity(identity: &IdentityConfig) -> Result<(), Violation> {
 fn daemon(config: &Config) -> Result<(), Violation> {
     if config.max_connections == 0 {
         return fail(0..0, "max_connections", "must be at least 1".into());
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&config.read_timeout.0) {
+        return fail(0..0, "read_timeout", "must be between 1s and 10m".into());
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&config.idle_timeout.0) {
+        return fail(0..0, "idle_timeout", "must be between 1s and 7d".into());
     }
     if tracing_subscriber::EnvFilter::try_new(&config.log_level).is_err() {
         return fail(

@@ -120,6 +120,12 @@ pub struct QuickAckStream {
     enabled: bool,
 }
 
+impl QuickAckStream {
+    pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.stream.peer_addr()
+    }
+}
+
 impl AsyncRead for QuickAckStream {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
