@@ -6,6 +6,7 @@
 
 use crate::common::*;
 use indymilter_test::*;
+use std::time::Duration;
 
 #[tokio::test]
 async fn negotiation_requests_only_what_is_needed() {
@@ -127,4 +128,59 @@ async fn garbage_logins_fall_through_without_harm() {
     // All fell back to the client address and used up its allowance.
     let out = Mta::send(m.addr, &garbage("@")).await;
     assert!(out.refusal().unwrap().contains("192.0.2.10"), "{out:?}");
+}
+
+/// A message as the webmail (or any SASL user) submits it, with a header.
+fn stamped(login: &str, header: &str) -> Msg {
+    Msg::from_user(login).header("X-Authenticated-Sender", header)
+}
+
+#[tokio::test]
+async fn a_sasl_user_cannot_choose_its_identity_with_the_header() {
+    let m = Milter::spawn(&fixture("header-logins.toml")).await;
+    // Invented identities, one per message: all counted under the login.
+    for i in 0..3 {
+        let out = Mta::send(
+            m.addr,
+            &stamped("mallory@example.com", &format!("fresh-{i}@example.com")),
+        )
+        .await;
+        assert!(out.accepted(), "{out:?}");
+    }
+    let out = Mta::send(m.addr, &stamped("mallory@example.com", "fresh-9@example.com")).await;
+    assert!(
+        out.refusal()
+            .unwrap_or_default()
+            .contains("exceeded for mallory@example.com"),
+        "{out:?}"
+    );
+    // Pushing on with a colleague's address locks mallory, not the colleague.
+    for _ in 0..4 {
+        Mta::send(m.addr, &stamped("mallory@example.com", "carol@example.com")).await;
+    }
+    eventually(Duration::from_secs(5), "mallory's lock written", async || {
+        m.lock_list().get("mallory@example.com").is_some()
+    })
+    .await;
+    assert!(m.lock_list().get("carol@example.com").is_none());
+    assert!(Mta::send(m.addr, &Msg::from_user("carol@example.com")).await.accepted());
+}
+
+#[tokio::test]
+async fn a_webmail_login_stamps_identities_and_is_counted_itself() {
+    let m = Milter::spawn(&fixture("header-logins.toml")).await;
+    // Each user the webmail stamps is counted as that user...
+    for user in ["alice", "bob", "carol"] {
+        let out = Mta::send(m.addr, &stamped("webmail@example.com", &format!("{user}@example.com"))).await;
+        assert!(out.accepted(), "{user}: {out:?}");
+    }
+    // ...and the webmail's own login too: a fourth user's message is over
+    // the webmail's 3 a minute, so a hijacked webmail trips its own rules.
+    let out = Mta::send(m.addr, &stamped("webmail@example.com", "dave@example.com")).await;
+    assert!(
+        out.refusal()
+            .unwrap_or_default()
+            .contains("exceeded for webmail@example.com"),
+        "{out:?}"
+    );
 }

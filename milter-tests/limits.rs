@@ -74,14 +74,62 @@ async fn recipients_are_counted_one_by_one_and_refused_at_rcpt() {
 }
 
 #[tokio::test]
-async fn bounces_are_not_counted() {
+async fn null_sender_mail_of_a_sasl_user_is_counted_like_any_other() {
     let m = Milter::spawn(&fixture("escalation.toml")).await;
     let mut bounce = Msg::from_user("bob@example.com");
     bounce.from = "<>".into();
-    for _ in 0..10 {
-        assert!(Mta::send(m.addr, &bounce).await.accepted());
+    for i in 0..3 {
+        assert!(Mta::send(m.addr, &bounce).await.accepted(), "message {i}");
     }
-    assert!(Mta::send(m.addr, &Msg::from_user("bob@example.com")).await.accepted());
+    let out = Mta::send(m.addr, &bounce).await;
+    assert!(
+        matches!(out.mail, Some(Status::Tempfail { .. })),
+        "a fourth null-sender message in a minute is throttled: {out:?}"
+    );
+    // Attempts count towards the lock rule too: pushing on locks bob.
+    for _ in 0..4 {
+        Mta::send(m.addr, &bounce).await;
+    }
+    let out = Mta::send(m.addr, &Msg::from_user("bob@example.com")).await;
+    assert!(
+        out.refusal()
+            .unwrap_or_default()
+            .contains("Sending as bob@example.com is suspended"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_mtas_own_bounces_at_the_local_door_are_not_counted() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    // Postfix hands locally submitted mail to non_smtpd_milters as from
+    // 127.0.0.1 port 0; its bounce daemon's mail comes that way, with <>.
+    let mut bounce = Msg::unauthenticated([127, 0, 0, 1], "x");
+    bounce.from = "<>".into();
+    for i in 0..10 {
+        assert!(Mta::send(m.addr, &bounce).await.accepted(), "bounce {i}");
+    }
+    // The same door with a sender is counted (per client address).
+    let local = Msg::unauthenticated([127, 0, 0, 1], "www-data@example.com");
+    for _ in 0..3 {
+        assert!(Mta::send(m.addr, &local).await.accepted());
+    }
+    assert!(!Mta::send(m.addr, &local).await.accepted());
+}
+
+#[tokio::test]
+async fn inbound_mail_is_never_refused_or_counted() {
+    let m = Milter::spawn(&fixture("escalation.toml")).await;
+    // A stranger's MTA, not authenticated, not in [scope] networks: mail
+    // from the internet to local users. 40 messages against a limit of 3 a
+    // minute and a lock rule at 6, with 10 recipients each (cap 5).
+    let inbound = Msg::unauthenticated([203, 0, 113, 50], "news@remote.example").rcpts(10);
+    for i in 0..40 {
+        let out = Mta::send(m.addr, &inbound).await;
+        assert!(out.accepted() && out.refusal().is_none(), "message {i}: {out:?}");
+    }
+    let locks = std::fs::read_to_string(&m.lock_path).unwrap_or_default();
+    assert!(!locks.contains("203.0.113.50"), "{locks}");
 }
 
 #[tokio::test]

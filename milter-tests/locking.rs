@@ -155,3 +155,50 @@ async fn a_locked_header_identity_cannot_hide_victims_behind_support_addresses()
     assert!(out.rcpts.iter().all(|s| *s == Status::Continue));
     assert!(matches!(out.eoh, Some(Status::Reject { .. })), "{out:?}");
 }
+
+#[tokio::test]
+async fn hold_mode_holds_up_to_the_hold_limit_then_refuses() {
+    let m = Milter::spawn(&fixture("hold-limit.toml")).await;
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        outcomes.push(Mta::send(m.addr, &Msg::from_user("bot@example.com")).await);
+    }
+    // Two accepted, the third attempt locks; then two held as evidence...
+    assert!(outcomes[..2].iter().all(|o| o.accepted() && !o.held()), "{outcomes:?}");
+    let held = outcomes.iter().filter(|o| o.held()).count();
+    assert_eq!(held, 2, "{outcomes:?}");
+    // ...and the rest refused with the locked reply, at MAIL: a bot that
+    // sees 250 for everything would fill the hold queue.
+    let locked = "550 5.7.1 Sending as bot@example.com is suspended; please contact your postmaster";
+    for o in &outcomes[4..] {
+        assert_eq!(o.refusal().as_deref(), Some(locked), "{o:?}");
+        assert!(matches!(o.mail, Some(Status::Reject { .. })), "{o:?}");
+    }
+    // Another locked identity has a hold limit of its own.
+    for _ in 0..3 {
+        Mta::send(m.addr, &Msg::from_user("other@example.com")).await;
+    }
+    assert!(Mta::send(m.addr, &Msg::from_user("other@example.com")).await.held());
+}
+
+#[tokio::test]
+async fn a_dry_run_rule_counts_as_its_action_but_only_logs() {
+    let config = "[[rule]]\nname = \"per-minute\"\nrate = \"3/1m\"\naction = \"tempfail\"\n\n\
+                  [[rule]]\nname = \"trial-lock\"\nrate = \"4/1h\"\naction = \"lock\"\ndry_run = true\n";
+    let m = Milter::spawn(config).await;
+    // The lock rule counts attempts (throttled ones too) and would lock at
+    // the fifth, but only logs: the throttle still applies, nobody is locked.
+    let outcomes: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(Mta::send(m.addr, &Msg::from_user("trial@example.com")).await);
+        }
+        v
+    };
+    assert!(outcomes[..3].iter().all(Outcome::accepted), "{outcomes:?}");
+    for o in &outcomes[3..] {
+        assert!(o.refusal().unwrap_or_default().starts_with("451 4.7.1"), "{o:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(m.lock_list().get("trial@example.com").is_none());
+}

@@ -79,6 +79,8 @@ pub struct Config {
     /// our delayed ACK. Off only to measure that stall.
     pub tcp_quickack: bool,
     pub identity: IdentityConfig,
+    /// Which mail the rules apply to.
+    pub scope: ScopeConfig,
     pub limits: LimitsConfig,
     #[serde(rename = "rule")]
     pub rules: Vec<RuleConfig>,
@@ -105,6 +107,7 @@ impl Default for Config {
             idle_timeout: DurationValue(Duration::from_secs(3600)),
             tcp_quickack: true,
             identity: IdentityConfig::default(),
+            scope: ScopeConfig::default(),
             limits: LimitsConfig::default(),
             rules: Vec::new(),
             overrides: Vec::new(),
@@ -123,8 +126,12 @@ pub struct IdentityConfig {
     pub sources: Spanned<Vec<IdentitySource>>,
     /// Clients whose identity headers are believed.
     pub trusted_networks: Vec<Network>,
-    /// Also believe identity headers from SASL-authenticated sessions.
+    /// No longer supported (it let every SASL user choose its identity):
+    /// refused by validation in favour of `header_logins`.
     pub trust_authenticated_headers: bool,
+    /// SASL logins (a webmail's or a relay's own account) whose sessions may
+    /// stamp the identity header; their own traffic is counted too.
+    pub header_logins: Vec<String>,
     /// Lowercase the local part too (the domain is always lowercased).
     pub lowercase_local_part: bool,
     /// Count `alice+news@example.com` as `alice@example.com`.
@@ -142,6 +149,7 @@ impl Default for IdentityConfig {
             sources: Spanned::new(0..0, vec![IdentitySource::Auth, IdentitySource::ClientAddress]),
             trusted_networks: Vec::new(),
             trust_authenticated_headers: false,
+            header_logins: Vec::new(),
             lowercase_local_part: true,
             fold_subaddress: false,
             subaddress_separator: '+',
@@ -160,7 +168,9 @@ pub struct LimitsConfig {
     pub eviction_interval: DurationValue,
     /// Recipients beyond this number in one message are refused at RCPT.
     pub max_recipients_per_message: u32,
-    /// Count bounces (null envelope sender) too.
+    /// Count null-sender mail from the local-submission door too (it is
+    /// always counted when it comes from a SASL login, an identity header or
+    /// a client in `[scope] networks`).
     pub count_bounces: bool,
 }
 
@@ -171,6 +181,32 @@ impl Default for LimitsConfig {
             eviction_interval: DurationValue(Duration::from_secs(60)),
             max_recipients_per_message: 1000,
             count_bounces: false,
+        }
+    }
+}
+
+/// `[scope]`: which mail is outbound, and so subject to the rules. Any
+/// other mail passes untouched (counted in a metric only).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeConfig {
+    /// SASL-authenticated sessions.
+    pub authenticated: bool,
+    /// Mail submitted on the MTA host with the sendmail command (Postfix's
+    /// non-SMTP path, which milters see as 127.0.0.1 port 0).
+    pub local: bool,
+    /// Clients whose mail is outbound: web servers, relays, the networks of
+    /// Postfix's `mynetworks` that send out. `identity.trusted_networks` are
+    /// always in scope.
+    pub networks: Vec<Network>,
+}
+
+impl Default for ScopeConfig {
+    fn default() -> Self {
+        Self {
+            authenticated: true,
+            local: true,
+            networks: Vec::new(),
         }
     }
 }
@@ -188,6 +224,9 @@ pub struct RuleConfig {
     #[serde(default)]
     pub burst: Option<NonZeroU32>,
     pub action: Action,
+    /// Count as the action says, but only log what it would do.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 fn default_counted() -> Counted {
@@ -231,6 +270,9 @@ pub struct LocksConfig {
     pub local_domains: Vec<String>,
     /// Pause between attempts when the lock list cannot be written.
     pub write_retry_interval: DurationValue,
+    /// With `locked_action = "hold"`: at most this many messages of one
+    /// locked identity are held per window; the rest are refused.
+    pub hold_limit: Rate,
 }
 
 impl Default for LocksConfig {
@@ -243,6 +285,10 @@ impl Default for LocksConfig {
             allow_recipients: vec!["postmaster".into(), "abuse".into()],
             local_domains: Vec::new(),
             write_retry_interval: DurationValue(Duration::from_secs(5)),
+            hold_limit: Rate {
+                count: NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN),
+                window: Duration::from_secs(3600),
+            },
         }
     }
 }
@@ -378,9 +424,9 @@ impl Config {
             .get_ref()
             .iter()
             .any(|s| matches!(s, IdentitySource::Header(_)));
-        if has_header && self.identity.trusted_networks.is_empty() && !self.identity.trust_authenticated_headers {
+        if has_header && self.identity.trusted_networks.is_empty() && self.identity.header_logins.is_empty() {
             warnings.push(
-                "identity.sources names a header, but no client is trusted to set it (identity.trusted_networks is empty)"
+                "identity.sources names a header, but no client is trusted to set it (identity.trusted_networks and identity.header_logins are empty)"
                     .to_string(),
             );
         }
@@ -750,5 +796,15 @@ mod tests {
         let e = err("idle_timeout = \"8d\"\n");
         assert_eq!(e.message, "must be between 1s and 7d");
         assert!(err("idle_timeout = \"500ms\"\n").message.contains("between 1s and 7d"));
+    }
+
+    #[test]
+    fn trusting_every_authenticated_header_is_refused_with_the_way_out() {
+        let e = err("[identity]\ntrust_authenticated_headers = true\n");
+        assert_eq!(e.key.as_deref(), Some("identity.trust_authenticated_headers"), "{e}");
+        assert!(e.message.contains("identity.header_logins"), "{e}");
+        assert!(parse("[identity]\nheader_logins = [\"Webmail@Example.com\"]\n").is_ok());
+        let e = err("[identity]\nheader_logins = [\"a b\"]\n");
+        assert_eq!(e.key.as_deref(), Some("identity.header_logins[0]"), "{e}");
     }
 }

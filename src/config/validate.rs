@@ -53,8 +53,27 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
     config.notify.validate()
 }
 
-/// `[identity]`: sources, lengths, prefixes.
+/// `[identity]`: sources, lengths, prefixes, who may stamp the header.
 fn identity(identity: &IdentityConfig) -> Result<(), Violation> {
+    if identity.trust_authenticated_headers {
+        return fail(
+            0..0,
+            "identity.trust_authenticated_headers",
+            "is no longer supported: it let every SASL user choose its identity (and get others locked); \
+             name the logins that may stamp the identity header in identity.header_logins, \
+             e.g. [\"webmail@example.com\"]"
+                .into(),
+        );
+    }
+    for (i, login) in identity.header_logins.iter().enumerate() {
+        if address::normalise_address(identity, login.as_bytes()).is_err() {
+            return fail(
+                0..0,
+                &format!("identity.header_logins[{i}]"),
+                format!("\"{login}\" is not a SASL login or address"),
+            );
+        }
+    }
     let sources = &identity.sources;
     if sources.get_ref().is_empty() {
         return fail(

@@ -8,7 +8,7 @@
 
 use super::Reporting;
 use super::session::{Session, Verdict};
-use crate::config::ErrorPolicy;
+use crate::config::{ErrorPolicy, LockedAction};
 use crate::ops::metrics::Stage;
 use crate::policy::{CurrentPolicy, Policy, snapshot};
 use indymilter::{
@@ -79,7 +79,14 @@ async fn handle_negotiate(
     cx.requested_actions = if actions.contains(Actions::QUARANTINE) {
         Actions::QUARANTINE
     } else {
-        warn!("the MTA does not offer the quarantine action: locked_action = \"hold\" will reject instead");
+        // Only worth saying when it matters, and once: it is the same MTA
+        // on every connection.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if session.policy().config().locks.locked_action == LockedAction::Hold
+            && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            warn!("the MTA does not offer the quarantine action: locked_action = \"hold\" will reject instead");
+        }
         Actions::empty()
     };
     let noreply_header = opts.contains(ProtoOpts::NOREPLY_HEADER);
@@ -104,11 +111,11 @@ async fn handle_negotiate(
 
 async fn handle_connect(current: CurrentPolicy, cx: &mut Context<Connection>, socket: SocketInfo) -> Status {
     let conn = connection!(current, cx);
-    let ip = match socket {
-        SocketInfo::Inet(addr) => Some(addr.ip()),
+    let client = match socket {
+        SocketInfo::Inet(addr) => Some(addr),
         SocketInfo::Unix(_) | SocketInfo::Unknown => None,
     };
-    conn.session.connect(ip);
+    conn.session.connect(client);
     Status::Continue
 }
 

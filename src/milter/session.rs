@@ -16,16 +16,17 @@
 //!   reached meanwhile by a parallel session: then it is refused uncounted.
 
 use super::Reporting;
+use crate::config::LockedAction;
 use crate::config::{Action, IdentitySource, ReplySpec, format_duration};
 use crate::locks::file::LockEntry;
-use crate::ops::metrics::{RULE_CONFLICT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
+use crate::ops::metrics::{RULE_CONFLICT, RULE_HOLD_LIMIT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
 use crate::policy::identity::{self, Facts, HeaderValues, Identity, Resolution};
 use crate::policy::locked::{LockedStep, Stage, locked_step};
 use crate::policy::reply::{self, Reply, Vars};
-use crate::policy::{Plan, Policy, Trip, most_severe};
-use std::net::IpAddr;
+use crate::policy::{Door, Outbound, Plan, Policy, Trip, most_severe};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Largest number of recipients remembered while the identity is pending.
 /// Only recipients that could be support addresses are remembered (and at
@@ -52,17 +53,25 @@ pub enum Verdict {
 pub struct Session {
     policy: Arc<Policy>,
     reporting: Reporting,
-    client_ip: Option<IpAddr>,
+    /// The client as the MTA reported it (127.0.0.1 port 0 for Postfix's
+    /// local submission).
+    client: Option<SocketAddr>,
     message: Option<Message>,
 }
 
 struct Message {
+    /// Why the message is subject to the rules; `None`: inbound mail,
+    /// passed untouched at every stage.
+    outbound: Option<Outbound>,
     envelope_from: Vec<u8>,
     bounce: bool,
     auth: Option<Vec<u8>>,
     headers: HeaderValues,
     /// Set once the identity is known.
     plan: Option<Plan>,
+    /// The SASL login that stamped the identity header (a webmail's own
+    /// account), counted beside the identity it stamped.
+    stamper: Option<Plan>,
     /// The identity's lock, if it is locked.
     lock: Option<Arc<LockEntry>>,
     /// Recipients accepted so far.
@@ -82,7 +91,7 @@ impl Session {
         Self {
             policy,
             reporting,
-            client_ip: None,
+            client: None,
             message: None,
         }
     }
@@ -100,19 +109,23 @@ impl Session {
         header_sources(&self.policy).next().is_some()
     }
 
-    pub fn connect(&mut self, client_ip: Option<IpAddr>) {
-        self.client_ip = client_ip;
+    pub fn connect(&mut self, client: Option<SocketAddr>) {
+        self.client = client;
     }
 
     /// MAIL FROM. `auth` is the `{auth_authen}` macro.
     pub fn mail(&mut self, from: &[u8], auth: Option<&[u8]>, queue_id: &str) -> Verdict {
         self.reporting.observer.seen();
+        let auth = auth.filter(|a| !a.is_empty());
+        let outbound = self.policy.outbound(auth.is_some(), self.client);
         let message = self.message.insert(Message {
+            outbound,
             envelope_from: from.to_vec(),
             bounce: identity::is_null_sender(from),
-            auth: auth.filter(|a| !a.is_empty()).map(<[u8]>::to_vec),
+            auth: auth.map(<[u8]>::to_vec),
             headers: HeaderValues::default(),
             plan: None,
+            stamper: None,
             lock: None,
             recipients: 0,
             support_only: true,
@@ -120,10 +133,15 @@ impl Session {
             pending_not_support: false,
         });
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
+        if outbound.is_none() {
+            cx.reporting.observer.out_of_scope();
+            debug!(queue_id, client = ?self.client, "not outbound mail ([scope]): passed untouched");
+            return Verdict::Continue;
+        }
         let facts = Facts {
             auth: message.auth.as_deref(),
             envelope_from: Some(&message.envelope_from),
-            client_ip: self.client_ip,
+            client_ip: self.client.map(|c| c.ip()),
             headers: None,
         };
         let identity = match cx.resolve(&facts) {
@@ -131,7 +149,10 @@ impl Session {
             Resolution::Unidentified => unidentified(),
             Resolution::Pending | Resolution::Conflict { .. } => return Verdict::Continue,
         };
-        let plan = message.plan.insert(cx.policy.plan(identity, message.bounce));
+        let uncounted = cx
+            .policy
+            .bounce_uncounted(&identity, message.bounce, Door::of(self.client));
+        let plan = message.plan.insert(cx.policy.plan(identity, uncounted));
         message.lock = cx.lock_in_force(plan);
         if message.lock.is_some() {
             return cx.locked(message, Stage::Mail, false);
@@ -144,7 +165,7 @@ impl Session {
     /// RCPT TO.
     pub fn rcpt(&mut self, rcpt: &[u8], queue_id: &str) -> Verdict {
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
-        let Some(message) = self.message.as_mut() else {
+        let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
         };
         let cap = cx.policy.config().limits.max_recipients_per_message;
@@ -186,6 +207,7 @@ impl Session {
         let policy = &self.policy;
         if let Some(message) = self.message.as_mut()
             && message.plan.is_none()
+            && message.outbound.is_some()
         {
             let identity = &policy.config().identity;
             message
@@ -197,7 +219,7 @@ impl Session {
     /// End of headers: resolves a header identity and checks the whole message.
     pub fn eoh(&mut self, queue_id: &str) -> Verdict {
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
-        let Some(message) = self.message.as_mut() else {
+        let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
         };
         if message.plan.is_some() {
@@ -206,7 +228,7 @@ impl Session {
         let facts = Facts {
             auth: message.auth.as_deref(),
             envelope_from: Some(&message.envelope_from),
-            client_ip: self.client_ip,
+            client_ip: self.client.map(|c| c.ip()),
             headers: Some(&message.headers),
         };
         let identity = match cx.resolve(&facts) {
@@ -214,9 +236,30 @@ impl Session {
             Resolution::Unidentified | Resolution::Pending => unidentified(),
             Resolution::Conflict { header } => return cx.conflicting_headers(&header),
         };
+        // A header stamped by a webmail's login: the login is counted too,
+        // so a compromised webmail still trips its own rules.
+        let stamper = matches!(identity.source, IdentitySource::Header(_))
+            .then(|| identity::stamping_login(&cx.policy.config().identity, &facts))
+            .flatten()
+            .map(|login| cx.policy.plan(login, false));
         let pending = std::mem::take(&mut message.pending_recipients);
-        let plan = message.plan.insert(cx.policy.plan(identity, message.bounce));
-        message.lock = cx.lock_in_force(plan);
+        let uncounted = cx
+            .policy
+            .bounce_uncounted(&identity, message.bounce, Door::of(self.client));
+        let mut plan = cx.policy.plan(identity, uncounted);
+        let mut lock = cx.lock_in_force(&plan);
+        if let (None, Some(login)) = (&lock, stamper) {
+            match cx.lock_in_force(&login) {
+                // The stamping login itself is locked: so is all it submits.
+                Some(login_lock) => {
+                    lock = Some(login_lock);
+                    plan = login;
+                }
+                None => message.stamper = Some(login),
+            }
+        }
+        let plan = message.plan.insert(plan);
+        message.lock = lock;
         if message.lock.is_some() {
             message.support_only = !message.pending_not_support
                 && pending
@@ -224,8 +267,11 @@ impl Session {
                     .all(|r| cx.policy.may_write_while_locked(&plan.identity, r));
             return cx.locked(message, Stage::Eoh, message.support_only);
         }
-        let mut trips = cx.policy.attempt(plan, 1, message.recipients);
-        trips.extend(cx.policy.peek(plan, 1, message.recipients));
+        let mut trips = Vec::new();
+        for p in std::iter::once(&*plan).chain(message.stamper.as_ref()) {
+            trips.extend(cx.policy.attempt(p, 1, message.recipients));
+            trips.extend(cx.policy.peek(p, 1, message.recipients));
+        }
         message.support_only = false;
         cx.act(message, trips, Stage::Eoh)
     }
@@ -233,7 +279,7 @@ impl Session {
     /// End of message: hold a locked identity's mail, or count the message.
     pub fn eom(&mut self, queue_id: &str) -> Verdict {
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
-        let Some(message) = self.message.as_mut() else {
+        let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
         };
         let Some(plan) = &message.plan else {
@@ -243,7 +289,8 @@ impl Session {
         if message.lock.is_some() {
             return cx.locked(message, Stage::Eom, message.support_only);
         }
-        let trips = cx.policy.commit(plan, message.recipients);
+        let plans: Vec<&Plan> = std::iter::once(plan).chain(message.stamper.as_ref()).collect();
+        let trips = cx.policy.commit_all(&plans, message.recipients);
         let verdict = cx.act(message, trips, Stage::Eom);
         if verdict == Verdict::Continue
             && let Some(plan) = &message.plan
@@ -314,8 +361,20 @@ impl<'a> Decider<'a> {
     fn locked(&self, message: &Message, stage: Stage, support: bool) -> Verdict {
         let locks = &self.policy.config().locks;
         let has_exceptions = !locks.allow_recipients.is_empty();
-        match locked_step(stage, locks.locked_action, support, has_exceptions) {
+        let mut action = locks.locked_action;
+        let mut hold_full = false;
+        if action == LockedAction::Hold
+            && let Some(plan) = &message.plan
+            && !self.policy.hold_room(&plan.identity.value)
+        {
+            // Enough of its mail is held as evidence: refuse the rest, so
+            // that a bot that sees 250 cannot fill the hold queue.
+            action = LockedAction::Reject;
+            hold_full = true;
+        }
+        match locked_step(stage, action, support, has_exceptions) {
             LockedStep::Continue => Verdict::Continue,
+            LockedStep::Refuse if hold_full => self.refuse_hold_full(message, stage),
             LockedStep::Refuse if stage == Stage::Eom => self.refuse_locked_message(message),
             LockedStep::Refuse => self.refuse_locked(message, stage),
             LockedStep::Hold => self.hold(message),
@@ -334,10 +393,15 @@ impl<'a> Decider<'a> {
 
     /// Acts on the rules a message or recipient would exceed.
     fn act(&self, message: &mut Message, trips: Vec<Trip>, stage: Stage) -> Verdict {
+        for trip in trips.iter().filter(|t| t.dry_run) {
+            if let Some(plan) = owner(message, trip) {
+                self.not_enforced(&plan.identity, trip, stage, "");
+            }
+        }
         let Some(worst) = most_severe(&trips) else {
             return Verdict::Continue;
         };
-        let Some(plan) = &message.plan else {
+        let Some(plan) = owner(message, worst) else {
             return Verdict::Continue;
         };
         let others: Vec<&str> = trips
@@ -371,9 +435,10 @@ impl<'a> Decider<'a> {
         self.refuse(Some(&plan.identity.value), &worst.rule, reply)
     }
 
-    /// A rule exceeded but not enforced: `action = "log"`, or dry-run.
+    /// A rule exceeded but not enforced: `action = "log"`, dry-run mode,
+    /// or a rule's own `dry_run`.
     fn not_enforced(&self, identity: &Identity, worst: &Trip, stage: Stage, others: &str) {
-        let what = if worst.action == Action::Log {
+        let what = if worst.action == Action::Log && !worst.dry_run {
             "limit exceeded (action log: nothing refused)".to_string()
         } else {
             format!("limit exceeded, would {} [dry run, not done]", worst.action)
@@ -395,8 +460,10 @@ impl<'a> Decider<'a> {
     }
 
     fn log_refusal(&self, verb: &str, message: &Message, worst: &Trip, stage: Stage, others: &str) {
-        let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
-        let source = message.plan.as_ref().map(|p| p.identity.source.to_string());
+        let plan = owner(message, worst);
+        let identity = plan.map_or("unknown", |p| p.identity.value.as_str());
+        let source = plan.map(|p| p.identity.source.to_string());
+        let retry_in = worst.retry_in.map_or_else(|| "never".to_string(), format_duration);
         info!(
             queue_id = self.queue_id,
             identity = %identity,
@@ -406,9 +473,11 @@ impl<'a> Decider<'a> {
             rule = %worst.rule,
             key = %worst.key,
             count = worst.usage.used,
+            requested = worst.requested,
             limit = worst.usage.limit,
             window = %format_duration(worst.rate.window),
             reset_in = %format_duration(worst.usage.reset_in),
+            retry_in = %retry_in,
             also = %others,
             action = %worst.action,
             "{verb}"
@@ -417,6 +486,12 @@ impl<'a> Decider<'a> {
 
     /// A lock rule tripped: lock the identity and act as for a locked one.
     fn lock(&self, message: &mut Message, worst: &Trip, stage: Stage) -> Verdict {
+        // The stamping login tripped its own rule: it is what gets locked,
+        // and from now on the message is its.
+        if let Some(login) = message.stamper.take_if(|l| owns(l, worst)) {
+            message.plan = Some(login);
+        }
+        message.stamper = None;
         let Some(plan) = &message.plan else {
             return Verdict::Continue;
         };
@@ -471,6 +546,19 @@ impl<'a> Decider<'a> {
         self.refuse(Some(identity), RULE_LOCKED, self.locked_reply(identity))
     }
 
+    /// A locked identity past `locks.hold_limit`: refused as locked.
+    fn refuse_hold_full(&self, message: &Message, stage: Stage) -> Verdict {
+        let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
+        info!(
+            queue_id = self.queue_id,
+            identity = %identity,
+            stage = %stage,
+            action = "locked",
+            "refused: identity is locked and locks.hold_limit is reached"
+        );
+        self.refuse(Some(identity), RULE_HOLD_LIMIT, self.locked_reply(identity))
+    }
+
     /// A locked identity's whole message refused at its end.
     fn refuse_locked_message(&self, message: &Message) -> Verdict {
         let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
@@ -485,6 +573,10 @@ impl<'a> Decider<'a> {
         };
         let identity = &plan.identity;
         let recipients = message.recipients;
+        if !self.policy.take_hold(&identity.value) {
+            // A parallel session took the last place meanwhile.
+            return self.refuse_hold_full(message, Stage::Eom);
+        }
         info!(queue_id = self.queue_id, identity = %identity, recipients, action = "hold", "held: identity is locked");
         self.reporting.observer.refused(
             Some(&identity.value),
@@ -545,6 +637,20 @@ impl<'a> Decider<'a> {
         };
         self.reporting.observer.refused(identity, rule, how, self.queue_id);
         Verdict::Refuse(reply)
+    }
+}
+
+/// Whether `trip` counts `plan`'s identity (not its domain, nor overflow).
+fn owns(plan: &Plan, trip: &Trip) -> bool {
+    trip.scope == crate::config::Scope::Identity && trip.key == plan.identity.value
+}
+
+/// The plan a trip belongs to: the stamping login's if it counts that
+/// login, the message's identity otherwise.
+fn owner<'m>(message: &'m Message, trip: &Trip) -> Option<&'m Plan> {
+    match &message.stamper {
+        Some(login) if owns(login, trip) => Some(login),
+        _ => message.plan.as_ref(),
     }
 }
 
@@ -626,7 +732,7 @@ action = "lock"
     impl Fixture {
         fn session(&self, ip: &str) -> Session {
             let mut s = Session::new(self.policy.clone(), Reporting::none());
-            s.connect(Some(ip.parse().unwrap()));
+            s.connect(Some(SocketAddr::new(ip.parse().unwrap(), 4711)));
             s
         }
 

@@ -125,6 +125,8 @@ pub struct Observer {
     enabled: bool,
     activity: ActivityRegistry,
     seen: AtomicU64,
+    /// Transactions outside `[scope]`, passed untouched.
+    out_of_scope: AtomicU64,
     accepted: AtomicU64,
     recipients: AtomicU64,
     rules: DashMap<Box<str>, RuleCounters>,
@@ -143,6 +145,9 @@ impl std::fmt::Debug for Observer {
 pub const RULE_LOCKED: &str = "locked";
 /// The pseudo-rule of `limits.max_recipients_per_message`.
 pub const RULE_MAX_RECIPIENTS: &str = "max_recipients_per_message";
+/// The pseudo-rule of a locked identity's mail refused because
+/// `locks.hold_limit` held enough of it already.
+pub const RULE_HOLD_LIMIT: &str = "hold_limit";
 /// The pseudo-rule of differing identity headers.
 pub const RULE_CONFLICT: &str = "identity_conflict";
 
@@ -162,6 +167,7 @@ impl Observer {
             enabled,
             activity: ActivityRegistry::new(clock, cap),
             seen: AtomicU64::new(0),
+            out_of_scope: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             recipients: AtomicU64::new(0),
             rules: DashMap::new(),
@@ -208,6 +214,12 @@ impl Observer {
         if self.enabled {
             self.seen.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A transaction outside `[scope]` (inbound mail): passed untouched.
+    /// Counted even with the observer disabled, it is that cheap.
+    pub fn out_of_scope(&self) {
+        self.out_of_scope.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A message was accepted.
@@ -319,6 +331,12 @@ impl Collector for Exposition {
             "messages_seen",
             "Transactions the milter saw (MAIL FROM).",
             load(&o.seen),
+        )?;
+        counter(
+            &mut e,
+            "messages_out_of_scope",
+            "Transactions outside [scope] (not authenticated, not local, not from scope.networks or identity.trusted_networks: inbound mail), passed untouched and counted nowhere else.",
+            load(&o.out_of_scope),
         )?;
         counter(
             &mut e,

@@ -5,7 +5,7 @@
 //! Who is sending: the configured identity sources tried in order, each value
 //! normalised, headers believed only from trusted clients.
 
-use crate::config::address::{Invalid, normalise_address};
+use crate::config::address::{Invalid, lock_key, normalise_address};
 use crate::config::{IdentityConfig, IdentitySource};
 use std::collections::HashMap;
 use std::fmt;
@@ -110,7 +110,7 @@ pub fn resolve(config: &IdentityConfig, facts: &Facts<'_>) -> (Resolution, Vec<S
     let header_trusted = facts
         .client_ip
         .is_some_and(|ip| config.trusted_networks.iter().any(|n| n.0.contains(&ip)))
-        || (config.trust_authenticated_headers && facts.auth.is_some());
+        || stamping_login(config, facts).is_some();
 
     for source in config.sources.get_ref() {
         let mut skip = |why: String| {
@@ -184,6 +184,22 @@ pub fn resolve(config: &IdentityConfig, facts: &Facts<'_>) -> (Resolution, Vec<S
         }
     }
     (Resolution::Unidentified, skipped)
+}
+
+/// The session's SASL login, if it is one of `identity.header_logins`: a
+/// webmail's or a relay's own account, which may stamp the identity header.
+/// Any other login's header is ignored, so a user cannot choose the
+/// identity it is counted (or locked) as.
+pub fn stamping_login(config: &IdentityConfig, facts: &Facts<'_>) -> Option<Identity> {
+    let login = normalise_address(config, facts.auth?).ok()?;
+    config
+        .header_logins
+        .iter()
+        .any(|l| lock_key(config, l) == login)
+        .then_some(Identity {
+            value: login,
+            source: IdentitySource::Auth,
+        })
 }
 
 /// Whether a MAIL FROM argument is the null sender of a bounce.
@@ -347,19 +363,34 @@ mod tests {
     }
 
     #[test]
-    fn authenticated_sessions_are_trusted_only_if_configured() {
+    fn only_the_named_logins_may_stamp_the_identity_header() {
         let mut c = config(&["header:X-Authenticated-Sender", "auth"]);
         let mut headers = HeaderValues::default();
         headers.record(c.sources.get_ref(), b"X-Authenticated-Sender", b"user@example.org", 254);
-        let facts = Facts {
-            auth: Some(b"webmail@example.org"),
+        let facts = |login: &'static [u8]| Facts {
+            auth: Some(login),
             client_ip: Some("198.51.100.7".parse().unwrap()),
             headers: Some(&headers),
             ..Facts::default()
         };
-        assert_eq!(resolved(resolve(&c, &facts)).value, "webmail@example.org");
-        c.trust_authenticated_headers = true;
-        assert_eq!(resolved(resolve(&c, &facts)).value, "user@example.org");
+        assert_eq!(
+            resolved(resolve(&c, &facts(b"webmail@example.org"))).value,
+            "webmail@example.org"
+        );
+        assert_eq!(stamping_login(&c, &facts(b"webmail@example.org")), None);
+        c.header_logins = vec!["WebMail@Example.org".into()];
+        assert_eq!(
+            resolved(resolve(&c, &facts(b"webmail@example.org"))).value,
+            "user@example.org"
+        );
+        assert_eq!(
+            stamping_login(&c, &facts(b"webmail@example.org")).map(|i| i.value),
+            Some("webmail@example.org".to_string())
+        );
+        // Any other login's header is ignored: it is counted as itself.
+        let (res, skipped) = resolve(&c, &facts(b"mallory@example.org"));
+        assert_eq!(resolved((res, skipped.clone())).value, "mallory@example.org");
+        assert!(skipped[0].why.contains("untrusted"), "{skipped:?}");
     }
 
     #[test]

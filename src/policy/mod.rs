@@ -13,7 +13,7 @@ pub mod reply;
 
 use crate::clock::Clock;
 use crate::config::address::{domain_key, lock_key};
-use crate::config::{Action, Config, Counted, Mode, Rate, Scope, format_duration};
+use crate::config::{Action, Config, Counted, IdentitySource, Mode, Network, Rate, Scope, format_duration};
 use crate::locks::LockStore;
 use crate::locks::file::{LockEntry, LockSource, Timestamp};
 use crate::policy::identity::Identity;
@@ -21,6 +21,7 @@ use crate::policy::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, Rat
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -112,6 +113,8 @@ struct CompiledRule {
     count: Counted,
     per: Scope,
     action: Action,
+    /// Counts as `action` says, only logs what it would do.
+    dry_run: bool,
     rate: Rate,
     limiter: Arc<dyn RateBuckets>,
 }
@@ -131,6 +134,53 @@ pub struct Policy {
     rules: Vec<CompiledRule>,
     identity_overrides: HashMap<String, CompiledOverride>,
     domain_overrides: HashMap<String, CompiledOverride>,
+    /// Messages held per locked identity (`locks.hold_limit`).
+    holds: Arc<dyn RateBuckets>,
+}
+
+/// How mail reached the MTA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Door {
+    /// An SMTP client (or an MTA that gave no client address).
+    Smtp,
+    /// The sendmail command on the MTA host: Postfix hands such mail to
+    /// `non_smtpd_milters` as if from 127.0.0.1 port 0, which no SMTP client
+    /// can be.
+    LocalSubmission,
+}
+
+impl Door {
+    /// The door of a connection from `client`, as the MTA reported it.
+    pub fn of(client: Option<SocketAddr>) -> Door {
+        match client {
+            Some(a) if a.port() == 0 && a.ip().is_loopback() => Door::LocalSubmission,
+            _ => Door::Smtp,
+        }
+    }
+}
+
+/// Why a message is outbound mail, subject to the rules (`[scope]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// A SASL-authenticated session.
+    Authenticated,
+    /// Submitted on the MTA host with the sendmail command.
+    LocalSubmission,
+    /// From a client of `scope.networks`.
+    Network,
+    /// From a client of `identity.trusted_networks` (a relay).
+    TrustedRelay,
+}
+
+impl fmt::Display for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outbound::Authenticated => "authenticated",
+            Outbound::LocalSubmission => "local",
+            Outbound::Network => "network",
+            Outbound::TrustedRelay => "trusted-relay",
+        })
+    }
 }
 
 /// The policy new connections use; replaced atomically on reload. Each
@@ -175,6 +225,10 @@ pub struct Trip {
     pub usage: Usage,
     /// When it would fit again; `None` if it never can (weight over the burst).
     pub retry_in: Option<Duration>,
+    /// How much was asked for: 1 message, or the message's recipients.
+    pub requested: u32,
+    /// The rule only logs what it would do (`dry_run = true`).
+    pub dry_run: bool,
 }
 
 impl fmt::Display for Trip {
@@ -243,6 +297,7 @@ impl Policy {
                 count: r.count,
                 per: r.per,
                 action: r.action,
+                dry_run: r.dry_run,
                 rate: r.rate,
                 limiter: limiter(
                     LimiterId {
@@ -287,6 +342,17 @@ impl Policy {
             }
             map.insert(target, compiled);
         }
+        let holds = limiter(
+            LimiterId {
+                rule: "(hold)".into(),
+                count: Counted::Messages,
+                per: Scope::Identity,
+                rate: config.locks.hold_limit,
+                burst: None,
+                variant: None,
+            },
+            config.locks.hold_limit,
+        );
         *registry = next_registry;
         drop(registry);
         Self {
@@ -296,7 +362,55 @@ impl Policy {
             rules,
             identity_overrides,
             domain_overrides,
+            holds,
         }
+    }
+
+    /// Whether mail is outbound, and why; `None`: it passes untouched.
+    /// `authenticated` is whether the session logged in with SASL.
+    pub fn outbound(&self, authenticated: bool, client: Option<SocketAddr>) -> Option<Outbound> {
+        let scope = &self.config.scope;
+        let ip = client.map(|a| a.ip());
+        let in_nets = |nets: &[Network]| ip.is_some_and(|ip| nets.iter().any(|n| n.0.contains(&ip)));
+        if authenticated && scope.authenticated {
+            Some(Outbound::Authenticated)
+        } else if in_nets(&self.config.identity.trusted_networks) {
+            Some(Outbound::TrustedRelay)
+        } else if scope.local && (client.is_none() || Door::of(client) == Door::LocalSubmission) {
+            Some(Outbound::LocalSubmission)
+        } else if in_nets(&scope.networks) {
+            Some(Outbound::Network)
+        } else {
+            None
+        }
+    }
+
+    /// Whether null-sender mail of `identity` goes uncounted: only where the
+    /// MTA's own bounces come in (the local-submission door, identified by
+    /// nothing better than the client address), unless `count_bounces`.
+    /// A SASL user or an identity header never sends a real bounce.
+    pub fn bounce_uncounted(&self, identity: &Identity, null_sender: bool, door: Door) -> bool {
+        null_sender
+            && !self.config.limits.count_bounces
+            && door == Door::LocalSubmission
+            && identity.source == IdentitySource::ClientAddress
+    }
+
+    /// Whether one more message of a locked `identity` may be held
+    /// (`locks.hold_limit`); counts nothing.
+    pub fn hold_room(&self, identity: &str) -> bool {
+        let key = self
+            .holds
+            .route(self.counters.key(identity), self.config.limits.max_tracked_identities);
+        self.holds.peek(key, 1).is_allowed()
+    }
+
+    /// Counts one held message of `identity`; `false` if over the limit.
+    pub fn take_hold(&self, identity: &str) -> bool {
+        let key = self
+            .holds
+            .route(self.counters.key(identity), self.config.limits.max_tracked_identities);
+        self.holds.commit(key, 1).is_allowed()
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -307,9 +421,9 @@ impl Policy {
         self.config.mode == Mode::Enforce
     }
 
-    /// The rules that apply to `identity`. Bounces are not counted unless
-    /// configured.
-    pub fn plan(&self, identity: Identity, bounce: bool) -> Plan {
+    /// The rules that apply to `identity`; none if `uncounted` (see
+    /// [`Policy::bounce_uncounted`]).
+    pub fn plan(&self, identity: Identity, uncounted: bool) -> Plan {
         let counters = &self.counters;
         let domain = identity.domain();
         let identity_key = counters.key(&identity.value);
@@ -317,7 +431,7 @@ impl Policy {
         let stripe_key = domain_key.unwrap_or(identity_key);
         let stripe = usize::try_from(stripe_key % COMMIT_STRIPES as u64).unwrap_or(0);
         let mut entries = Vec::with_capacity(self.rules.len());
-        if !bounce || self.config.limits.count_bounces {
+        if !uncounted {
             let overrides = [
                 self.identity_overrides.get(&identity.value),
                 domain.and_then(|d| self.domain_overrides.get(d)),
@@ -357,7 +471,7 @@ impl Policy {
         }
     }
 
-    fn trip(&self, plan: &Plan, entry: &PlanEntry, outcome: Outcome) -> Option<Trip> {
+    fn trip(&self, plan: &Plan, entry: &PlanEntry, outcome: Outcome, requested: u32) -> Option<Trip> {
         let retry_in = match outcome {
             Outcome::Allowed { .. } => return None,
             Outcome::Denied { retry_in } => Some(retry_in),
@@ -389,6 +503,8 @@ impl Policy {
             rate: entry.rate,
             usage: entry.limiter.usage(entry.key),
             retry_in,
+            requested,
+            dry_run: rule.dry_run,
         })
     }
 
@@ -407,7 +523,9 @@ impl Policy {
             .filter(|e| !e.counts_attempts)
             .filter_map(|e| {
                 let n = self.weight(e, messages, recipients);
-                (n > 0).then(|| self.trip(plan, e, e.limiter.peek(e.key, n))).flatten()
+                (n > 0)
+                    .then(|| self.trip(plan, e, e.limiter.peek(e.key, n), n))
+                    .flatten()
             })
             .collect()
     }
@@ -428,7 +546,7 @@ impl Policy {
             .filter_map(|e| {
                 let n = self.weight(e, messages, recipients);
                 (n > 0)
-                    .then(|| self.trip(plan, e, e.limiter.commit(e.key, n)))
+                    .then(|| self.trip(plan, e, e.limiter.commit(e.key, n), n))
                     .flatten()
             })
             .collect()
@@ -440,15 +558,27 @@ impl Policy {
     /// `log` rules (and every trip in dry-run mode) do not stop the count;
     /// the rules that still fit count the message.
     pub fn commit(&self, plan: &Plan, recipients: u32) -> Vec<Trip> {
-        let _serial = lock(&self.counters.stripes[plan.stripe]);
-        let trips = self.peek(plan, 1, recipients);
-        if self.enforcing() && trips.iter().any(|t| t.action > Action::Log) {
+        self.commit_all(&[plan], recipients)
+    }
+
+    /// [`Policy::commit`] for a message counted under several identities at
+    /// once (a header identity and the login that stamped it): all or none.
+    pub fn commit_all(&self, plans: &[&Plan], recipients: u32) -> Vec<Trip> {
+        // Stripes taken in order, so two messages cannot wait on each other.
+        let mut stripes: Vec<usize> = plans.iter().map(|p| p.stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let _serial: Vec<_> = stripes.iter().map(|&i| lock(&self.counters.stripes[i])).collect();
+        let trips: Vec<Trip> = plans.iter().flat_map(|p| self.peek(p, 1, recipients)).collect();
+        if self.enforcing() && trips.iter().any(|t| t.action > Action::Log && !t.dry_run) {
             return trips;
         }
-        for e in plan.entries.iter().filter(|e| !e.counts_attempts) {
-            let n = self.weight(e, 1, recipients);
-            if n > 0 {
-                e.limiter.commit(e.key, n);
+        for plan in plans {
+            for e in plan.entries.iter().filter(|e| !e.counts_attempts) {
+                let n = self.weight(e, 1, recipients);
+                if n > 0 {
+                    e.limiter.commit(e.key, n);
+                }
             }
         }
         trips
@@ -561,15 +691,15 @@ impl Policy {
     }
 }
 
-/// The most severe action among trips.
+/// The most severe action among the trips that are enforced (not of a
+/// `dry_run` rule).
 pub fn most_severe(trips: &[Trip]) -> Option<&Trip> {
-    trips.iter().max_by_key(|t| t.action)
+    trips.iter().filter(|t| !t.dry_run).max_by_key(|t| t.action)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IdentitySource;
     use crate::locks::FileLocks;
     use std::path::Path;
 
@@ -784,11 +914,58 @@ rates = {{ per-minute = \"1/1m\" }}
     }
 
     #[test]
-    fn bounces_are_not_counted_unless_configured() {
+    fn null_sender_mail_is_counted_but_for_the_mtas_own_bounces() {
         let f = fixture(ESCALATION);
-        assert!(f.policy.plan(id("a@x.org"), true).entries.is_empty());
+        let (smtp, local) = (Door::Smtp, Door::LocalSubmission);
+        let client = Identity {
+            value: "127.0.0.1".into(),
+            source: IdentitySource::ClientAddress,
+        };
+        // A SASL user or a header identity never sends a real bounce.
+        assert!(!f.policy.bounce_uncounted(&id("a@x.org"), true, smtp));
+        assert!(!f.policy.bounce_uncounted(&id("a@x.org"), true, local));
+        let header = Identity {
+            value: "a@x.org".into(),
+            source: IdentitySource::Header("X-Sender".into()),
+        };
+        assert!(!f.policy.bounce_uncounted(&header, true, local));
+        // Null-sender mail from an SMTP client is counted too.
+        assert!(!f.policy.bounce_uncounted(&client, true, smtp));
+        // Where the MTA's own bounces come in: uncounted, unless asked.
+        assert!(f.policy.bounce_uncounted(&client, true, local));
+        assert!(!f.policy.bounce_uncounted(&client, false, local));
+        assert!(f.policy.plan(client.clone(), true).entries.is_empty());
         let g = fixture(&format!("[limits]\ncount_bounces = true\n{ESCALATION}"));
-        assert_eq!(g.policy.plan(id("a@x.org"), true).entries.len(), 3);
+        assert!(!g.policy.bounce_uncounted(&client, true, local));
+    }
+
+    #[test]
+    fn scope_takes_outbound_mail_only() {
+        let f = fixture(&format!(
+            "[identity]\ntrusted_networks = [\"10.0.0.0/8\"]\n[scope]\nnetworks = [\"192.0.2.0/24\"]\n{ESCALATION}"
+        ));
+        let at = |a: &str| Some(a.parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            f.policy.outbound(true, at("203.0.113.9:4711")),
+            Some(Outbound::Authenticated)
+        );
+        assert_eq!(
+            f.policy.outbound(false, at("127.0.0.1:0")),
+            Some(Outbound::LocalSubmission)
+        );
+        assert_eq!(f.policy.outbound(false, at("[::1]:0")), Some(Outbound::LocalSubmission));
+        assert_eq!(f.policy.outbound(false, None), Some(Outbound::LocalSubmission));
+        assert_eq!(
+            f.policy.outbound(false, at("10.1.2.3:25")),
+            Some(Outbound::TrustedRelay)
+        );
+        assert_eq!(f.policy.outbound(false, at("192.0.2.7:4711")), Some(Outbound::Network));
+        // A stranger's MTA, and a local SMTP client without a login.
+        assert_eq!(f.policy.outbound(false, at("203.0.113.9:4711")), None);
+        assert_eq!(f.policy.outbound(false, at("127.0.0.1:4711")), None);
+        let g = fixture(&format!("[scope]\nauthenticated = false\nlocal = false\n{ESCALATION}"));
+        assert_eq!(g.policy.outbound(true, at("203.0.113.9:4711")), None);
+        assert_eq!(g.policy.outbound(false, at("127.0.0.1:0")), None);
     }
 
     #[test]

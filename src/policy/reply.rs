@@ -120,6 +120,8 @@ mod tests {
                 reset_in: Duration::from_secs(3600),
             },
             retry_in: Some(Duration::from_secs(720)),
+            requested: 1,
+            dry_run: false,
         }
     }
 
