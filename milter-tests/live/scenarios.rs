@@ -604,6 +604,9 @@ fn identity_header_is_believed_only_from_the_trusted_relay() {
         )
         .set("identity.trusted_networks", vec!["127.0.0.2/32"])
         .set("identity.trust_authenticated_headers", false)
+        // The untrusted client below sends without a login: a web server
+        // on this host, say. Only in scope is its mail counted at all.
+        .set("scope.networks", vec!["127.0.0.1/32"])
         .set_rule("messages-per-minute", "rate", "2/1h");
     // Mail for inbound.test is accepted from anyone on the relay port (as
     // port 25 accepts mail for its own domains): an untrusted client can
