@@ -150,7 +150,9 @@ pub struct LimitsConfig {
     pub max_tracked_identities: usize,
     /// How often idle counters are forgotten.
     pub eviction_interval: DurationValue,
-    /// Recipients beyond this number in one message are refused at RCPT.
+    /// Recipients beyond this number in one message are refused at RCPT
+    /// (0: no cap). 100 is what RFC 5321 (4.5.3.1.8) obliges every server
+    /// to accept, so no compliant client needs more in one transaction.
     pub max_recipients_per_message: u32,
     /// Count bounces (null envelope sender) too.
     pub count_bounces: bool,
@@ -161,7 +163,7 @@ impl Default for LimitsConfig {
         Self {
             max_tracked_identities: 1_000_000,
             eviction_interval: DurationValue(Duration::from_secs(60)),
-            max_recipients_per_message: 1000,
+            max_recipients_per_message: 100,
             count_bounces: false,
         }
     }
