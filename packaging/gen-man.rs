@@ -248,13 +248,21 @@ Success. For \fBrun\fR: stopped by SIGTERM or SIGINT after draining.
 .TP
 \fB1\fR
 Any other failure, for example: the socket cannot be bound, an identity
-given to \fBlocks\fR is not valid, or \fBcheck-config\fR finds the lock list
-unusable.
+given to \fBlocks\fR is not valid, the status listener cannot be reached,
+or \fBcheck-config\fR or a \fBlocks\fR command cannot read the lock list
+(permissions, an I/O error).
+.TP
+\fB2\fR
+The command line is wrong: an unknown command or option, a missing or
+malformed argument.
 .TP
 \fB78\fR
-The configuration (or, for \fBrun\fR, the lock list or its directory) is
-unusable (EX_CONFIG in sysexits.h). The message names the file, the line and
-the key at fault. The systemd unit does not restart the daemon after this
+The configuration is unusable, for every command (EX_CONFIG in
+sysexits.h); for \fBrun\fR, \fBcheck-config\fR and the \fBlocks\fR commands
+also a lock list that does not parse; for \fBrun\fR also a lock list that
+cannot be read, or a lock list directory the daemon cannot create or write
+to. The message names the file, and for the configuration the line and the
+key at fault. The systemd unit does not restart the daemon after this
 status (\fBRestartPreventExitStatus=78\fR): fix the file, then start it.
 .SH FILES
 .TP
