@@ -61,7 +61,7 @@ pub struct Config {
     pub socket_mode: FileMode,
     /// `enforce` or `dry-run`.
     pub mode: Mode,
-    /// What to answer when the milter cannot decide.
+    /// What to answer to a stage on a connection that was never negotiated.
     pub on_error: ErrorPolicy,
     pub log_format: LogFormat,
     /// A tracing filter directive such as `info` or `egress_milter=debug`.
