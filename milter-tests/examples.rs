@@ -123,3 +123,49 @@ fn every_example_configuration_is_valid() {
     }
     assert!(checked.iter().any(|p| p.ends_with("egress-milter.toml")), "{checked:?}");
 }
+
+/// The example configurations with every commented-out key turned on: a
+/// `# key = value` or `# [table]` line, flush after the `# `, loses its
+/// `# `. Indented examples inside prose (`#   socket = ...`) stay comments.
+fn with_commented_keys_on(text: &str) -> String {
+    let is_name = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    text.lines()
+        .map(|line| {
+            let Some(rest) = line.strip_prefix("# ") else {
+                return line;
+            };
+            let table = rest.trim_start_matches('[').trim_end_matches(']');
+            let is_table = rest.starts_with('[') && rest.ends_with(']') && is_name(table);
+            let is_key = rest.split_once(" = ").is_some_and(|(key, _)| is_name(key));
+            if is_table || is_key { rest } else { line }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A key shown commented out in a shipped configuration (as its default or
+/// as an example) is one the daemon accepts, with a value it accepts: a
+/// user who removes the `# ` gets a valid file, and a key renamed in the
+/// code cannot linger in the examples.
+#[test]
+fn every_commented_key_of_the_shipped_configurations_is_valid() {
+    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/etc/egress-milter.toml");
+    let mut files = vec![packaged];
+    for entry in std::fs::read_dir(conf_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") && path.file_name().is_some_and(|n| n != "locks.toml") {
+            files.push(path);
+        }
+    }
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let on = with_commented_keys_on(&text);
+        assert_ne!(on, text, "{}: no commented key found", path.display());
+        let config = Config::parse(&on, &path).unwrap_or_else(|e| panic!("with its commented keys on: {e}"));
+        assert!(
+            config.status.listen.is_some() && config.notify.is_enabled(),
+            "{}",
+            path.display()
+        );
+    }
+}

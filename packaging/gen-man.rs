@@ -248,13 +248,21 @@ Success. For \fBrun\fR: stopped by SIGTERM or SIGINT after draining.
 .TP
 \fB1\fR
 Any other failure, for example: the socket cannot be bound, an identity
-given to \fBlocks\fR is not valid, or \fBcheck-config\fR finds the lock list
-unusable.
+given to \fBlocks\fR is not valid, the status listener cannot be reached,
+or \fBcheck-config\fR or a \fBlocks\fR command cannot read the lock list
+(permissions, an I/O error).
+.TP
+\fB2\fR
+The command line is wrong: an unknown command or option, a missing or
+malformed argument.
 .TP
 \fB78\fR
-The configuration (or, for \fBrun\fR, the lock list or its directory) is
-unusable (EX_CONFIG in sysexits.h). The message names the file, the line and
-the key at fault. The systemd unit does not restart the daemon after this
+The configuration is unusable, for every command (EX_CONFIG in
+sysexits.h); for \fBrun\fR, \fBcheck-config\fR and the \fBlocks\fR commands
+also a lock list that does not parse; for \fBrun\fR also a lock list that
+cannot be read, or a lock list directory the daemon cannot create or write
+to. The message names the file, and for the configuration the line and the
+key at fault. The systemd unit does not restart the daemon after this
 status (\fBRestartPreventExitStatus=78\fR): fix the file, then start it.
 .SH FILES
 .TP
@@ -273,8 +281,36 @@ that a non-chrooted MTA connects to.
 The systemd unit.
 .TP
 \fI/usr/share/doc/egress-milter/\fR
-README.md and the guides in \fIdocs/\fR: install.md, postfix.md,
-configuration.md, lock-list.md, operations.md.
+\fIREADME.md\fR, and the guides in \fIdocs/\fR:
+.RS
+.TP
+\fIinstall.md\fR
+installing the package, the unit and the socket
+.TP
+\fIpostfix.md\fR, \fIsendmail.md\fR
+putting the milter in the MTA's mail path
+.TP
+\fIconfiguration.md\fR
+every configuration key, its default and what a reload does with it
+.TP
+\fIlock-list.md\fR
+the lock list's format and how to edit it
+.TP
+\fIoperations.md\fR
+the incident runbook for a hijacked account, the log, reload, rollout
+.TP
+\fImonitoring.md\fR
+the status listener, its metrics and the incident commands
+.TP
+\fInotifications.md\fR
+the command and the mail report run for each automatic lock
+.TP
+\fIdesign.md\fR
+how the milter decides, counts and locks
+.TP
+\fItesting.md\fR, \fIbenchmarks.md\fR
+what the test suite checks; measured speed and memory
+.RE
 .SH EXAMPLES
 Check the configuration and the lock list after an edit:
 .PP
@@ -331,3 +367,69 @@ postfix reload
 The documentation under \fI/usr/share/doc/egress-milter/\fR, starting with
 \fIREADME.md\fR and \fIdocs/install.md\fR.
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// The page as man(1) shows it, `\-` read as `-`.
+    fn page() -> String {
+        let mut out = Vec::new();
+        render(&mut out).expect("render");
+        String::from_utf8(out).expect("UTF-8").replace("\\-", "-")
+    }
+
+    /// One `.SH` section, from its heading to the next.
+    fn section(page: &str, heading: &str) -> String {
+        let start = page
+            .find(&format!("\n.SH {heading}\n"))
+            .unwrap_or_else(|| panic!("no section {heading}"));
+        let rest = &page[start + 1..];
+        let end = rest[1..].find("\n.SH ").map_or(rest.len(), |i| i + 2);
+        rest[..end].to_string()
+    }
+
+    /// The names in italics (`\fI...\fR`) of a piece of roff.
+    fn italics(roff: &str) -> Vec<&str> {
+        roff.split("\\fI")
+            .skip(1)
+            .filter_map(|s| s.split("\\fR").next())
+            .collect()
+    }
+
+    /// The package installs every docs/*.md; FILES must name each, and
+    /// nothing that is not there, so a guide added or renamed shows here.
+    #[test]
+    fn files_names_every_guide_in_docs_and_no_other() {
+        let files = section(&page(), "FILES");
+        let named: Vec<&str> = italics(&files).into_iter().filter(|n| n.ends_with(".md")).collect();
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        let mut guides: Vec<String> = std::fs::read_dir(&docs)
+            .expect("docs/")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".md"))
+            .collect();
+        guides.sort();
+        assert!(!guides.is_empty());
+        let missing: Vec<&String> = guides.iter().filter(|g| !named.contains(&g.as_str())).collect();
+        assert!(missing.is_empty(), "FILES does not name docs/{missing:?}");
+        let unknown: Vec<&&str> = named
+            .iter()
+            .filter(|n| **n != "README.md" && !guides.iter().any(|g| g == **n))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "FILES names guides that docs/ does not have: {unknown:?}"
+        );
+    }
+
+    /// EXIT STATUS names the status the commands use for an unusable file.
+    #[test]
+    fn exit_status_names_ex_config_as_the_code_defines_it() {
+        let exit = section(&page(), "\"EXIT STATUS\"");
+        let config = format!("\\fB{}\\fR", egress_milter::admin::EXIT_CONFIG);
+        assert!(exit.contains(&config), "{exit}");
+        assert!(exit.contains("check-config"), "{exit}");
+    }
+}

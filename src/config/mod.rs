@@ -61,7 +61,7 @@ pub struct Config {
     pub socket_mode: FileMode,
     /// `enforce` or `dry-run`.
     pub mode: Mode,
-    /// What to answer when the milter cannot decide.
+    /// What to answer to a stage on a connection that was never negotiated.
     pub on_error: ErrorPolicy,
     pub log_format: LogFormat,
     /// A tracing filter directive such as `info` or `egress_milter=debug`.
@@ -166,7 +166,9 @@ pub struct LimitsConfig {
     pub max_tracked_identities: usize,
     /// How often idle counters are forgotten.
     pub eviction_interval: DurationValue,
-    /// Recipients beyond this number in one message are refused at RCPT.
+    /// Recipients beyond this number in one message are refused at RCPT
+    /// (0: no cap). 100 is what RFC 5321 (4.5.3.1.8) obliges every server
+    /// to accept, so no compliant client needs more in one transaction.
     pub max_recipients_per_message: u32,
     /// Count null-sender mail from the local-submission door too (it is
     /// always counted when it comes from a SASL login, an identity header or
@@ -179,7 +181,7 @@ impl Default for LimitsConfig {
         Self {
             max_tracked_identities: 1_000_000,
             eviction_interval: DurationValue(Duration::from_secs(60)),
-            max_recipients_per_message: 1000,
+            max_recipients_per_message: 100,
             count_bounces: false,
         }
     }

@@ -314,7 +314,8 @@ impl fmt::Display for Mode {
     }
 }
 
-/// What the milter answers when it cannot decide (an internal error).
+/// `on_error`: the answer to a message stage on a connection the MTA never
+/// negotiated, which has no session to decide with (the only use).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorPolicy {
