@@ -370,7 +370,9 @@ boot_test() {
     cp "$deb" "$b/in/egress-milter.deb"
     cp milter-tests/boot/checks.sh milter-tests/boot/milter-client.pl "$b/in/"
     # A copy (about 2 s), so that the cached root stays as debootstrap made it.
+    local start=$SECONDS
     cp -a --reflink=auto "$boot_root" "$b/root"
+    local copy_s=$((SECONDS - start))
     install -m 644 "milter-tests/boot/$boot_unit" "$b/root/etc/systemd/system/"
     ln -s "../$boot_unit" "$b/root/etc/systemd/system/multi-user.target.wants/$boot_unit"
 
@@ -384,10 +386,16 @@ boot_test() {
     # --register=no --keep-unit: no machined, no new scope (the host's init
     # need not be systemd); --private-network: the container's loopback is
     # its own. The checks power the container off; timeout is the backstop.
+    start=$SECONDS
     timeout 300 systemd-nspawn --quiet --register=no --keep-unit --private-network \
         --directory="$b/root" --machine=egress-milter-boot-test \
         --bind-ro="$b/in:/mnt/boot-test" --bind="$b/out:/mnt/boot-results" \
         --boot >"$b/console.log" 2>&1 || rc=$?
+    local nspawn_s=$((SECONDS - start)) seconds
+    # "seconds: UPTIME CHECKS": the container's uptime when the checks
+    # ended, and how long they ran.
+    seconds=$(awk '$1 == "seconds:" { printf "boot to end of checks %.0f s, checks %d s", $2, $3 }' "$b/out/results" 2>/dev/null)
+    timings+=("boot: copy of the root $copy_s s, container $nspawn_s s (${seconds:-no figures})")
 
     local line n=0
     while IFS= read -r line; do
@@ -414,6 +422,8 @@ boot_test() {
 
 if [ "$(id -u)" = 0 ]; then
     timed "boot under systemd-nspawn" boot_test
+else
+    say "skip: the boot test needs root (systemd-nspawn); run as root to boot the package under systemd"
 fi
 
 timings+=("total: $((SECONDS - script_start)) s")

@@ -35,6 +35,13 @@ note() { printf '  %s\n' "$*" | tee -a "$results"; }
 # run from a container that died.
 finish() {
     journalctl -u egress-milter --no-pager -o short-monotonic >"$out/journal.txt" 2>&1
+    # Seconds since the container's PID 1 started (/proc/uptime is the
+    # host's), and how long the checks ran.
+    local up start
+    up=$(cut -d' ' -f1 /proc/uptime)
+    start=$(awk '{ print $22 }' /proc/1/stat)
+    awk -v u="$up" -v s="$start" -v t="$(getconf CLK_TCK)" -v c="$SECONDS" \
+        'BEGIN { printf "seconds: %.1f %d\n", u - s / t, c }' >>"$results"
     echo done >>"$results"
 }
 trap finish EXIT
