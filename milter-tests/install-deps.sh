@@ -2,7 +2,9 @@
 # Installs, from Debian's packages, what the live-MTA test suite
 # (milter-tests/live/) needs: Postfix, and the Cyrus SASL tools and plugins
 # used for AUTH on the private instances' submission port; then Sendmail,
-# unpacked into a private root (see the Sendmail section at the end).
+# unpacked into a private root (see the Sendmail section); then, for the
+# package boot test of milter-tests/package.sh, systemd-nspawn, debootstrap
+# and a cached minimal Debian root (see the last section).
 #
 # Idempotent: exits 0 quickly when everything is already there. Must run as
 # root to install anything. Postfix is installed non-interactively ("No
@@ -10,7 +12,8 @@
 # starting services, so the install never starts a system-wide Postfix that
 # would hold port 25; that file is removed again on every exit path.
 #
-# Usage: bash milter-tests/install-deps.sh
+# Usage: bash milter-tests/install-deps.sh [all|boot]
+#   all (the default): everything; boot: only what the package boot test needs.
 set -euo pipefail
 
 packages=(postfix sasl2-bin libsasl2-modules)
@@ -258,6 +261,111 @@ install_sendmail() {
     say "sendmail unpacked in $SENDMAIL_ROOT ($(head -n1 "$sendmail_stamp"))"
 }
 
-install_postfix
-install_sendmail
+# ------------------------------------------------------ package boot test
+# For the boot test of milter-tests/package.sh: systemd-nspawn (package
+# systemd-container) boots a minimal Debian 12 root, made once by
+# debootstrap --variant=minbase with systemd added (minbase has no init),
+# from the mirror apt uses here, and kept in $BOOT_ROOT (about 200 MB). The
+# test boots a copy; the cached root is never changed. The root has no
+# procps (so no /bin/kill), as a minimal Debian does not.
+# To refresh: rm -rf "$BOOT_ROOT" and run this script again.
+BOOT_ROOT=${EGRESS_MILTER_BOOT_ROOT:-/var/cache/egress-milter-tests/boot-root-bookworm}
+boot_suite=bookworm
+boot_include=systemd,systemd-sysv
+boot_tools=(systemd-container debootstrap)
+boot_stamp=$BOOT_ROOT/.egress-milter-tests
+
+# The archive apt uses for $boot_suite main (deb822 or one-line sources
+# alike); EGRESS_MILTER_BOOT_MIRROR overrides it.
+boot_mirror() {
+    if [ -n "${EGRESS_MILTER_BOOT_MIRROR:-}" ]; then
+        echo "$EGRESS_MILTER_BOOT_MIRROR"
+        return
+    fi
+    local site
+    # shellcheck disable=SC2016 # apt's own placeholders
+    site=$(apt-get indextargets --format '$(SITE) $(RELEASE) $(COMPONENT)' 'Identifier: Packages' 2>/dev/null |
+        awk -v suite="$boot_suite" '$2 == suite && $3 == "main" { print $1; exit }')
+    echo "${site:-http://deb.debian.org/debian}"
+}
+
+boot_ready() {
+    [ -f "$boot_stamp" ] && [ -x "$BOOT_ROOT/lib/systemd/systemd" ] || return 1
+    local pkg
+    for pkg in "${boot_tools[@]}"; do
+        installed "$pkg" || return 1
+    done
+}
+
+install_boot_root() {
+    if boot_ready; then
+        say "boot-test root ready in $BOOT_ROOT ($(head -n1 "$boot_stamp"))"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        say "must run as root to install ${boot_tools[*]} and make the root $BOOT_ROOT" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+
+    local missing=() pkg
+    for pkg in "${boot_tools[@]}"; do
+        installed "$pkg" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        local candidate
+        candidate=$(apt-cache policy "${missing[0]}" 2>/dev/null || true)
+        if [[ "$candidate" != *"Candidate: "[0-9]* ]]; then
+            say "apt-get update"
+            apt-get update -q
+        fi
+        say "apt-get install ${missing[*]} (for the package boot test)"
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+    fi
+
+    # Made beside the root, checked, then swapped in.
+    local mirror staging
+    mirror=$(boot_mirror)
+    mkdir -p "$(dirname "$BOOT_ROOT")"
+    rm -rf "$BOOT_ROOT".new.*
+    staging=$(mktemp -d "$BOOT_ROOT.new.XXXXXX")
+    # The container's / (mktemp made it 0700: no user but root could use it).
+    chmod 755 "$staging"
+    say "debootstrap --variant=minbase --include=$boot_include $boot_suite from $mirror (about a minute)"
+    if ! debootstrap --variant=minbase --include="$boot_include" "$boot_suite" "$staging" "$mirror" \
+        >"$staging.log" 2>&1; then
+        say "error: debootstrap failed; the end of its log ($staging.log):" >&2
+        tail -n 20 "$staging.log" >&2
+        rm -rf "$staging"
+        exit 1
+    fi
+    rm -f "$staging.log"
+    # The downloaded .debs are not needed to boot; the copy is smaller.
+    rm -f "$staging"/var/cache/apt/archives/*.deb
+    if [ ! -x "$staging/lib/systemd/systemd" ]; then
+        rm -rf "$staging"
+        say "error: the debootstrap root has no /lib/systemd/systemd" >&2
+        exit 1
+    fi
+    {
+        echo "$boot_suite, minbase + $boot_include, from $mirror, $(date -u +%Y-%m-%d)"
+        chroot "$staging" dpkg-query -W -f='${Package} ${Version}\n' systemd
+    } >"$staging/.egress-milter-tests"
+    rm -rf "$BOOT_ROOT"
+    mv "$staging" "$BOOT_ROOT"
+    say "boot-test root made in $BOOT_ROOT ($(head -n1 "$boot_stamp"))"
+}
+
+case "${1:-all}" in
+all)
+    install_postfix
+    install_sendmail
+    install_boot_root
+    ;;
+boot) install_boot_root ;;
+*)
+    say "usage: install-deps.sh [all|boot]" >&2
+    exit 2
+    ;;
+esac
 say "done"

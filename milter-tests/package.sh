@@ -12,6 +12,16 @@
 # reinstall over an edited conffile, remove, purge. Whatever was on the
 # machine before (a policy-rc.d, the egress-milter user) is put back.
 #
+# Then, as root, the boot test: a copy of a minimal Debian 12 root
+# (debootstrap --variant=minbase plus systemd, cached by
+# milter-tests/install-deps.sh, which this script runs if the root or
+# systemd-nspawn is missing) is booted with systemd-nspawn; a oneshot unit
+# inside runs milter-tests/boot/checks.sh (install with apt, start, the
+# socket's owner and mode, a message as user postfix, EACCES as other
+# users, reload with a changed limit, a broken config refused, the /run
+# socket for Sendmail, stop, purge) and powers the container off. Its
+# "ok:"/"FAIL:" lines count here, prefixed "boot: ".
+#
 # The test package is built with the "deb-test" profile of Cargo.toml
 # (unoptimised: about 50 s of CPU from scratch, against 120 s for release
 # with LTO) to stay within CI's time; everything but the binary's speed is
@@ -160,6 +170,14 @@ mkdir "$work/root"
 dpkg-deb -x "$deb" "$work/root"
 bin=$work/root/usr/sbin/egress-milter
 man_src=$work/egress-milter.8
+unit_file=$work/root/usr/lib/systemd/system/egress-milter.service
+check "unit: reload sends SIGHUP with sh's built-in kill, no /bin/kill (procps is no dependency)" \
+    eval '! grep -q "^[^#]*/bin/kill" "$unit_file" && grep -qxF "ExecReload=/bin/sh -c '\''kill -HUP \"\$MAINPID\"'\''" "$unit_file"'
+check "packaged socket: unix:/var/spool/postfix/egress-milter/milter.sock, socket_mode 0660" \
+    eval 'grep -qx "socket = \"unix:/var/spool/postfix/egress-milter/milter.sock\"" "$work/root/etc/egress-milter/egress-milter.toml" &&
+        grep -q "^socket_mode = \"0660\"" "$work/root/etc/egress-milter/egress-milter.toml"'
+check "unit: ExecStartPre makes /var/spool/postfix/egress-milter egress-milter:postfix 2750" \
+    grep -q "^ExecStartPre=+/bin/sh -c .*install -d -o egress-milter -g postfix -m 2750 /var/spool/postfix/egress-milter" "$unit_file"
 zcat "$work/root/usr/share/man/man8/egress-milter.8.gz" >"$man_src"
 sections_missing=()
 for s in NAME SYNOPSIS DESCRIPTION OPTIONS COMMANDS SIGNALS '"EXIT STATUS"' FILES '"SEE ALSO"'; do
@@ -331,6 +349,97 @@ else
             ! dpkg-query -W -f="\${db:Status-Status}" egress-milter 2>/dev/null | grep -qv not-installed'
     check "purge: the system user is kept (Debian practice; reinstall reuses it)" eval 'getent passwd egress-milter >/dev/null'
     timings+=("install, remove, purge: $((SECONDS - install_start)) s")
+fi
+
+# ---------------------------------------------------------------- boot (root)
+
+boot_root=${EGRESS_MILTER_BOOT_ROOT:-/var/cache/egress-milter-tests/boot-root-bookworm}
+boot_unit=egress-milter-boot-test.service
+
+boot_test() {
+    local b=$work/boot rc=0
+    if ! command -v systemd-nspawn >/dev/null || ! [ -f "$boot_root/.egress-milter-tests" ]; then
+        say "the boot test needs systemd-nspawn and the root $boot_root: bash milter-tests/install-deps.sh boot"
+        if ! EGRESS_MILTER_BOOT_ROOT=$boot_root bash milter-tests/install-deps.sh boot; then
+            bad "boot: milter-tests/install-deps.sh boot (systemd-container, debootstrap, the root) succeeds"
+            return
+        fi
+    fi
+    say "boot test: $(head -n 1 "$boot_root/.egress-milter-tests")"
+    mkdir -p "$b/in" "$b/out"
+    cp "$deb" "$b/in/egress-milter.deb"
+    cp milter-tests/boot/checks.sh milter-tests/boot/milter-client.pl "$b/in/"
+    # The cached root stays as debootstrap made it: the container runs on an
+    # overlay of it (instant), or on a copy where overlayfs is not available
+    # (a few seconds).
+    local start=$SECONDS how=overlay
+    mkdir -p "$b/root" "$b/upper" "$b/overlay-work"
+    if mount -t overlay egress-milter-boot-test \
+        -o "lowerdir=$boot_root,upperdir=$b/upper,workdir=$b/overlay-work" "$b/root" 2>"$b/mount.err"; then
+        cleanup_steps+=("! mountpoint -q '$b/root' || umount '$b/root'")
+    else
+        how="copy ($(head -n 1 "$b/mount.err"))"
+        rmdir "$b/root"
+        cp -a --reflink=auto "$boot_root" "$b/root"
+    fi
+    local copy_s=$((SECONDS - start))
+    # Without package lists apt resolves the local .deb against what is
+    # installed (all it needs here) in a fraction of a second, instead of
+    # parsing the whole archive's lists for each of the three installs.
+    find "$b/root/var/lib/apt/lists" -maxdepth 1 -type f -delete
+    rm -f "$b/root"/var/cache/apt/*.bin
+    install -m 644 "milter-tests/boot/$boot_unit" "$b/root/etc/systemd/system/"
+    ln -s "../$boot_unit" "$b/root/etc/systemd/system/multi-user.target.wants/$boot_unit"
+
+    # systemd-nspawn keeps per-container state in /run/systemd/nspawn and
+    # removes it only from a tmpfs; where /run is not one, give it one.
+    if [ "$(stat -f -c %T /run)" != tmpfs ] && ! mountpoint -q /run/systemd/nspawn; then
+        mkdir -p /run/systemd/nspawn
+        mount -t tmpfs -o mode=0755 egress-milter-test /run/systemd/nspawn
+        cleanup_steps+=("umount /run/systemd/nspawn")
+    fi
+    # --register=no --keep-unit: no machined, no new scope (the host's init
+    # need not be systemd); --private-network: the container's loopback is
+    # its own. The checks power the container off; timeout is the backstop.
+    start=$SECONDS
+    timeout 300 systemd-nspawn --quiet --register=no --keep-unit --private-network \
+        --directory="$b/root" --machine=egress-milter-boot-test \
+        --bind-ro="$b/in:/mnt/boot-test" --bind="$b/out:/mnt/boot-results" \
+        --boot >"$b/console.log" 2>&1 || rc=$?
+    local nspawn_s=$((SECONDS - start)) seconds
+    # "seconds: UPTIME CHECKS": the container's uptime when the checks
+    # ended, and how long they ran.
+    seconds=$(awk '$1 == "seconds:" { printf "boot to end of checks %.0f s, checks %d s", $2, $3 }' "$b/out/results" 2>/dev/null)
+    timings+=("boot: root by $how $copy_s s, container $nspawn_s s (${seconds:-no figures})")
+
+    local line n=0
+    while IFS= read -r line; do
+        case $line in
+        "ok: "*) ok "boot: ${line#ok: }"; n=$((n + 1)) ;;
+        "FAIL: "*) bad "boot: ${line#FAIL: }"; n=$((n + 1)) ;;
+        "  "*) printf '%s\n' "$line" ;;
+        esac
+    done < <(cat "$b/out/results" 2>/dev/null)
+    if [ "$rc" = 0 ] && grep -qx done "$b/out/results" 2>/dev/null; then
+        ok "boot: the container ran the $n checks and powered off"
+    else
+        bad "boot: the container ran the checks to the end and powered off (systemd-nspawn exit $rc, $n checks)"
+        say "the end of the container's console ($b/console.log):"
+        tail -n 30 "$b/console.log" | sed 's/\x1b\[[0-9;]*m//g'
+    fi
+    if [ "$failed" != 0 ] && [ -s "$b/out/journal.txt" ]; then
+        say "the unit's journal in the container:"
+        tail -n 40 "$b/out/journal.txt"
+    fi
+    # The container's files are large; do not wait for the exit trap.
+    if mountpoint -q "$b/root"; then umount "$b/root"; fi
+    rm -rf "$b/root" "$b/upper" "$b/overlay-work"
+}
+
+if [ "$(id -u)" = 0 ]; then
+    timed "boot under systemd-nspawn" boot_test
+else
+    say "skip: the boot test needs root (systemd-nspawn); run as root to boot the package under systemd"
 fi
 
 timings+=("total: $((SECONDS - script_start)) s")

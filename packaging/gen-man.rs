@@ -273,9 +273,17 @@ The configuration file (a conffile of the Debian package: kept on upgrade).
 The lock list, as the packaged configuration names it. Writers take a lock
 on \fI/var/lib/egress-milter/locks.toml.lock\fR.
 .TP
+\fI/var/spool/postfix/egress-milter/milter.sock\fR
+The milter socket of the packaged configuration. Its directory is made by
+the systemd unit when Postfix is installed: owner \fBegress-milter\fR, group
+\fBpostfix\fR, mode 2750, so that only Postfix can connect. The milter
+protocol has no authentication: whoever opens the socket speaks for the
+MTA.
+.TP
 \fI/run/egress-milter/\fR
-Created by systemd for the daemon (mode 0750); the place for a unix socket
-that a non-chrooted MTA connects to.
+Created by systemd for the daemon (group \fBegress-milter\fR, mode 0750);
+the place for a unix socket that an MTA running as root outside Postfix's
+chroot, such as Sendmail, connects to.
 .TP
 \fI/usr/lib/systemd/system/egress-milter.service\fR
 The systemd unit.
@@ -351,12 +359,13 @@ egress-milter queue hold alice@example.com
 .RE
 .fi
 .PP
-Point Postfix at the packaged default socket (see \fIpostfix.md\fR for the
-other milter_* parameters):
+Point Postfix at the packaged default socket, as a chrooted smtpd (Debian's
+default) sees it; see \fIpostfix.md\fR for an smtpd that is not chrooted and
+the other milter_* parameters:
 .PP
 .nf
 .RS
-postconf -e 'smtpd_milters = inet:127.0.0.1:7025'
+postconf -e 'smtpd_milters = unix:/egress-milter/milter.sock'
 postfix reload
 .RE
 .fi

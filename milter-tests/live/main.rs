@@ -249,7 +249,7 @@ fn master_cf_submission_example_is_valid() {
     };
     assert_eq!(
         postconf(&["-P", "-h", "submission/inet/smtpd_milters"]),
-        "inet:127.0.0.1:7025"
+        "unix:/egress-milter/milter.sock"
     );
     assert_eq!(postconf(&["-P", "-h", "submission/inet/smtpd_sasl_auth_enable"]), "yes");
     assert!(postconf(&["-M", "submission/inet"]).contains("smtpd"));
