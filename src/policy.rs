@@ -9,7 +9,7 @@
 use crate::clock::Clock;
 use crate::config::{Action, Config, Counted, Mode, Rate, Scope, format_duration};
 use crate::identity::{Identity, normalise_address};
-use crate::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
+use crate::limiter::{BucketKey, KeyedLimiter, Limit, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
 use crate::lockfile::{LockEntry, LockSource, Timestamp};
 use crate::locks::LockStore;
 use crate::metrics::Observer;
@@ -39,8 +39,8 @@ pub struct Counters {
     factory: BucketsFactory,
 }
 
-/// Makes a rule's counters for a quota (the seam for a shared backend).
-pub type BucketsFactory = Box<dyn Fn(governor::Quota, &Clock) -> Arc<dyn RateBuckets> + Send + Sync>;
+/// Makes a rule's counters for a limit (the seam for a shared backend).
+pub type BucketsFactory = Box<dyn Fn(Limit, &Clock) -> Arc<dyn RateBuckets> + Send + Sync>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LimiterId {
@@ -54,11 +54,11 @@ struct LimiterId {
 }
 
 impl Counters {
-    /// In-memory counters (governor GCRA over dashmap).
+    /// In-memory counters (see [`crate::limiter`]).
     pub fn new(clock: Clock) -> Arc<Self> {
         Self::with_factory(
             clock,
-            Box::new(|quota, clock| Arc::new(KeyedLimiter::new(quota, clock.clone()))),
+            Box::new(|limit, clock| Arc::new(KeyedLimiter::new(limit, clock.clone()))),
         )
     }
 
@@ -210,7 +210,10 @@ impl Policy {
             let l = registry
                 .remove(&id)
                 .or_else(|| next_registry.get(&id).cloned())
-                .unwrap_or_else(|| (counters.factory)(rate.quota(id.burst), &counters.clock));
+                .unwrap_or_else(|| {
+                    let limit = Limit::new(rate.count, rate.window, id.burst);
+                    (counters.factory)(limit, &counters.clock)
+                });
             next_registry.insert(id, l.clone());
             l
         };
@@ -699,7 +702,8 @@ action = "reject"
         assert_eq!(trips[0].rule, "per-minute");
         assert_eq!(trips[0].action, Action::Tempfail);
         assert_eq!(trips[0].usage.used, 3);
-        assert_eq!(trips[0].retry_in, Some(Duration::from_secs(20)));
+        // 3 in this minute already: the next fits when the minute is over.
+        assert_eq!(trips[0].retry_in, Some(Duration::from_secs(60)));
         // A refused commit counts nothing in any rule.
         let refused = f.policy.commit(&plan, 1);
         assert_eq!(refused.len(), 1);
