@@ -781,6 +781,30 @@ action = "reject"
         assert!(f.policy.lock_of("a@x.org").is_some());
     }
 
+    /// Issue 10, item 7: with a burst of N refilled at N per W, a sender
+    /// that retried whenever told got almost 2N through in its first W.
+    #[test]
+    fn a_greedy_sender_gets_no_more_than_the_rate_in_its_first_window() {
+        for (rate, window, count) in [("300/1h", 3600, 300), ("1000/1d", 86_400, 1000)] {
+            let f = fixture(&format!(
+                "[[rule]]\nname = \"r\"\nrate = \"{rate}\"\naction = \"tempfail\"\n"
+            ));
+            let plan = f.policy.plan(id("a@x.org"), false);
+            let (mut sent, mut elapsed) = (0, Duration::ZERO);
+            while elapsed < Duration::from_secs(window) {
+                match f.policy.commit(&plan, 1).first() {
+                    None => sent += 1,
+                    Some(trip) => {
+                        let wait = trip.retry_in.unwrap();
+                        f.clock.advance(wait);
+                        elapsed += wait;
+                    }
+                }
+            }
+            assert_eq!(sent, count, "{rate}: accepted in the first window");
+        }
+    }
+
     #[test]
     fn recipients_count_by_weight_and_a_huge_message_never_fits() {
         let f = fixture(ESCALATION);
