@@ -447,6 +447,19 @@ impl Config {
         }
 
         for (i, rule) in self.rules.iter().enumerate() {
+            if let Some(burst) = rule.burst
+                && burst > rule.rate.count
+            {
+                return fail(
+                    rule.name.span(),
+                    &format!("rule[{i}].burst"),
+                    format!(
+                        "{burst} is more than the rate's count: at most {} can ever go out in {}",
+                        rule.rate.count,
+                        format_duration(rule.rate.window)
+                    ),
+                );
+            }
             if rule.action == Action::Lock && rule.per != Scope::Identity {
                 return fail(
                     rule.name.span(),
@@ -768,6 +781,21 @@ mod tests {
         ));
         assert_eq!((e.line, e.key.as_deref()), (Some(8), Some("override[1]")), "{e}");
         assert!(e.message.contains("domain x.org already has an override"), "{e}");
+    }
+
+    #[test]
+    fn a_burst_may_not_exceed_the_rate() {
+        let rule =
+            |burst: u32| format!("[[rule]]\nname = \"r\"\nrate = \"300/1h\"\nburst = {burst}\naction = \"tempfail\"\n");
+        let e = err(&rule(301));
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("rule[0].burst")), "{e}");
+        assert_eq!(
+            e.message,
+            "301 is more than the rate's count: at most 300 can ever go out in 1h"
+        );
+        for ok in [1, 50, 300] {
+            assert_eq!(parse(&rule(ok)).unwrap().rules[0].burst.map(|b| b.get()), Some(ok));
+        }
     }
 
     #[test]
