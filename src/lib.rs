@@ -13,7 +13,7 @@
 //! Policy (no milter protocol in it, unit-tested on its own):
 //! - [`config`]: the TOML configuration, value types and validation;
 //! - [`identity`]: who is sending (SASL login, trusted header, envelope, client);
-//! - [`limiter`]: keyed GCRA buckets (governor over dashmap) with peek and commit;
+//! - [`limiter`]: keyed buckets with a strict N-per-window bound, peek and commit;
 //! - [`policy`]: rules, overrides, counting accepted mail, automatic locking;
 //! - [`lockfile`]: the lock list's format and atomic, locked updates;
 //! - [`locks`]: locks in force, the background writer and the file watcher;
