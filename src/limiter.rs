@@ -31,9 +31,9 @@
 //!   `cur` counts in full. What is left of `prev` is at most `prev` and at
 //!   most `slots(prev_tat)`, where `prev_tat` is `tat` as it stood when that
 //!   window closed (nothing let through later is in it), and nothing from
-//!   `end` on. At `now > end` the windows move on by
-//!   one (`prev = cur`, `prev_tat = tat`, `cur = 0`, `end += W`) if
-//!   `now <= end + W` and `cur > 0`; otherwise both counts are 0. A burst
+//!   `end` on. At `now > end` the windows move on by one (`prev = cur`,
+//!   `prev_tat = tat`, `cur = 0`, `end += W`) if `now <= end + W` and
+//!   `cur > 0`; otherwise both counts are 0. A burst
 //!   after a pause therefore comes back as its window closes: all of it a
 //!   full `W` later when it came at one instant, one slot at a time from
 //!   then on when it was spread out.
