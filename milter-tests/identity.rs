@@ -27,7 +27,7 @@ async fn sasl_logins_are_counted_separately_and_normalised() {
     let fourth = Mta::send(m.addr, &Msg::from_user("Alice@example.com")).await;
     assert_eq!(
         fourth.refusal().as_deref(),
-        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for alice@example.com, retry in 20s")
+        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for alice@example.com, retry in 1m")
     );
     // Bob has his own counters, whatever the envelope sender says.
     let mut bob = Msg::from_user("bob@example.com");
@@ -53,7 +53,7 @@ async fn header_identity_from_trusted_relay_is_counted_per_header() {
     );
     assert_eq!(
         out.refusal().as_deref(),
-        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for carol@example.org, retry in 20s")
+        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for carol@example.org, retry in 1m")
     );
     // Another header identity through the same relay is not affected.
     let dave = Msg::unauthenticated(relay, "x@lists.example").header("X-Authenticated-Sender", "dave@example.org");
@@ -79,7 +79,7 @@ async fn forged_header_from_untrusted_client_never_chooses_the_identity() {
     );
     assert_eq!(
         out.refusal().as_deref(),
-        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for 198.51.100.7, retry in 20s")
+        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for 198.51.100.7, retry in 1m")
     );
 }
 

@@ -210,7 +210,10 @@ async fn metrics_and_tools_follow_the_traffic_exactly() {
     let json: serde_json::Value =
         serde_json::from_str(&run_cli(&d.config, &["explain", "alice@example.com", "--json"])).unwrap();
     assert_eq!(json["rules"][0]["window_secs"], 60);
-    assert!(json["rules"][0]["reset_in_secs"].as_u64().unwrap() <= 60);
+    // Mail counted stops counting within two windows of it: the strict
+    // count errs on the side of holding mail for longer, never shorter.
+    let reset = json["rules"][0]["reset_in_secs"].as_u64().unwrap();
+    assert!((1..=120).contains(&reset), "{reset}");
 
     // report: one CSV row per identity.
     let csv = run_cli(&d.config, &["report", "--since", "24h", "--csv"]);

@@ -229,8 +229,10 @@ fn locked_text(identity: &str) -> String {
 }
 
 /// The most messages an identity can have had accepted in `elapsed`, by the
-/// configuration's throttling rules (GCRA: the burst at once, then one per
-/// emission interval): the tightest per-identity message rule that refuses.
+/// configuration's throttling rules: a rule `N/W` lets at most `N` through in
+/// any window of `W`, so a span of `elapsed` holds at most `N` per window it
+/// touches; with a burst `B` below `N`, also at most `B` and then one per
+/// `W/N`. The tightest per-identity message rule that refuses.
 fn delivery_bound(config: &Config, elapsed: Duration) -> u64 {
     assert!(config.overrides.is_empty(), "the bound does not account for overrides");
     config
@@ -239,9 +241,16 @@ fn delivery_bound(config: &Config, elapsed: Duration) -> u64 {
         .filter(|r| r.count == Counted::Messages && r.per == Scope::Identity)
         .filter(|r| matches!(r.action, Action::Tempfail | Action::Reject))
         .map(|r| {
-            let burst = u64::from(r.burst.unwrap_or(r.rate.count).get());
-            let interval = r.rate.window / r.rate.count.get();
-            burst + (elapsed.as_nanos() / interval.as_nanos()) as u64
+            let count = u64::from(r.rate.count.get());
+            let windows = (elapsed.as_nanos() / r.rate.window.as_nanos()) as u64 + 1;
+            let by_window = count * windows;
+            match r.burst.map(|b| u64::from(b.get())).filter(|&b| b < count) {
+                Some(burst) => {
+                    let interval = r.rate.window.as_nanos().div_ceil(u128::from(count));
+                    by_window.min(burst + (elapsed.as_nanos() / interval) as u64)
+                }
+                None => by_window,
+            }
         })
         .min()
         .expect("the configuration has a per-identity message throttle")

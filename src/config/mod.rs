@@ -656,6 +656,21 @@ mod tests {
     }
 
     #[test]
+    fn a_burst_may_not_exceed_the_rate() {
+        let rule =
+            |burst: u32| format!("[[rule]]\nname = \"r\"\nrate = \"300/1h\"\nburst = {burst}\naction = \"tempfail\"\n");
+        let e = err(&rule(301));
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("rule[0].burst")), "{e}");
+        assert_eq!(
+            e.message,
+            "301 is more than the rate's count: at most 300 can ever go out in 1h"
+        );
+        for ok in [1, 50, 300] {
+            assert_eq!(parse(&rule(ok)).unwrap().rules[0].burst.map(|b| b.get()), Some(ok));
+        }
+    }
+
+    #[test]
     fn unknown_key_names_line_and_key() {
         let e = err("mode = \"enforce\"\n\n[limits]\nmax_trackd_identities = 5\n");
         assert_eq!(e.line, Some(4));

@@ -5,7 +5,6 @@
 //! Value types of the configuration file, each parsed from a string with
 //! `FromStr`, so a bad value is reported by toml with its line and column.
 
-use governor::Quota;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::SocketAddr;
@@ -103,27 +102,12 @@ impl FromStr for DurationValue {
 }
 deserialize_from_str!(DurationValue, "duration");
 
-/// A rate: `COUNT/WINDOW`, e.g. `"30/1m"`, `"500/1h"`, `"2000/1d"`.
-///
-/// Without an explicit burst, the whole count may be used at once and is
-/// replenished evenly over the window (GCRA): `"500/1h"` admits 500 messages
-/// in a burst, then one every 7.2 s.
+/// A rate: `COUNT/WINDOW`, e.g. `"30/1m"`, `"500/1h"`, `"2000/1d"`: at most
+/// `COUNT` in any window of length `WINDOW` (see [`crate::limiter`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Rate {
     pub count: NonZeroU32,
     pub window: Duration,
-}
-
-impl Rate {
-    /// The governor quota for this rate, with `burst` cells available at once
-    /// (default: the count).
-    pub fn quota(&self, burst: Option<NonZeroU32>) -> Quota {
-        let interval = self.window / self.count.get();
-        let interval = interval.max(Duration::from_nanos(1));
-        // `with_period` only fails for a zero period, excluded above.
-        let quota = Quota::with_period(interval).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
-        quota.allow_burst(burst.unwrap_or(self.count))
-    }
 }
 
 impl FromStr for Rate {
@@ -423,14 +407,10 @@ mod tests {
     }
 
     #[test]
-    fn rates_and_their_quotas() {
+    fn rates_parse_and_print() {
         let r: Rate = "500/1h".parse().unwrap();
         assert_eq!(r.count.get(), 500);
         assert_eq!(r.window, Duration::from_secs(3600));
-        let q = r.quota(None);
-        assert_eq!(q.burst_size().get(), 500);
-        assert_eq!(q.replenish_interval(), Duration::from_millis(7200));
-        assert_eq!(r.quota(NonZeroU32::new(50)).burst_size().get(), 50);
         assert_eq!("30/m".parse::<Rate>().unwrap().window, Duration::from_secs(60));
         assert_eq!("2000/1d".parse::<Rate>().unwrap().to_string(), "2000/1d");
         for bad in ["30", "0/1m", "x/1m", "30/1x", "30/0s", "-1/1m"] {

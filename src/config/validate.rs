@@ -8,6 +8,7 @@
 
 use super::{
     Action, Config, IdentityConfig, LimitsConfig, LocksConfig, RepliesConfig, RuleConfig, Scope, StatusConfig, address,
+    format_duration,
 };
 use std::collections::HashSet;
 use std::ops::Range;
@@ -179,6 +180,19 @@ fn rules(rules: &[RuleConfig]) -> Result<(), Violation> {
     }
 
     for (i, rule) in rules.iter().enumerate() {
+        if let Some(burst) = rule.burst
+            && burst > rule.rate.count
+        {
+            return fail(
+                rule.name.span(),
+                &format!("rule[{i}].burst"),
+                format!(
+                    "{burst} is more than the rate's count: at most {} can ever go out in {}",
+                    rule.rate.count,
+                    format_duration(rule.rate.window)
+                ),
+            );
+        }
         if rule.action == Action::Lock && rule.per != Scope::Identity {
             return fail(
                     rule.name.span(),

@@ -17,7 +17,7 @@ use crate::config::{Action, Config, Counted, IdentitySource, Mode, Network, Rate
 use crate::locks::LockStore;
 use crate::locks::file::{LockEntry, LockSource, Timestamp};
 use crate::policy::identity::Identity;
-use crate::policy::limiter::{BucketKey, KeyedLimiter, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
+use crate::policy::limiter::{BucketKey, KeyedLimiter, Limit, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
@@ -44,8 +44,8 @@ pub struct Counters {
     factory: BucketsFactory,
 }
 
-/// Makes a rule's counters for a quota (the seam for a shared backend).
-pub type BucketsFactory = Box<dyn Fn(governor::Quota, &Clock) -> Arc<dyn RateBuckets> + Send + Sync>;
+/// Makes a rule's counters for a limit (the seam for a shared backend).
+pub type BucketsFactory = Box<dyn Fn(Limit, &Clock) -> Arc<dyn RateBuckets> + Send + Sync>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LimiterId {
@@ -59,11 +59,11 @@ struct LimiterId {
 }
 
 impl Counters {
-    /// In-memory counters (governor GCRA over dashmap).
+    /// In-memory counters (see [`crate::limiter`]).
     pub fn new(clock: Clock) -> Arc<Self> {
         Self::with_factory(
             clock,
-            Box::new(|quota, clock| Arc::new(KeyedLimiter::new(quota, clock.clone()))),
+            Box::new(|limit, clock| Arc::new(KeyedLimiter::new(limit, clock.clone()))),
         )
     }
 
@@ -285,7 +285,10 @@ impl Policy {
             let l = registry
                 .remove(&id)
                 .or_else(|| next_registry.get(&id).cloned())
-                .unwrap_or_else(|| (counters.factory)(rate.quota(id.burst), &counters.clock));
+                .unwrap_or_else(|| {
+                    let limit = Limit::new(rate.count, rate.window, id.burst);
+                    (counters.factory)(limit, &counters.clock)
+                });
             next_registry.insert(id, l.clone());
             l
         };
@@ -768,7 +771,8 @@ action = "reject"
         assert_eq!(trips[0].rule, "per-minute");
         assert_eq!(trips[0].action, Action::Tempfail);
         assert_eq!(trips[0].usage.used, 3);
-        assert_eq!(trips[0].retry_in, Some(Duration::from_secs(20)));
+        // 3 in this minute already: the next fits when the minute is over.
+        assert_eq!(trips[0].retry_in, Some(Duration::from_secs(60)));
         // A refused commit counts nothing in any rule.
         let refused = f.policy.commit(&plan, 1);
         assert_eq!(refused.len(), 1);
@@ -844,6 +848,30 @@ action = "reject"
         );
         assert!(entry.reason.contains("QID1"));
         assert!(f.policy.lock_of("a@x.org").is_some());
+    }
+
+    /// Issue 10, item 7: with a burst of N refilled at N per W, a sender
+    /// that retried whenever told got almost 2N through in its first W.
+    #[test]
+    fn a_greedy_sender_gets_no_more_than_the_rate_in_its_first_window() {
+        for (rate, window, count) in [("300/1h", 3600, 300), ("1000/1d", 86_400, 1000)] {
+            let f = fixture(&format!(
+                "[[rule]]\nname = \"r\"\nrate = \"{rate}\"\naction = \"tempfail\"\n"
+            ));
+            let plan = f.policy.plan(id("a@x.org"), false);
+            let (mut sent, mut elapsed) = (0, Duration::ZERO);
+            while elapsed < Duration::from_secs(window) {
+                match f.policy.commit(&plan, 1).first() {
+                    None => sent += 1,
+                    Some(trip) => {
+                        let wait = trip.retry_in.unwrap();
+                        f.clock.advance(wait);
+                        elapsed += wait;
+                    }
+                }
+            }
+            assert_eq!(sent, count, "{rate}: accepted in the first window");
+        }
     }
 
     #[test]
