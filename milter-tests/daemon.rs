@@ -5,6 +5,7 @@
 //! The real binary: configuration errors, signals, restarts, logs.
 
 use crate::common::*;
+use indymilter_test::Status;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -173,4 +174,24 @@ async fn a_unix_socket_works_and_a_stale_one_is_replaced() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{}", std::fs::read_to_string(&log).unwrap());
     assert!(!sock.exists(), "socket removed at exit");
+}
+
+#[tokio::test]
+async fn a_recipient_refusal_says_what_was_asked_and_when_it_would_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[[rule]]\nname = \"rcpts\"\ncount = \"recipients\"\nrate = \"3/1m\"\naction = \"reject\"\n";
+    let (path, addr) = config_with_port(dir.path(), config);
+    let p = Process::start(&path, addr).await;
+    // Four recipients in one message against 3 a minute: nothing counted
+    // yet (count=0), but the fourth asks for 4 and can never fit.
+    let out = Mta::send(addr, &Msg::from_user("carol@example.com").rcpts(4)).await;
+    assert!(matches!(out.rcpts[3], Status::Reject { .. }), "{out:?}");
+    let log = p.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("rejected") && l.contains("rule=rcpts"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("count=0") && line.contains("requested=4"), "{line}");
+    assert!(line.contains("retry_in=never"), "{line}");
+    assert!(p.stop().await.success());
 }

@@ -141,6 +141,8 @@ check "every docs/*.md of the tree ($(ls docs/*.md | wc -l)) in /usr/share/doc/e
     test ${#docs_missing[@]} = 0
 check "Postfix examples in /usr/share/doc/egress-milter/examples/postfix" \
     has_entry -rw-r--r-- root/root ./usr/share/doc/egress-milter/examples/postfix/main.cf.milter
+check "Sendmail example in /usr/share/doc/egress-milter/examples/sendmail (docs/sendmail.md includes it)" \
+    has_entry -rw-r--r-- root/root ./usr/share/doc/egress-milter/examples/sendmail/egress-milter.mc
 check "no file outside /etc, /usr (the state directory is made by postinst)" \
     eval '! awk '\''$6 !~ /^\.\/(etc|usr)(\/|$)/ && $6 != "./"'\'' "$work/contents" | grep -q .'
 

@@ -42,9 +42,18 @@ impl fmt::Display for Identity {
 #[derive(Clone, Debug, Default)]
 pub struct HeaderValues {
     /// Lowercased header name to the first [`MAX_HEADER_COPIES`] raw values.
-    values: HashMap<String, Vec<Vec<u8>>>,
+    values: HashMap<String, Vec<HeaderCopy>>,
     /// Names seen more often than could be kept with differing values.
     overflowed: Vec<String>,
+}
+
+/// One copy of an identity header, cut to a bounded length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct HeaderCopy {
+    /// At most `max_length + 64` bytes of it.
+    kept: Vec<u8>,
+    /// Its whole length, for the log of a value too long to believe.
+    len: usize,
 }
 
 impl HeaderValues {
@@ -60,11 +69,15 @@ impl HeaderValues {
         };
         // Keep a little more than the identity limit so a long value is still
         // recognised as too long, not silently cut to a different identity.
-        let value = &value[..value.len().min(max_len + 64)];
+        let len = value.len();
+        let value = &value[..len.min(max_len + 64)];
         let copies = self.values.entry(wanted.clone()).or_default();
         if copies.len() < MAX_HEADER_COPIES {
-            copies.push(value.to_vec());
-        } else if copies.iter().all(|c| c != value) && !self.overflowed.contains(wanted) {
+            copies.push(HeaderCopy {
+                kept: value.to_vec(),
+                len,
+            });
+        } else if copies.iter().all(|c| c.kept != value) && !self.overflowed.contains(wanted) {
             self.overflowed.push(wanted.clone());
         }
     }
@@ -140,7 +153,12 @@ pub fn resolve(config: &IdentityConfig, facts: &Facts<'_>) -> (Resolution, Vec<S
                 let mut normalised = Vec::with_capacity(copies.len());
                 let mut invalid = 0;
                 for copy in copies {
-                    match normalise_header_value(config, copy) {
+                    let value = if copy.len > copy.kept.len() {
+                        Err(Invalid::TooLong(copy.len))
+                    } else {
+                        normalise_header_value(config, &copy.kept)
+                    };
+                    match value {
                         Ok(v) => normalised.push(v),
                         Err(e) => {
                             invalid += 1;
@@ -452,13 +470,16 @@ mod tests {
         let huge = vec![b'a'; 1_000_000];
         let mut h2 = HeaderValues::default();
         h2.record(c.sources.get_ref(), b"X-Authenticated-Sender", &huge, 254);
-        assert!(h2.values["x-authenticated-sender"][0].len() <= 254 + 64);
+        assert!(h2.values["x-authenticated-sender"][0].kept.len() <= 254 + 64);
         let facts = Facts {
             client_ip: Some("10.0.0.1".parse().unwrap()),
             headers: Some(&h2),
             ..Facts::default()
         };
-        assert_eq!(resolve(&c, &facts).0, Resolution::Unidentified);
+        let (resolution, skipped) = resolve(&c, &facts);
+        assert_eq!(resolution, Resolution::Unidentified);
+        // The log names the value's real length, not the part kept.
+        assert_eq!(skipped[0].why, "value is too long (1000000 bytes)");
     }
 
     #[test]
