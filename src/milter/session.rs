@@ -535,28 +535,25 @@ impl<'a> Decider<'a> {
     }
 
     fn refuse_locked(&self, message: &Message, stage: Stage) -> Verdict {
-        let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
-        info!(
-            queue_id = self.queue_id,
-            identity = %identity,
-            stage = %stage,
-            action = "locked",
-            "refused: identity is locked"
-        );
-        self.refuse(Some(identity), RULE_LOCKED, self.locked_reply(identity))
+        self.refuse_as_locked(message, stage, RULE_LOCKED, "refused: identity is locked")
     }
 
     /// A locked identity past `locks.hold_limit`: refused as locked.
     fn refuse_hold_full(&self, message: &Message, stage: Stage) -> Verdict {
+        let why = "refused: identity is locked and locks.hold_limit is reached";
+        self.refuse_as_locked(message, stage, RULE_HOLD_LIMIT, why)
+    }
+
+    fn refuse_as_locked(&self, message: &Message, stage: Stage, rule: &str, why: &str) -> Verdict {
         let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
         info!(
             queue_id = self.queue_id,
             identity = %identity,
             stage = %stage,
             action = "locked",
-            "refused: identity is locked and locks.hold_limit is reached"
+            "{why}"
         );
-        self.refuse(Some(identity), RULE_HOLD_LIMIT, self.locked_reply(identity))
+        self.refuse(Some(identity), rule, self.locked_reply(identity))
     }
 
     /// A locked identity's whole message refused at its end.
