@@ -10,13 +10,19 @@
 //! documentation says what that code did. The table in docs/testing.md
 //! lists what each one checks.
 
-use crate::egress::MilterConfig;
+use crate::egress::{MilterConfig, free_port};
 use crate::harness::skip_unless_live;
+use crate::postfix::PostfixOptions;
 use crate::scenarios::{
     Live, WAIT, assert_accepted, assert_refused, locked_text, message, password, subjects, throttled_text,
 };
 use crate::smtp::{Envelope, SendOutcome, Stage, open_session, send_transaction};
+use egress_milter::config::{Counted, Scope};
 use egress_milter::locks::file::LockSource;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// `n` transactions from `login` over one authenticated session of the
 /// submission port, as a bot sends them; `envelope(i)` makes the `i`-th
@@ -107,5 +113,219 @@ fn a_sasl_users_null_sender_mail_is_throttled_then_locked() {
             .log_lines(&["accepted", &format!("identity={mallory} "), "source=auth"])
             .len(),
         3
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Item 2: inbound mail.
+
+/// A stranger's MTA delivering mail from the internet to local users: on
+/// loopback, but in no `mynetworks`, `identity.trusted_networks` or
+/// `scope.networks` (the client address).
+const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 5);
+/// The domain Postfix accepts mail for from anyone, as port 25 does for its
+/// own domains (`relay_domains`, `permit_auth_destination`).
+const INBOUND_DOMAIN: &str = "inbound.test";
+
+/// A Postfix whose relay port (no AUTH, the milter from main.cf) accepts
+/// mail for [`INBOUND_DOMAIN`] from any client, as port 25 accepts mail for
+/// the domains it serves.
+fn with_inbound_domain(o: PostfixOptions) -> PostfixOptions {
+    o.main_cf(&format!("relay_domains = {INBOUND_DOMAIN}"))
+        .relay_override("smtpd_relay_restrictions=permit_mynetworks,permit_auth_destination,reject")
+}
+
+/// Parallel sessions of the stranger's MTA.
+const INBOUND_SESSIONS: usize = 4;
+/// Messages it delivers over each session.
+const INBOUND_PER_SESSION: usize = 40;
+/// Recipients of each of its messages.
+const INBOUND_RECIPIENTS: usize = 5;
+
+/// A plain HTTP/1.0 GET of the status listener's `/metrics`; the value of
+/// the unlabelled series `name`.
+fn metric(listen: &str, name: &str) -> u64 {
+    let mut stream = TcpStream::connect(listen).expect("connect to the status listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").expect("send the request");
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("read the metrics");
+    raw.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{raw}"))
+}
+
+/// The quick start as pasted: `smtpd_milters` in main.cf
+/// (`conf/postfix/main.cf.milter`), so the milter sees the port-25-like
+/// relay port too, and the shipped example configuration with its
+/// `[scope]` as shipped. Its rules are lowered (messages 60 an hour and 100
+/// a day, recipients 200 an hour, the lock rules at 100 messages and 400
+/// recipients an hour) so that a flood of a second or two crosses every
+/// per-identity rule, throttles and locks alike; the test checks that it
+/// does. A stranger's MTA (127.0.0.5: no AUTH, in no scope network)
+/// delivers 160 messages with 5 recipients each for a domain Postfix
+/// serves, over 4 parallel sessions at full speed: every message and
+/// recipient is accepted, each message reaches the sink, nothing is
+/// locked, no log line names the client, and the daemon counts the 160 in
+/// `egress_milter_messages_out_of_scope_total` and nowhere else.
+/// Meanwhile an authenticated user is throttled as before: 30 accepted,
+/// the 31st `451 ... "messages-per-minute"` at MAIL.
+///
+/// Before the fix (bd668ef) the example's `client-address` source counted
+/// the stranger as 127.0.0.5: `451 4.7.1 Rate limit "messages-per-minute"
+/// exceeded for 127.0.0.5` from the 31st message on, and a lock of
+/// 127.0.0.5 once its attempts crossed lock-messages.
+#[test]
+fn inbound_mail_through_the_quick_start_wiring_is_never_refused_or_locked() {
+    if skip_unless_live() {
+        return;
+    }
+    let listen = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let config = MilterConfig::example()
+        .set("status.listen", listen.as_str())
+        .set_rule("messages-per-hour", "rate", "60/1h")
+        .set_rule("messages-per-day", "rate", "100/1d")
+        .set_rule("recipients-per-hour", "rate", "200/1h")
+        .set_rule("lock-messages", "rate", "100/1h")
+        .set_rule("lock-recipients", "rate", "400/1h");
+    let live = Live::start_with(config, with_inbound_domain);
+    let postfix = &live.mta.postfix;
+    // The wiring of the quick start: the milter in main.cf, for every smtpd.
+    assert_eq!(
+        postfix.postconf("smtpd_milters").expect("postconf"),
+        live.milter.socket()
+    );
+    let parsed = live.milter.config();
+    let scope = &parsed.scope;
+    assert!(scope.authenticated && scope.local, "{scope:?}");
+    assert!(
+        !scope
+            .networks
+            .iter()
+            .chain(&parsed.identity.trusted_networks)
+            .any(|n| n.0.contains(&IpAddr::V4(STRANGER))),
+        "{STRANGER} must be outside [scope]"
+    );
+    let inbound_messages = INBOUND_SESSIONS * INBOUND_PER_SESSION;
+    let inbound_recipients = inbound_messages * INBOUND_RECIPIENTS;
+    for rule in parsed.rules.iter().filter(|r| r.per == Scope::Identity) {
+        let sent = match rule.count {
+            Counted::Messages => inbound_messages,
+            Counted::Recipients => inbound_recipients,
+        };
+        assert!(
+            sent > rule.rate.count.get() as usize,
+            "the flood ({sent}) must exceed rule {} ({})",
+            rule.name,
+            rule.rate.count
+        );
+    }
+    poll_until_listening(&listen, &live);
+
+    let relay_port = postfix.relay_port();
+    let alice = "alice@example.com";
+    let submission_port = postfix.submission_port();
+    let started = Instant::now();
+    let (inbound, submitted) = thread::scope(|s| {
+        let flood: Vec<_> = (0..INBOUND_SESSIONS)
+            .map(|t| s.spawn(move || inbound_session(relay_port, t)))
+            .collect();
+        let submitted = s.spawn(|| {
+            session_of(&live, alice, 31, |i| {
+                let rcpts = ["friend@remote.test"];
+                Envelope::new(submission_port, alice, &rcpts).content(&message(
+                    alice,
+                    &rcpts,
+                    &format!("alice-{i}"),
+                    &[],
+                ))
+            })
+        });
+        let inbound: Vec<SendOutcome> = flood
+            .into_iter()
+            .flat_map(|h| h.join().expect("inbound thread"))
+            .collect();
+        (inbound, submitted.join().expect("submission thread"))
+    });
+    println!(
+        "{} inbound messages and {} submissions in {:?}",
+        inbound.len(),
+        submitted.len(),
+        started.elapsed()
+    );
+
+    // Inbound: every message and every recipient accepted.
+    assert_eq!(inbound.len(), inbound_messages);
+    for outcome in &inbound {
+        assert_accepted(outcome);
+        assert_eq!(
+            outcome.accepted_recipients().len(),
+            INBOUND_RECIPIENTS,
+            "{}",
+            outcome.transcript
+        );
+    }
+    // Outbound: the rules still apply.
+    for outcome in &submitted[..30] {
+        assert_accepted(outcome);
+    }
+    assert_refused(
+        &submitted[30],
+        Stage::MailFrom,
+        451,
+        "4.7.1",
+        &throttled_text("messages-per-minute", alice),
+    );
+
+    live.assert_all_delivered(inbound_messages + 30);
+    let messages = live.mta.sink.messages();
+    let delivered_inbound: Vec<_> = messages
+        .iter()
+        .filter(|m| m.rcpt_to.iter().all(|r| r.ends_with(&format!("@{INBOUND_DOMAIN}"))))
+        .collect();
+    assert_eq!(delivered_inbound.len(), inbound_messages);
+    assert!(delivered_inbound.iter().all(|m| m.rcpt_to.len() == INBOUND_RECIPIENTS));
+
+    // Nothing locked, nothing said about the stranger, counted only as
+    // out of scope.
+    assert!(live.milter.locks().entries.is_empty(), "{:?}", live.milter.locks());
+    let about_stranger = live.milter.log_lines(&[&STRANGER.to_string()]);
+    assert!(about_stranger.is_empty(), "{about_stranger:#?}");
+    assert_eq!(
+        metric(&listen, "egress_milter_messages_out_of_scope_total"),
+        inbound_messages as u64
+    );
+    assert_eq!(metric(&listen, "egress_milter_messages_accepted_total"), 30);
+}
+
+/// One session of the stranger's MTA on the relay port: its
+/// [`INBOUND_PER_SESSION`] messages for [`INBOUND_DOMAIN`]; every outcome.
+fn inbound_session(relay_port: u16, t: usize) -> Vec<SendOutcome> {
+    let sender = format!("news{t}@remote.example");
+    let rcpts: Vec<String> = (1..=INBOUND_RECIPIENTS)
+        .map(|r| format!("user{r}@{INBOUND_DOMAIN}"))
+        .collect();
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let mut client = open_session(&Envelope::new(relay_port, &sender, &[]).source(STRANGER)).expect("inbound session");
+    let outcomes = (1..=INBOUND_PER_SESSION)
+        .map(|i| {
+            let content = message(&sender, &rcpts, &format!("inbound-{t}-{i}"), &[]);
+            let envelope = Envelope::new(relay_port, &sender, &rcpts).content(&content);
+            send_transaction(&mut client, &envelope).expect("inbound transaction")
+        })
+        .collect();
+    let _ = client.quit();
+    outcomes
+}
+
+/// Waits (bounded) until the status listener accepts connections.
+fn poll_until_listening(listen: &str, live: &Live) {
+    assert!(
+        crate::egress::poll_until(WAIT, || TcpStream::connect(listen).is_ok()),
+        "status listener {listen} not up:\n{}",
+        live.milter.log_tail(20)
     );
 }
