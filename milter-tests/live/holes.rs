@@ -329,3 +329,147 @@ fn poll_until_listening(listen: &str, live: &Live) {
         live.milter.log_tail(20)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Item 3: who may stamp the identity header.
+
+/// Small limits with the header first, as docs/configuration.md recommends
+/// for a webmail (`sources = ["header:X-Authenticated-Sender", "auth",
+/// "client-address"]`) and `header_logins = ["webmail@example.com"]`.
+///
+/// (a) mallory, an ordinary SASL user, sends 40 messages over one session,
+/// each stamped with an invented `X-Authenticated-Sender`: counted under
+/// her login, 3 accepted, 3 × `451 ... exceeded for mallory@example.com`
+/// at MAIL, then locked (550 at RCPT) for the other 34; only she is in the
+/// lock list. (b) trudy stamps her colleague carol's address on 7 messages:
+/// trudy is throttled and locked, carol is not, and carol's next message
+/// (her own login) is accepted. (c) The webmail login stamps alice, alice
+/// again, bob, carol and dave: each counted as the stamped user (alice had
+/// sent 2 herself, so her second stamped message is her fourth: `451 ...
+/// exceeded for alice@example.com` at the end of DATA) and the webmail's
+/// own traffic too: dave's message, the webmail's fourth accepted, gets
+/// `451 ... exceeded for webmail@example.com`. The headers arrive as sent.
+///
+/// Before the fix (bd668ef) the way to believe a webmail's header was
+/// `trust_authenticated_headers = true` (`header_logins` did not exist),
+/// which believed it from every SASL user: mallory's 40 went out under 40
+/// identities with no limit and no lock, trudy got carol throttled and
+/// locked, and the webmail's own aggregate was never counted, so dave's
+/// message was accepted.
+#[test]
+fn only_the_named_webmail_login_may_stamp_the_identity_header() {
+    if skip_unless_live() {
+        return;
+    }
+    let webmail = "webmail@example.com";
+    let config = MilterConfig::fixture("small-limits.toml")
+        .set(
+            "identity.sources",
+            vec!["header:X-Authenticated-Sender", "auth", "client-address"],
+        )
+        .set("identity.header_logins", vec![webmail]);
+    let live = Live::start_with(config, |o| o.user(webmail, &password(webmail)));
+    let port = live.mta.postfix.submission_port();
+    let stamped = |login: &str, header: &str, subject: &str| {
+        let rcpts = ["x@remote.test"];
+        Envelope::new(port, login, &rcpts).content(&message(
+            login,
+            &rcpts,
+            subject,
+            &[("X-Authenticated-Sender", header)],
+        ))
+    };
+    let (mallory, trudy, carol) = ("mallory@example.com", "trudy@example.net", "carol@example.org");
+
+    // (a) 40 invented identities: counted as mallory.
+    let outcomes = session_of(&live, mallory, 40, |i| {
+        stamped(mallory, &format!("invented-{i}@example.com"), &format!("invented-{i}"))
+    });
+    outcomes[..3].iter().for_each(assert_accepted);
+    for outcome in &outcomes[3..6] {
+        assert_refused(
+            outcome,
+            Stage::MailFrom,
+            451,
+            "4.7.1",
+            &throttled_text("messages-per-hour", mallory),
+        );
+    }
+    for outcome in &outcomes[6..] {
+        assert_refused(outcome, Stage::RcptTo, 550, "5.7.1", &locked_text(mallory));
+    }
+    let entry = live.milter.wait_for_lock(mallory, WAIT).expect("mallory locked");
+    assert!(entry.reason.contains("(identity from auth"), "{}", entry.reason);
+
+    // (b) A colleague's address: trudy is locked, never carol.
+    let outcomes = session_of(&live, trudy, 7, |i| {
+        stamped(trudy, carol, &format!("trudy-as-carol-{i}"))
+    });
+    outcomes[..3].iter().for_each(assert_accepted);
+    for outcome in &outcomes[3..6] {
+        assert_refused(
+            outcome,
+            Stage::MailFrom,
+            451,
+            "4.7.1",
+            &throttled_text("messages-per-hour", trudy),
+        );
+    }
+    assert_refused(&outcomes[6], Stage::RcptTo, 550, "5.7.1", &locked_text(trudy));
+    live.milter.wait_for_lock(trudy, WAIT).expect("trudy locked");
+    assert_accepted(&live.send(&live.submission(carol, &["x@remote.test"], "carol-herself")));
+    assert!(live.milter.locks().get(carol).is_none(), "{:?}", live.milter.locks());
+
+    // (c) The webmail: per stamped user, and its own aggregate.
+    let alice = "alice@example.com";
+    for i in 1..=2 {
+        assert_accepted(&live.send(&live.submission(alice, &["x@remote.test"], &format!("alice-herself-{i}"))));
+    }
+    let via_webmail =
+        |user: &str, subject: &str| live.send(&stamped(webmail, user, subject).auth(webmail, &password(webmail)));
+    assert_accepted(&via_webmail(alice, "webmail-alice-1"));
+    // Known only from the header: refused after the content.
+    assert_refused(
+        &via_webmail(alice, "webmail-alice-2"),
+        Stage::DataEnd,
+        451,
+        "4.7.1",
+        &throttled_text("messages-per-hour", alice),
+    );
+    assert_accepted(&via_webmail("bob@example.com", "webmail-bob"));
+    assert_accepted(&via_webmail(carol, "webmail-carol"));
+    assert_refused(
+        &via_webmail("dave@example.org", "webmail-dave"),
+        Stage::DataEnd,
+        451,
+        "4.7.1",
+        &throttled_text("messages-per-hour", webmail),
+    );
+
+    // The sink: 3 of mallory's, 3 of trudy's, carol's own, alice's 2 and
+    // the webmail's 3; the stamped headers as sent.
+    live.assert_all_delivered(12);
+    assert_eq!(
+        live.delivered("invented-1").header("X-Authenticated-Sender").as_deref(),
+        Some("invented-1@example.com")
+    );
+    assert_eq!(
+        live.delivered("webmail-bob")
+            .header("X-Authenticated-Sender")
+            .as_deref(),
+        Some("bob@example.com")
+    );
+    assert!(!live.was_delivered("webmail-alice-2") && !live.was_delivered("webmail-dave"));
+    let source = "source=header:x-authenticated-sender";
+    for user in [alice, "bob@example.com", carol] {
+        let counted = live
+            .milter
+            .log_lines(&["accepted", &format!("identity={user} "), source]);
+        assert_eq!(counted.len(), 1, "{user}: {counted:#?}");
+    }
+    // Only the webmail's header was ever believed.
+    assert_eq!(live.milter.log_lines(&["accepted", source]).len(), 3);
+    let mut locked: Vec<String> = live.milter.locks().entries.into_iter().map(|e| e.identity).collect();
+    locked.sort_unstable();
+    assert_eq!(locked, [mallory, trudy]);
+}
