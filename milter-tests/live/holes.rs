@@ -473,3 +473,123 @@ fn only_the_named_webmail_login_may_stamp_the_identity_header() {
     locked.sort_unstable();
     assert_eq!(locked, [mallory, trudy]);
 }
+
+// ---------------------------------------------------------------------------
+// Item 6: the hold queue of a locked identity.
+
+/// Parallel sessions of the locked bot.
+const BOT_SESSIONS: usize = 3;
+/// Messages it sends over each session.
+const BOT_PER_SESSION: usize = 10;
+
+/// `locked_action = "hold"` with `hold_limit = "5/1h"` (small limits): the
+/// bot's login is locked by hand (`egress-milter locks add`), then it sends
+/// 30 messages over 3 parallel sessions at full speed. Exactly 5 get 250
+/// and sit in Postfix's hold queue (`postqueue -j`: the queue IDs the bot
+/// was told; maillog `milter-hold`); the other 25 are refused with the
+/// locked reply, `550 5.7.1 Sending as ... is suspended` (at MAIL, or at
+/// RCPT or the end of DATA for a session that found the last place taken
+/// meanwhile), and never queued; the daemon logs 5 `held` and 25
+/// `locks.hold_limit is reached`; nothing reaches the sink until
+/// `postsuper -H ALL`, which delivers the 5.
+///
+/// Before the fix (bd668ef) there was no hold limit: each of the 30 got
+/// 250 and went to the hold queue (the issue: 170 of 170).
+#[test]
+fn hold_mode_holds_a_locked_bots_flood_only_up_to_the_hold_limit() {
+    if skip_unless_live() {
+        return;
+    }
+    let live = Live::start(
+        MilterConfig::fixture("small-limits.toml")
+            .set("locks.locked_action", "hold")
+            .set("locks.hold_limit", "5/1h"),
+    );
+    let postfix = &live.mta.postfix;
+    let bot = "blaster@example.com";
+    let out = live
+        .milter
+        .cli(&["locks", "add", bot, "--reason", "hijacked: bot traffic"]);
+    assert!(
+        out.status.success(),
+        "locks add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        live.milter
+            .wait_for_log(&["lock list reloaded", &format!("added={bot}")], WAIT),
+        "the daemon did not pick up the lock:\n{}",
+        live.milter.log_tail(20)
+    );
+
+    let port = postfix.submission_port();
+    let outcomes: Vec<SendOutcome> = thread::scope(|s| {
+        let sessions: Vec<_> = (0..BOT_SESSIONS)
+            .map(|t| {
+                let live = &live;
+                s.spawn(move || {
+                    session_of(live, bot, BOT_PER_SESSION, |i| {
+                        let rcpts = [format!("victim{t}-{i}@remote.test")];
+                        let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+                        Envelope::new(port, bot, &rcpts).content(&message(bot, &rcpts, &format!("bot-{t}-{i}"), &[]))
+                    })
+                })
+            })
+            .collect();
+        sessions
+            .into_iter()
+            .flat_map(|h| h.join().expect("bot session"))
+            .collect()
+    });
+    assert_eq!(outcomes.len(), BOT_SESSIONS * BOT_PER_SESSION);
+
+    let (held, refused): (Vec<&SendOutcome>, Vec<&SendOutcome>) = outcomes.iter().partition(|o| o.accepted());
+    assert_eq!(held.len(), 5, "accepted: {held:#?}");
+    for outcome in &refused {
+        let stage = outcome.refused_at();
+        assert!(
+            matches!(stage, Some(Stage::MailFrom | Stage::RcptTo | Stage::DataEnd)),
+            "{}",
+            outcome.transcript
+        );
+        assert_refused(
+            outcome,
+            stage.unwrap_or(Stage::MailFrom),
+            550,
+            "5.7.1",
+            &locked_text(bot),
+        );
+    }
+    let mut held_ids: Vec<String> = held.iter().map(|o| o.queue_id().expect("queue id")).collect();
+    held_ids.sort_unstable();
+
+    // Postfix's queue: the 5 on hold, nothing else.
+    let queue = postfix
+        .wait_for_queue(WAIT, |q| q.len() == 5 && q.iter().all(|e| e.queue_name == "hold"))
+        .expect("postqueue -j")
+        .unwrap_or_else(|| panic!("not 5 on hold: {:#?}\n{}", postfix.queue(), postfix.log_tail(30)));
+    let mut queued: Vec<String> = queue.iter().map(|e| e.queue_id.clone()).collect();
+    queued.sort_unstable();
+    assert_eq!(queued, held_ids);
+    assert!(queue.iter().all(|e| e.sender == bot));
+    let maillog = postfix.log();
+    for id in &held_ids {
+        assert!(
+            maillog.contains(&format!("{id}: milter-hold: END-OF-MESSAGE")),
+            "{id} not held by the milter:\n{}",
+            postfix.log_tail(30)
+        );
+    }
+    let logged = |needle: &str| live.milter.log_lines(&[needle, &format!("identity={bot}")]).len();
+    assert_eq!(logged("held: identity is locked"), 5);
+    assert_eq!(
+        logged("refused: identity is locked and locks.hold_limit is reached"),
+        25
+    );
+    assert_eq!(live.mta.sink.count(), 0, "{:?}", subjects(&live.mta.sink.messages()));
+
+    // The evidence is released to the sink, and it is all there was.
+    postfix.release_hold().expect("postsuper -H ALL");
+    live.assert_all_delivered(5);
+    assert!(live.mta.sink.messages().iter().all(|m| m.mail_from == bot));
+}
