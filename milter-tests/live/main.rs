@@ -9,6 +9,7 @@
 
 mod egress;
 mod harness;
+mod holes;
 mod notify;
 #[path = "../common/ports.rs"]
 mod ports;

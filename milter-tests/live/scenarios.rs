@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// Upper bound for anything Postfix or the daemon does here (each takes
 /// milliseconds).
-const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// The SASL users of every instance (logins; the password is [`password`]).
 const USERS: &[&str] = &[
@@ -39,25 +39,25 @@ const USERS: &[&str] = &[
 /// its Received line and the content can be compared byte for byte.
 const DATE: &str = "Mon, 23 Nov 2026 12:00:00 +0000";
 
-fn password(login: &str) -> String {
+pub(crate) fn password(login: &str) -> String {
     format!("secret-{login}")
 }
 
 /// egress-milter and a private Postfix that uses it. Fields drop in order:
 /// Postfix (and its sink) stop first, then the daemon.
-struct Live {
-    mta: LiveMta,
-    milter: EgressMilter,
+pub(crate) struct Live {
+    pub(crate) mta: LiveMta,
+    pub(crate) milter: EgressMilter,
 }
 
 impl Live {
     /// Starts egress-milter with `config`, then Postfix wired to it.
-    fn start(config: MilterConfig) -> Live {
+    pub(crate) fn start(config: MilterConfig) -> Live {
         Self::start_with(config, |o| o)
     }
 
     /// Like [`Self::start`], with more Postfix settings.
-    fn start_with(config: MilterConfig, configure: impl FnOnce(PostfixOptions) -> PostfixOptions) -> Live {
+    pub(crate) fn start_with(config: MilterConfig, configure: impl FnOnce(PostfixOptions) -> PostfixOptions) -> Live {
         let milter = EgressMilter::start(&config);
         let mta = start_postfix(&milter, configure);
         Live { mta, milter }
@@ -65,7 +65,7 @@ impl Live {
 
     /// A message from `login`, authenticated as `login`, on the submission
     /// port.
-    fn submission(&self, login: &str, rcpts: &[&str], subject: &str) -> Envelope {
+    pub(crate) fn submission(&self, login: &str, rcpts: &[&str], subject: &str) -> Envelope {
         Envelope::new(self.mta.postfix.submission_port(), login, rcpts)
             .auth(login, &password(login))
             .content(&message(login, rcpts, subject, &[]))
@@ -73,13 +73,20 @@ impl Live {
 
     /// A message on the relay port from `source`, carrying
     /// `X-Authenticated-Sender: header_identity` when given.
-    fn relayed(&self, source: Ipv4Addr, from: &str, rcpts: &[&str], subject: &str, header: Option<&str>) -> Envelope {
+    pub(crate) fn relayed(
+        &self,
+        source: Ipv4Addr,
+        from: &str,
+        rcpts: &[&str],
+        subject: &str,
+        header: Option<&str>,
+    ) -> Envelope {
         relayed(self.mta.postfix.relay_port(), source, from, rcpts, subject, header)
     }
 
     /// Sends one message (a session of its own); panics only if the SMTP
     /// conversation itself fails.
-    fn send(&self, envelope: &Envelope) -> SendOutcome {
+    pub(crate) fn send(&self, envelope: &Envelope) -> SendOutcome {
         send_message(envelope).unwrap_or_else(|e| {
             panic!(
                 "SMTP conversation failed: {e}\n--- maillog ---\n{}",
@@ -89,7 +96,7 @@ impl Live {
     }
 
     /// Sends `n` messages from `login`, subjects `PREFIX-1`..; their outcomes.
-    fn submit_many(&self, login: &str, prefix: &str, n: usize) -> Vec<SendOutcome> {
+    pub(crate) fn submit_many(&self, login: &str, prefix: &str, n: usize) -> Vec<SendOutcome> {
         (1..=n)
             .map(|i| self.send(&self.submission(login, &["rcpt@remote.test"], &format!("{prefix}-{i}"))))
             .collect()
@@ -97,7 +104,7 @@ impl Live {
 
     /// Waits until the sink holds exactly `n` messages and the queue is
     /// empty (everything Postfix accepted was delivered, nothing more).
-    fn assert_all_delivered(&self, n: usize) {
+    pub(crate) fn assert_all_delivered(&self, n: usize) {
         let postfix = &self.mta.postfix;
         assert!(
             self.mta.sink.wait_for_count(n, WAIT),
@@ -114,7 +121,7 @@ impl Live {
     }
 
     /// The message at the sink with this subject (exactly one).
-    fn delivered(&self, subject: &str) -> ReceivedMessage {
+    pub(crate) fn delivered(&self, subject: &str) -> ReceivedMessage {
         let found: Vec<_> = self
             .mta
             .sink
@@ -127,7 +134,7 @@ impl Live {
     }
 
     /// Whether the sink got a message with this subject.
-    fn was_delivered(&self, subject: &str) -> bool {
+    pub(crate) fn was_delivered(&self, subject: &str) -> bool {
         self.mta
             .sink
             .messages()
@@ -138,7 +145,14 @@ impl Live {
 
 /// A message on the relay port `port` from `source`, carrying
 /// `X-Authenticated-Sender: header` when given.
-fn relayed(port: u16, source: Ipv4Addr, from: &str, rcpts: &[&str], subject: &str, header: Option<&str>) -> Envelope {
+pub(crate) fn relayed(
+    port: u16,
+    source: Ipv4Addr,
+    from: &str,
+    rcpts: &[&str],
+    subject: &str,
+    header: Option<&str>,
+) -> Envelope {
     let extra: Vec<(&str, &str)> = header.map(|h| ("X-Authenticated-Sender", h)).into_iter().collect();
     Envelope::new(port, from, rcpts)
         .source(source)
@@ -158,7 +172,7 @@ fn start_postfix(milter: &EgressMilter, configure: impl FnOnce(PostfixOptions) -
 
 /// Message content with From, To, Subject, Date, Message-ID, `extra`
 /// headers and a small body naming the subject.
-fn message(from: &str, rcpts: &[&str], subject: &str, extra: &[(&str, &str)]) -> String {
+pub(crate) fn message(from: &str, rcpts: &[&str], subject: &str, extra: &[(&str, &str)]) -> String {
     let from_header = format!("<{from}>");
     let to = rcpts.join(", ");
     let message_id = format!("<{subject}.{}@client.test>", std::process::id());
@@ -173,19 +187,19 @@ fn message(from: &str, rcpts: &[&str], subject: &str, extra: &[(&str, &str)]) ->
     build_message(&headers, &format!("Body of {subject}.\n"))
 }
 
-fn subjects(messages: &[ReceivedMessage]) -> Vec<String> {
+pub(crate) fn subjects(messages: &[ReceivedMessage]) -> Vec<String> {
     messages.iter().filter_map(|m| m.header("Subject")).collect()
 }
 
 #[track_caller]
-fn assert_accepted(outcome: &SendOutcome) {
+pub(crate) fn assert_accepted(outcome: &SendOutcome) {
     assert!(outcome.accepted(), "expected acceptance:\n{}", outcome.transcript);
 }
 
 /// Asserts where and how a message was refused: the stage, code, enhanced
 /// status, and the start of the reply text.
 #[track_caller]
-fn assert_refused(outcome: &SendOutcome, stage: Stage, code: u16, status: &str, text: &str) {
+pub(crate) fn assert_refused(outcome: &SendOutcome, stage: Stage, code: u16, status: &str, text: &str) {
     let Some(reply) = outcome.refusal() else {
         panic!("accepted, expected {code} {status} {text}...:\n{}", outcome.transcript);
     };
@@ -219,12 +233,12 @@ fn assert_no_refusals_logged(milter: &EgressMilter) {
 }
 
 /// The throttling reply of the example configuration, up to "retry in".
-fn throttled_text(rule: &str, identity: &str) -> String {
+pub(crate) fn throttled_text(rule: &str, identity: &str) -> String {
     format!("Rate limit \"{rule}\" exceeded for {identity}, retry in ")
 }
 
 /// The locked reply of the example configuration.
-fn locked_text(identity: &str) -> String {
+pub(crate) fn locked_text(identity: &str) -> String {
     format!("Sending as {identity} is suspended; please contact your postmaster")
 }
 
