@@ -88,16 +88,22 @@ async fn sighup_applies_a_changed_limit_and_keeps_the_old_config_if_broken() {
 }
 
 #[tokio::test]
-async fn sigterm_writes_pending_locks_and_a_restart_enforces_them() {
+async fn a_lock_is_written_before_it_refuses_and_a_restart_enforces_it() {
     let dir = tempfile::tempdir().unwrap();
     let (path, addr) = config_with_port(dir.path(), &fixture("escalation.toml").replace("3/1m", "3/1h"));
     let p = Process::start(&path, addr).await;
     for _ in 0..7 {
         Mta::send(addr, &Msg::from_user("mallory@example.com")).await;
     }
-    assert!(p.stop().await.success());
+    // Written before the locked reply went out, and said so in the log.
     let list = read_lock_list(&dir.path().join("locks.toml"));
     assert!(list.get("mallory@example.com").is_some());
+    let log = p.log_text();
+    assert!(
+        log.contains("lock written") && log.contains("identities=mallory@example.com locks=1"),
+        "{log}"
+    );
+    assert!(p.stop().await.success());
 
     let p = Process::start(&path, addr).await;
     let out = Mta::send(addr, &Msg::from_user("mallory@example.com")).await;

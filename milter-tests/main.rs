@@ -6,6 +6,7 @@
 
 mod common;
 
+mod crash;
 mod daemon;
 mod examples;
 mod identity;

@@ -457,6 +457,17 @@ impl Process {
         assert!(status.success());
     }
 
+    /// SIGKILL, as a crash or the OOM killer would, then waits until the
+    /// process is gone (so nothing it still had in flight can land later).
+    pub async fn kill(mut self) {
+        let _ = self.child.kill();
+        let start = Instant::now();
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(10), "egress-milter did not die");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// SIGTERM, then waits for a clean exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
         self.signal("TERM");

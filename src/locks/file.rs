@@ -246,23 +246,30 @@ impl LockList {
         let mut out = String::from(HEADER);
         out.reserve(self.entries.len() * 320);
         for e in &self.entries {
-            out.push_str("\n[[lock]]\n");
-            push_string(&mut out, "identity", &e.identity);
-            push_string(&mut out, "source", &e.source.to_string());
-            push_string(&mut out, "locked_at", &e.locked_at.to_string());
-            push_string(&mut out, "reason", &e.reason);
-            if let Some(rule) = &e.rule {
-                push_string(&mut out, "rule", rule);
-            }
-            out.push_str(&format!("previous_locks = {}\n", e.previous_locks));
-            if let Some(t) = &e.expires_at {
-                push_string(&mut out, "expires_at", &t.to_string());
-            }
-            if let Some(note) = &e.note {
-                push_string(&mut out, "note", note);
-            }
+            push_entry(&mut out, e);
         }
         out
+    }
+}
+
+/// Appends one entry's `[[lock]]` table. The text of a list is the header
+/// followed by its entries' tables, so entries added at the end of a list
+/// can be appended to its text (see [`update_cached`]).
+fn push_entry(out: &mut String, e: &LockEntry) {
+    out.push_str("\n[[lock]]\n");
+    push_string(out, "identity", &e.identity);
+    push_string(out, "source", &e.source.to_string());
+    push_string(out, "locked_at", &e.locked_at.to_string());
+    push_string(out, "reason", &e.reason);
+    if let Some(rule) = &e.rule {
+        push_string(out, "rule", rule);
+    }
+    out.push_str(&format!("previous_locks = {}\n", e.previous_locks));
+    if let Some(t) = &e.expires_at {
+        push_string(out, "expires_at", &t.to_string());
+    }
+    if let Some(note) = &e.note {
+        push_string(out, "note", note);
     }
 }
 
@@ -322,6 +329,22 @@ pub fn fingerprint(path: &Path) -> Option<Fingerprint> {
 pub struct Snapshot {
     pub fingerprint: Option<Fingerprint>,
     pub list: LockList,
+    /// The text written for `list` ([`LockList::to_toml`]), if this process
+    /// wrote it: the daemon writes a batch of new locks several times a
+    /// second in a storm, and appending their tables to it costs the batch,
+    /// where serialising the whole list again costs the list.
+    text: Option<String>,
+}
+
+/// What a change to the lock list did (see [`update_cached`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Nothing: nothing is written.
+    None,
+    /// Entries were only added at the end.
+    Appended,
+    /// Anything else (entries replaced, removed or reordered).
+    Edited,
 }
 
 /// What [`update_cached`] did.
@@ -361,7 +384,9 @@ pub fn update(
     change: impl FnOnce(&mut LockList) -> bool,
 ) -> Result<LockList, LockFileError> {
     let mut snapshot = None;
-    update_cached(path, normalise, &mut snapshot, change)?;
+    update_cached(path, normalise, &mut snapshot, |list| {
+        if change(list) { Change::Edited } else { Change::None }
+    })?;
     Ok(snapshot.map(|s| s.list).unwrap_or_default())
 }
 
@@ -369,29 +394,47 @@ pub fn update(
 /// read only if its fingerprint differs from `snapshot`'s (another writer or
 /// an admin changed it); otherwise the snapshot is the list. On success
 /// `snapshot` holds the list as written; on failure it is cleared, so the
-/// next update reads the file again.
+/// next update reads the file again. `change` says what it did: after
+/// [`Change::Appended`] the text last written is extended rather than
+/// rebuilt.
 pub fn update_cached(
     path: &Path,
     normalise: impl Fn(&str) -> String,
     snapshot: &mut Option<Snapshot>,
-    change: impl FnOnce(&mut LockList) -> bool,
+    change: impl FnOnce(&mut LockList) -> Change,
 ) -> Result<Updated, LockFileError> {
     let guard_path = guard_path(path);
     let previous = snapshot.take();
     let guard = open_guard(&guard_path)?;
     guard.lock().map_err(io_error(&guard_path, "take the writers' lock"))?;
     let now = fingerprint(path);
-    let (mut list, reread) = match previous {
-        Some(s) if s.fingerprint.is_some() && s.fingerprint == now => (s.list, false),
-        _ => (LockList::read(path, normalise)?, true),
+    let (mut list, text, reread) = match previous {
+        Some(s) if s.fingerprint.is_some() && s.fingerprint == now => (s.list, s.text, false),
+        _ => (LockList::read(path, normalise)?, None, true),
     };
-    let written = change(&mut list);
-    if written {
-        write_atomically(path, list.to_toml().as_bytes())?;
-    }
+    let before = list.entries.len();
+    let changed = change(&mut list);
+    let text = match (changed, text) {
+        (Change::None, text) => text,
+        (Change::Appended, Some(mut text)) if list.entries.len() >= before => {
+            for e in &list.entries[before..] {
+                push_entry(&mut text, e);
+            }
+            debug_assert_eq!(text, list.to_toml(), "Change::Appended for a list edited elsewhere");
+            write_atomically(path, text.as_bytes())?;
+            Some(text)
+        }
+        _ => {
+            let text = list.to_toml();
+            write_atomically(path, text.as_bytes())?;
+            Some(text)
+        }
+    };
+    let written = changed != Change::None;
     *snapshot = Some(Snapshot {
         fingerprint: if written { fingerprint(path) } else { now },
         list,
+        text,
     });
     // The flock is released when `guard` is closed.
     drop(guard);
@@ -662,7 +705,7 @@ mod tests {
         let add = |id: &'static str| {
             move |l: &mut LockList| {
                 l.upsert(entry(id));
-                true
+                Change::Appended
             }
         };
         let first = update_cached(&path, lower, &mut snapshot, add("a@x")).unwrap();
@@ -682,7 +725,11 @@ mod tests {
             }
         );
         // Someone else writes: the next update reads their change.
-        update(&path, lower, add("c@x")).unwrap();
+        update(&path, lower, |l| {
+            l.upsert(entry("c@x"));
+            true
+        })
+        .unwrap();
         let third = update_cached(&path, lower, &mut snapshot, add("d@x")).unwrap();
         assert!(third.reread);
         let ids: Vec<_> = LockList::read(&path, lower)
@@ -696,6 +743,37 @@ mod tests {
         std::fs::write(&path, "[[lock]]\nidentity = ").unwrap();
         assert!(update_cached(&path, lower, &mut snapshot, add("e@x")).is_err());
         assert!(snapshot.is_none());
+    }
+
+    #[test]
+    fn appended_entries_extend_the_text_last_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let mut snapshot = None;
+        let mut expected = LockList::default();
+        for i in 0..5 {
+            let e = entry(&format!("u{i}@x"));
+            expected.entries.push(e.clone());
+            update_cached(&path, lower, &mut snapshot, |l| {
+                l.entries.push(e);
+                Change::Appended
+            })
+            .unwrap();
+            assert_eq!(fs::read_to_string(&path).unwrap(), expected.to_toml());
+        }
+        // An edit rebuilds the text; nothing to do writes nothing.
+        update_cached(&path, lower, &mut snapshot, |l| {
+            l.entries.remove(0);
+            Change::Edited
+        })
+        .unwrap();
+        expected.entries.remove(0);
+        assert_eq!(fs::read_to_string(&path).unwrap(), expected.to_toml());
+        let before = fingerprint(&path);
+        let nothing = update_cached(&path, lower, &mut snapshot, |_| Change::None).unwrap();
+        assert!(!nothing.written);
+        assert_eq!(fingerprint(&path), before);
+        assert_eq!(LockList::read(&path, lower).unwrap(), expected);
     }
 
     #[test]

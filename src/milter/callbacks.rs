@@ -4,11 +4,13 @@
 
 //! The milter adapter: negotiation, then one thin callback per SMTP stage
 //! that hands the event to the [`Session`] and turns its verdict into a
-//! milter status and reply.
+//! milter status and reply. A verdict that enforces a lock goes out only
+//! once the lock is on disk (see [`LOCK_WRITE_WAIT`]).
 
 use super::Reporting;
 use super::session::{Session, Verdict};
 use crate::config::{ErrorPolicy, LockedAction};
+use crate::locks::{Durability, Ticket};
 use crate::ops::metrics::Stage;
 use crate::policy::{CurrentPolicy, Policy, snapshot};
 use indymilter::{
@@ -17,8 +19,19 @@ use indymilter::{
 };
 use std::borrow::Cow;
 use std::ffi::CString;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 use tracing::{error, warn};
+
+/// How long a reply that enforces a lock (a refusal as locked, a hold, the
+/// refusal of the message that tripped the lock) waits for the lock to be
+/// on disk. A write takes milliseconds; the bound is for a disk that hangs,
+/// and stays well inside the MTA's own timeouts (Sendmail's milter read
+/// timeout is 10 s, Postfix's `milter_command_timeout` 30 s). When it
+/// passes, or at once when the last write failed, the reply goes out with
+/// an error logged: the lock is enforced from memory and the writer keeps
+/// retrying, but a crash before it succeeds would forget it.
+pub const LOCK_WRITE_WAIT: Duration = Duration::from_secs(3);
 
 /// Per-connection data.
 pub struct Connection {
@@ -128,6 +141,9 @@ async fn handle_mail(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let verdict = conn.session.mail(from, auth.as_deref(), &queue_id);
     // MAIL begins a transaction.
     conn.decided = conn.session.reporting().observer.finish(Stage::Mail, started);
+    if let Some(pending) = PendingLock::of(&conn.session, &verdict) {
+        pending.written(&queue_id).await;
+    }
     answer(&mut cx.reply, verdict)
 }
 
@@ -138,6 +154,9 @@ async fn handle_rcpt(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let started = conn.session.reporting().observer.start();
     let verdict = conn.session.rcpt(rcpt, &queue_id);
     conn.decided += conn.session.reporting().observer.finish(Stage::Rcpt, started);
+    if let Some(pending) = PendingLock::of(&conn.session, &verdict) {
+        pending.written(&queue_id).await;
+    }
     answer(&mut cx.reply, verdict)
 }
 
@@ -157,6 +176,9 @@ async fn handle_eoh(current: CurrentPolicy, cx: &mut Context<Connection>) -> Sta
     let started = conn.session.reporting().observer.start();
     let verdict = conn.session.eoh(&queue_id);
     conn.decided += conn.session.reporting().observer.finish(Stage::Eoh, started);
+    if let Some(pending) = PendingLock::of(&conn.session, &verdict) {
+        pending.written(&queue_id).await;
+    }
     answer(&mut cx.reply, verdict)
 }
 
@@ -169,7 +191,11 @@ async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> 
     let decided = conn.decided + observer.finish(Stage::Eom, started);
     observer.message(decided);
     conn.decided = Duration::ZERO;
+    let pending = PendingLock::of(&conn.session, &verdict);
     conn.session.abort();
+    if let Some(pending) = pending {
+        pending.written(&queue_id).await;
+    }
     if let Verdict::Hold { reason, fallback } = verdict {
         return match cx.actions.quarantine(reason.as_str()).await {
             Ok(()) => Status::Continue,
@@ -188,6 +214,63 @@ async fn handle_abort(cx: &mut Context<Connection>) -> Status {
         conn.decided = Duration::ZERO;
     }
     Status::Continue
+}
+
+/// A lock that a verdict enforces and that is not on disk yet.
+struct PendingLock {
+    identity: String,
+    ticket: Ticket,
+}
+
+impl PendingLock {
+    /// The lock `verdict` enforces, if it is still being written.
+    fn of(session: &Session, verdict: &Verdict) -> Option<Self> {
+        if *verdict == Verdict::Continue {
+            return None;
+        }
+        let identity = session.enforced_lock()?;
+        let ticket = session.policy().lock_durability(identity)?;
+        Some(Self {
+            identity: identity.to_owned(),
+            ticket,
+        })
+    }
+
+    /// Waits until the lock is on disk, or [`LOCK_WRITE_WAIT`] at most;
+    /// logs an error when the reply has to go out before.
+    async fn written(self, queue_id: &str) {
+        let why = match tokio::time::timeout(LOCK_WRITE_WAIT, self.ticket.wait()).await {
+            Ok(Durability::Written) => return,
+            Ok(Durability::Failing) => "the lock list cannot be written",
+            Err(_) => "the lock list write did not finish in time",
+        };
+        if let Some(left_out) = unwritten_log_allowed() {
+            error!(
+                queue_id,
+                identity = %self.identity,
+                wait_s = LOCK_WRITE_WAIT.as_secs(),
+                left_out,
+                "lock enforced before it is on disk ({why}): it is enforced from memory while the writer retries, and a crash now would forget it"
+            );
+        }
+    }
+}
+
+/// One "lock enforced before it is on disk" line a second at most (with a
+/// failing disk every refusal of a locked identity would log one): when the
+/// last line was logged, and how many were left out since.
+static UNWRITTEN_LOG: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
+
+/// `Some(lines left out since the last one)` if a line may be logged now.
+fn unwritten_log_allowed() -> Option<u64> {
+    let mut state = UNWRITTEN_LOG.lock().unwrap_or_else(|p| p.into_inner());
+    let (last, left_out) = &mut *state;
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        *left_out += 1;
+        return None;
+    }
+    *last = Some(Instant::now());
+    Some(std::mem::take(left_out))
 }
 
 /// The queue id (macro `i`) for log lines, borrowed from the macros.

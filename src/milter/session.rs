@@ -310,6 +310,14 @@ impl Session {
         verdict
     }
 
+    /// The identity whose lock the current message is under, if it is
+    /// locked: a verdict other than [`Verdict::Continue`] then enforces that
+    /// lock (a refusal as locked, a hold, the refusal of the message that
+    /// tripped it), and the callback sends it only once the lock is on disk.
+    pub fn enforced_lock(&self) -> Option<&str> {
+        self.message.as_ref()?.lock.as_ref().map(|l| l.identity.as_str())
+    }
+
     /// The message was aborted: forget it (nothing was counted).
     pub fn abort(&mut self) {
         self.message = None;

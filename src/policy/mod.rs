@@ -14,8 +14,8 @@ pub mod reply;
 use crate::clock::Clock;
 use crate::config::address::{domain_key, lock_key};
 use crate::config::{Action, Config, Counted, IdentitySource, Mode, Network, Rate, Scope, format_duration};
-use crate::locks::LockStore;
 use crate::locks::file::{LockEntry, LockSource, Timestamp};
+use crate::locks::{LockStore, Ticket};
 use crate::policy::identity::Identity;
 use crate::policy::limiter::{BucketKey, KeyedLimiter, Limit, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
 use std::collections::HashMap;
@@ -590,6 +590,12 @@ impl Policy {
     /// The lock in force for an identity.
     pub fn lock_of(&self, identity: &str) -> Option<Arc<LockEntry>> {
         self.locks.lookup(identity, self.counters.clock.wall_now())
+    }
+
+    /// A ticket for the lock of `identity` if it is not on disk yet (see
+    /// [`LockStore::durability`]): a reply that enforces the lock waits for it.
+    pub fn lock_durability(&self, identity: &str) -> Option<Ticket> {
+        self.locks.durability(identity)
     }
 
     /// Locks an identity because of `trip` (enforce mode only; in dry-run
