@@ -198,8 +198,8 @@ pub struct ScopeConfig {
     /// non-SMTP path, which milters see as 127.0.0.1 port 0).
     pub local: bool,
     /// Clients whose mail is outbound: web servers, relays, the networks of
-    /// Postfix's `mynetworks` that send out. `identity.trusted_networks` are
-    /// always in scope.
+    /// Postfix's `mynetworks` that send out; loopback by default.
+    /// `identity.trusted_networks` are always in scope.
     pub networks: Vec<Network>,
 }
 
@@ -208,7 +208,13 @@ impl Default for ScopeConfig {
         Self {
             authenticated: true,
             local: true,
-            networks: Vec::new(),
+            // Programs on this host that relay through port 25 without a
+            // login: Postfix's default mynetworks for a host. Any process
+            // can pick any 127.x source address, so all of it.
+            networks: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
         }
     }
 }

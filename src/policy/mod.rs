@@ -997,7 +997,16 @@ rates = {{ per-minute = \"1/1m\" }}
         // A stranger's MTA, and a local SMTP client without a login.
         assert_eq!(f.policy.outbound(false, at("203.0.113.9:4711")), None);
         assert_eq!(f.policy.outbound(false, at("127.0.0.1:4711")), None);
-        let g = fixture(&format!("[scope]\nauthenticated = false\nlocal = false\n{ESCALATION}"));
+        // By default programs on this host that speak SMTP without a login
+        // are outbound too, whatever 127.x address they bind.
+        let d = fixture(ESCALATION);
+        assert_eq!(d.policy.outbound(false, at("127.0.0.1:4711")), Some(Outbound::Network));
+        assert_eq!(d.policy.outbound(false, at("127.9.8.7:4711")), Some(Outbound::Network));
+        assert_eq!(d.policy.outbound(false, at("[::1]:4711")), Some(Outbound::Network));
+        assert_eq!(d.policy.outbound(false, at("203.0.113.9:4711")), None);
+        let g = fixture(&format!(
+            "[scope]\nauthenticated = false\nlocal = false\nnetworks = []\n{ESCALATION}"
+        ));
         assert_eq!(g.policy.outbound(true, at("203.0.113.9:4711")), None);
         assert_eq!(g.policy.outbound(false, at("127.0.0.1:0")), None);
     }
