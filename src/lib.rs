@@ -34,6 +34,7 @@
 //! - [`milter::listener`]: socket specs, stale sockets, TCP_QUICKACK;
 //! - [`milter::watchdog`]: read and idle timeouts, the connection count,
 //!   commands the milter library drops, oversized packets;
+//! - [`milter::throttle`]: rate-limited log lines;
 //! - [`milter::Reporting`]: where verdicts and new locks are reported.
 //!
 //! Operations, off the mail path:

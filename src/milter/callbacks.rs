@@ -9,6 +9,7 @@
 
 use super::Reporting;
 use super::session::{Session, Verdict};
+use super::throttle::Throttle;
 use crate::config::{ErrorPolicy, LockedAction};
 use crate::locks::{Durability, Ticket};
 use crate::ops::metrics::Stage;
@@ -19,8 +20,7 @@ use indymilter::{
 };
 use std::borrow::Cow;
 use std::ffi::CString;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{error, warn};
 
 /// How long a reply that enforces a lock (a refusal as locked, a hold, the
@@ -244,34 +244,21 @@ impl PendingLock {
             Ok(Durability::Failing) => "the lock list cannot be written",
             Err(_) => "the lock list write did not finish in time",
         };
-        if let Some(left_out) = unwritten_log_allowed() {
+        if let Some(events) = UNWRITTEN_LOG.note() {
             error!(
                 queue_id,
                 identity = %self.identity,
                 wait_s = LOCK_WRITE_WAIT.as_secs(),
-                left_out,
+                left_out = events - 1,
                 "lock enforced before it is on disk ({why}): it is enforced from memory while the writer retries, and a crash now would forget it"
             );
         }
     }
 }
 
-/// One "lock enforced before it is on disk" line a second at most (with a
-/// failing disk every refusal of a locked identity would log one): when the
-/// last line was logged, and how many were left out since.
-static UNWRITTEN_LOG: Mutex<(Option<Instant>, u64)> = Mutex::new((None, 0));
-
-/// `Some(lines left out since the last one)` if a line may be logged now.
-fn unwritten_log_allowed() -> Option<u64> {
-    let mut state = UNWRITTEN_LOG.lock().unwrap_or_else(|p| p.into_inner());
-    let (last, left_out) = &mut *state;
-    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-        *left_out += 1;
-        return None;
-    }
-    *last = Some(Instant::now());
-    Some(std::mem::take(left_out))
-}
+/// One "lock enforced before it is on disk" line a second at most: with a
+/// failing disk every refusal of a locked identity would log one.
+static UNWRITTEN_LOG: Throttle = Throttle::new(Duration::from_secs(1));
 
 /// The queue id (macro `i`) for log lines, borrowed from the macros.
 fn queue_id(macros: &Macros) -> Cow<'_, str> {

@@ -8,6 +8,7 @@
 pub mod callbacks;
 pub mod listener;
 pub mod session;
+pub mod throttle;
 pub mod watchdog;
 
 use crate::config::Config;

@@ -34,6 +34,7 @@
 
 use crate::config::{Config, format_duration};
 use crate::milter::listener::QuickAckStream;
+use crate::milter::throttle::Throttle;
 use indymilter::{EitherStream, Listener, ProtoOpts};
 use std::future::Future;
 use std::io;
@@ -125,32 +126,6 @@ impl<T: Peer, U: Peer> Peer for EitherStream<T, U> {
     }
 }
 
-/// One kind of rate-limited log line.
-#[derive(Default)]
-struct Throttle(Mutex<ThrottleState>);
-
-#[derive(Default)]
-struct ThrottleState {
-    last: Option<Instant>,
-    /// Events since the last line.
-    pending: u64,
-}
-
-impl Throttle {
-    /// Counts one event. `Some(n)` when a line is due: `n` is the number of
-    /// events it stands for (this one and those not logged since the last).
-    fn note(&self) -> Option<u64> {
-        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        s.pending += 1;
-        if s.last.is_some_and(|last| now.duration_since(last) < LOG_INTERVAL) {
-            return None;
-        }
-        s.last = Some(now);
-        Some(std::mem::take(&mut s.pending))
-    }
-}
-
 /// Why a connection is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reason {
@@ -163,7 +138,6 @@ enum Reason {
 }
 
 /// The log throttles, shared by all connections.
-#[derive(Default)]
 struct Logs {
     full: Throttle,
     /// The longest wait for a slot since the last "max_connections reached".
@@ -174,6 +148,21 @@ struct Logs {
     write: Throttle,
     out_of_order: Throttle,
     oversized: Throttle,
+}
+
+impl Default for Logs {
+    fn default() -> Self {
+        Self {
+            full: Throttle::new(LOG_INTERVAL),
+            longest_wait: Mutex::new(Duration::ZERO),
+            negotiation: Throttle::new(LOG_INTERVAL),
+            packet: Throttle::new(LOG_INTERVAL),
+            idle: Throttle::new(LOG_INTERVAL),
+            write: Throttle::new(LOG_INTERVAL),
+            out_of_order: Throttle::new(LOG_INTERVAL),
+            oversized: Throttle::new(LOG_INTERVAL),
+        }
+    }
 }
 
 impl Logs {
@@ -734,18 +723,6 @@ mod tests {
         assert!(!needs_reply(b'L', ProtoOpts::NOREPLY_HEADER));
         assert!(needs_reply(b'M', ProtoOpts::NOREPLY_HEADER));
         assert!(needs_reply(b'E', ProtoOpts::all()));
-    }
-
-    #[test]
-    fn the_throttle_logs_the_first_event_then_one_line_per_interval_with_a_count() {
-        let t = Throttle::default();
-        assert_eq!(t.note(), Some(1));
-        assert_eq!(t.note(), None);
-        assert_eq!(t.note(), None);
-        // As if the last line were an interval old.
-        t.0.lock().unwrap().last = Instant::now().checked_sub(LOG_INTERVAL);
-        assert_eq!(t.note(), Some(3));
-        assert_eq!(t.note(), None);
     }
 
     struct Duplex(tokio::io::DuplexStream);
