@@ -610,23 +610,22 @@ fn blast(port: u16, login: &str, thread: usize, n: usize, progress: &AtomicUsize
 
 /// Mail relayed by the trusted upstream MTA (127.0.0.2) is counted per
 /// `X-Authenticated-Sender`. The same header from an authenticated client
-/// (`trust_authenticated_headers = false`) or from an untrusted client is
-/// not believed: the message counts under the SASL login or the client
-/// address.
+/// (whose login is not in `identity.header_logins`) or from an untrusted
+/// client is not believed: the message counts under the SASL login or the
+/// client address.
 #[test]
 fn identity_header_is_believed_only_from_the_trusted_relay() {
     if skip_unless_live() {
         return;
     }
     // The header goes first: with "auth" first the login would win anyway,
-    // and trust_authenticated_headers would decide nothing.
+    // and header_logins would decide nothing.
     let config = MilterConfig::example()
         .set(
             "identity.sources",
             vec!["header:X-Authenticated-Sender", "auth", "client-address"],
         )
         .set("identity.trusted_networks", vec!["127.0.0.2/32"])
-        .set("identity.trust_authenticated_headers", false)
         // The untrusted client below sends without a login: a web server
         // on this host, say. Only in scope is its mail counted at all.
         .set("scope.networks", vec!["127.0.0.1/32"])

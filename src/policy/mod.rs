@@ -402,18 +402,17 @@ impl Policy {
     /// Whether one more message of a locked `identity` may be held
     /// (`locks.hold_limit`); counts nothing.
     pub fn hold_room(&self, identity: &str) -> bool {
-        let key = self
-            .holds
-            .route(self.counters.key(identity), self.config.limits.max_tracked_identities);
-        self.holds.peek(key, 1).is_allowed()
+        self.holds.peek(self.hold_key(identity), 1).is_allowed()
     }
 
     /// Counts one held message of `identity`; `false` if over the limit.
     pub fn take_hold(&self, identity: &str) -> bool {
-        let key = self
-            .holds
-            .route(self.counters.key(identity), self.config.limits.max_tracked_identities);
-        self.holds.commit(key, 1).is_allowed()
+        self.holds.commit(self.hold_key(identity), 1).is_allowed()
+    }
+
+    fn hold_key(&self, identity: &str) -> BucketKey {
+        let cap = self.config.limits.max_tracked_identities;
+        self.holds.route(self.counters.key(identity), cap)
     }
 
     pub fn config(&self) -> &Arc<Config> {
