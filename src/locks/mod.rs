@@ -328,12 +328,16 @@ impl FileLocks {
                 .remove_if(&entry.identity, |_, pending| pending.entry.locked_at == entry.locked_at);
         }
         self.stats.write_failing.store(false, Ordering::Relaxed);
-        self.publish(number);
-        let mut log = lock(&self.write_log);
-        log.add(&batch, took);
-        if log.last.is_none_or(|t| t.elapsed() >= WRITE_LOG_INTERVAL) {
-            log.emit(&self.path);
+        // Logged before the tickets learn of it, so that the "lock written"
+        // line is in the log before the reply that enforces the lock.
+        {
+            let mut log = lock(&self.write_log);
+            log.add(&batch, took);
+            if log.last.is_none_or(|t| t.elapsed() >= WRITE_LOG_INTERVAL) {
+                log.emit(&self.path);
+            }
         }
+        self.publish(number);
         Ok(batch.len())
     }
 
