@@ -120,7 +120,7 @@ pub async fn serve(listener: TcpListener, state: State, stop: impl std::future::
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+                async move { Ok::<_, Infallible>(answer(&state, &req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -163,7 +163,7 @@ fn json(value: &impl Serialize) -> Answer {
     }
 }
 
-fn answer(state: &State, req: &Request<Incoming>) -> Answer {
+async fn answer(state: &State, req: &Request<Incoming>) -> Answer {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
     }
@@ -176,7 +176,7 @@ fn answer(state: &State, req: &Request<Incoming>) -> Answer {
         "/api/report" => report(state, query),
         _ => match path.strip_prefix("/api/identities/") {
             Some(id) if !id.is_empty() => match percent_decode(id) {
-                Some(id) => explain(state, &id),
+                Some(id) => explain(state, &id).await,
                 None => text(
                     StatusCode::BAD_REQUEST,
                     "the identity is not valid percent-encoded UTF-8",
@@ -310,7 +310,7 @@ fn report(state: &State, query: &str) -> Answer {
     json(&ReportAnswer { hours, rows })
 }
 
-fn explain(state: &State, raw: &str) -> Answer {
+async fn explain(state: &State, raw: &str) -> Answer {
     let policy = snapshot(&state.current);
     let value = crate::config::address::lock_key(&policy.config().identity, raw);
     let identity = Identity {
@@ -331,6 +331,7 @@ fn explain(state: &State, raw: &str) -> Answer {
     let value = identity.value.clone();
     let rules = policy
         .explain(identity)
+        .await
         .into_iter()
         .map(|r| RuleView {
             rule: r.rule,
