@@ -62,6 +62,7 @@ pub mod milter;
 pub mod notify;
 pub mod ops;
 pub mod policy;
+pub mod store;
 
 /// Helpers of the unit tests.
 #[cfg(test)]

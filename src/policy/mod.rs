@@ -875,6 +875,15 @@ pub fn shared_group(identity: &Identity) -> &str {
     identity.domain().unwrap_or(&identity.value)
 }
 
+/// [`shared_group`] of a normalised identity known only by its value (an
+/// unlock): the part after the last `@`, or the whole value.
+pub fn shared_group_of(identity: &str) -> &str {
+    match identity.rsplit_once('@') {
+        Some((_, domain)) if !domain.is_empty() => domain,
+        _ => identity,
+    }
+}
+
 /// The most severe action among the trips that are enforced (not of a
 /// `dry_run` rule).
 pub fn most_severe(trips: &[Trip]) -> Option<&Trip> {
