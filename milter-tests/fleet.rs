@@ -6,7 +6,7 @@
 //! their counters and locks, and go on deciding when Redis goes away.
 //! (The same through real Postfix: milter-tests/live/fleet.rs.)
 
-use crate::common::redis::RedisServer;
+use crate::common::redis::{RedisServer, Sentinel};
 use crate::common::*;
 use indymilter_test::*;
 use std::time::{Duration, Instant};
@@ -225,5 +225,78 @@ async fn locks_made_while_redis_is_down_reach_the_fleet_and_an_empty_redis_is_re
     assert!(
         fleet.contains("early@example.com") && fleet.contains("during@example.com"),
         "both locks on Redis again: {fleet}"
+    );
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_is_followed_and_the_counts_survive_it() {
+    let Some(mut master) = RedisServer::start() else { return };
+    let replica = RedisServer::replica_of(&master);
+    let sentinel = Sentinel::start(&master);
+    let config = format!(
+        r#"
+[[rule]]
+name = "per-login"
+count = "messages"
+per = "identity"
+rate = "4/1h"
+action = "tempfail"
+
+[store]
+backend = "redis"
+sentinel_master = "{}"
+sentinels = ["{}"]
+prefix = "sentinel:"
+timeout = "300ms"
+retry_interval = "200ms"
+fleet_size = 2
+"#,
+        Sentinel::MASTER,
+        sentinel.url()
+    );
+    let host = Milter::spawn(&config).await;
+    let user = Msg::from_user("erin@example.com");
+    for _ in 0..2 {
+        assert!(Mta::send(host.addr, &user).await.accepted());
+    }
+    // On the replica before the master goes.
+    assert_eq!(
+        master.cli(&["WAIT", "1", "2000"]).trim(),
+        "1",
+        "the replica has the counts"
+    );
+    master.kill9();
+    eventually(Duration::from_secs(15), "Sentinel promotes the replica", async || {
+        sentinel.master_port() == Some(replica.port)
+    })
+    .await;
+    // The milter asks Sentinel again and counts on the new master: erin has
+    // 2 of 4 left there (the degraded share meanwhile would be 4 / 2 = 2
+    // fresh ones; a fresh login shows where counting happens).
+    eventually(
+        Duration::from_secs(10),
+        "counting on the promoted replica",
+        async || {
+            Mta::send(host.addr, &Msg::from_user("frank@example.com"))
+                .await
+                .accepted()
+                && replica
+                    .cli(&["--scan", "--pattern", "sentinel:*frank*"])
+                    .contains("frank")
+        },
+    )
+    .await;
+    let accepted = {
+        let mut n = 0;
+        for _ in 0..4 {
+            n += usize::from(Mta::send(host.addr, &user).await.accepted());
+        }
+        n
+    };
+    assert_eq!(
+        accepted,
+        2,
+        "the counts made before the failover still hold after it\n{}",
+        sentinel.log()
     );
 }

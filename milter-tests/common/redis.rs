@@ -24,6 +24,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// More arguments for `redis-server` (a replica's `--replicaof`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -39,9 +41,35 @@ impl RedisServer {
         }
         let port = free_port().expect("no free loopback port");
         let dir = tempfile::tempdir().expect("no temporary directory for Redis");
-        let mut server = RedisServer { port, dir, child: None };
+        let mut server = RedisServer {
+            port,
+            dir,
+            child: None,
+            extra: Vec::new(),
+        };
         server.start_again();
         Some(server)
+    }
+
+    /// A replica of `master`.
+    pub fn replica_of(master: &RedisServer) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port().expect("no free loopback port"),
+            dir: tempfile::tempdir().expect("no temporary directory for Redis"),
+            child: None,
+            extra: vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()],
+        };
+        server.start_again();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.cli(&["INFO", "replication"]).contains("master_link_status:up") {
+            assert!(
+                Instant::now() < deadline,
+                "the replica on port {} did not sync",
+                server.port
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        server
     }
 
     pub fn url(&self) -> String {
@@ -69,6 +97,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log_path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -109,5 +138,83 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// One `redis-sentinel` watching `master` (quorum 1, down after 500 ms).
+pub struct Sentinel {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Sentinel {
+    pub const MASTER: &str = "egress";
+
+    pub fn start(master: &RedisServer) -> Sentinel {
+        let port = free_port().expect("no free loopback port");
+        let dir = tempfile::tempdir().expect("no temporary directory for Sentinel");
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndaemonize no\nlogfile {}\n\
+                 sentinel monitor {m} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {m} 500\n\
+                 sentinel failover-timeout {m} 3000\n",
+                dir.path().join("sentinel.log").display(),
+                master.port,
+                m = Self::MASTER,
+            ),
+        )
+        .expect("cannot write sentinel.conf");
+        let child = Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start redis-sentinel (Debian package redis-sentinel)");
+        let sentinel = Sentinel { port, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sentinel.master_port().is_some_and(|p| p == master.port) {
+            assert!(
+                Instant::now() < deadline,
+                "Sentinel did not come up:\n{}",
+                sentinel.log()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        sentinel
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port of the master Sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let out = Command::new(CLI)
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "SENTINEL",
+                "get-master-addr-by-name",
+                Self::MASTER,
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().nth(1)?.trim().parse().ok()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
