@@ -514,3 +514,63 @@ async fn top_redraws_until_interrupted() {
     }
     assert!(d.process.stop().await.success());
 }
+
+/// In a fleet, `top` on one host sums every host's activity, and `explain`
+/// reads the shared counts, whichever host the mail went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_and_explain_on_any_host_show_the_whole_fleet() {
+    let Some(redis) = crate::common::redis::RedisServer::start() else {
+        return;
+    };
+    let config = format!(
+        "{}\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nprefix = \"fleet-top:\"\nfleet_size = 2\n",
+        fixture("escalation.toml"),
+        redis.url()
+    );
+    let (a, b) = (start(&config).await, start(&config).await);
+    for (i, host) in [&a, &b, &a].into_iter().enumerate() {
+        assert!(
+            Mta::send(host.process.addr, &msg("alice@example.com", 2, &format!("A{i}")))
+                .await
+                .accepted()
+        );
+    }
+    assert!(
+        Mta::send(b.process.addr, &msg("bob@example.com", 1, "B0"))
+            .await
+            .accepted()
+    );
+    // B's list reaches Redis within its publishing interval (5 s).
+    eventually(Duration::from_secs(12), "A's top shows B's traffic", async || {
+        let top: serde_json::Value = serde_json::from_str(&run_cli(&a.config, &["top", "--once", "--json"])).unwrap();
+        let alice = top["identities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["identity"] == "alice@example.com")
+            .cloned();
+        top["hosts"] == 2
+            && alice.is_some_and(|r| r["last_minute"]["messages"] == 3 && r["last_minute"]["recipients"] == 6)
+    })
+    .await;
+    let table = run_cli(&a.config, &["top", "--once"]);
+    assert!(
+        table.contains("fleet of 2 hosts") && table.contains("bob@example.com"),
+        "{table}"
+    );
+    // escalation.toml: alice may send 3 messages a minute; the third went
+    // through A, yet B's explain counts all three.
+    let explain: serde_json::Value =
+        serde_json::from_str(&run_cli(&b.config, &["explain", "alice@example.com", "--json"])).unwrap();
+    let counts: Vec<_> = explain["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["count"].clone())
+        .collect();
+    assert!(
+        counts.contains(&serde_json::json!(3)),
+        "B's explain shows the fleet's 3 messages: {explain}"
+    );
+    let _ = (&a.dir, &b.dir);
+}

@@ -11,6 +11,7 @@ use crate::milter::listener::MilterListener;
 use crate::milter::watchdog::{Guard, Timeouts};
 use crate::milter::{Reporting, callbacks};
 use crate::notify::{self, Notifier};
+use crate::ops::fleet_top::FleetTop;
 use crate::ops::metrics::Observer;
 use crate::ops::status;
 use crate::policy::{self, Counters, CurrentPolicy, Policy, snapshot};
@@ -162,7 +163,7 @@ pub async fn run(
     ));
     if let Some(addr) = config.status.listen {
         let listener = status::bind(addr).await?;
-        let state = status::State::new(
+        let mut state = status::State::new(
             current.clone(),
             locks.clone(),
             observer.clone(),
@@ -170,6 +171,15 @@ pub async fn run(
             clock.clone(),
             link.as_ref().map(|l| l.stats().clone()),
         );
+        if let Some(link) = &link {
+            let fleet_top = Arc::new(FleetTop::new(
+                link.clone(),
+                &config.store.prefix,
+                &config.socket.to_string(),
+            ));
+            tokio::spawn(fleet_top.clone().run_publisher(observer.clone(), stop.signal()));
+            state = state.with_fleet_top(fleet_top);
+        }
         tokio::spawn(status::serve(listener, state, stop.signal()));
     }
     let notify_task = {

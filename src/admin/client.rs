@@ -138,6 +138,15 @@ pub fn render_top(answer: &TopAnswer, addr: SocketAddr) -> String {
         answer.cap,
         answer.sort
     );
+    if answer.hosts > 1 {
+        out.insert_str(
+            out.len() - 1,
+            &format!(
+                "fleet of {} hosts (counts summed; other hosts' as of the last 5 s)\n",
+                answer.hosts
+            ),
+        );
+    }
     if answer.identities.is_empty() {
         out.push_str("no mail in the last hour\n");
         return out;

@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -288,6 +289,36 @@ pub struct ReportRow {
     #[serde(flatten)]
     pub counts: Counts,
     pub locked: bool,
+}
+
+/// Merges the `top` lists of several hosts (a fleet): one row per identity
+/// with the counts summed, the shortest idle time, the newest queue ids,
+/// locked if locked anywhere; the `n` busiest by `sort`.
+pub fn merge_top(lists: impl IntoIterator<Item = Vec<Activity>>, n: usize, sort: SortBy) -> Vec<Activity> {
+    let mut merged: HashMap<String, Activity> = HashMap::new();
+    for a in lists.into_iter().flatten() {
+        match merged.get_mut(&a.identity) {
+            None => {
+                merged.insert(a.identity.clone(), a);
+            }
+            Some(m) => {
+                m.last_minute.add(&a.last_minute);
+                m.last_hour.add(&a.last_hour);
+                m.idle_secs = m.idle_secs.min(a.idle_secs);
+                m.locked |= a.locked;
+                m.queue_ids.extend(a.queue_ids);
+                m.queue_ids.truncate(QUEUE_IDS);
+            }
+        }
+    }
+    let key = |a: &Activity| match sort {
+        SortBy::Messages => (a.last_minute.attempts(), a.last_hour.attempts()),
+        SortBy::Recipients => (a.last_minute.recipients, a.last_hour.recipients),
+    };
+    let mut rows: Vec<Activity> = merged.into_values().collect();
+    rows.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| a.identity.cmp(&b.identity)));
+    rows.truncate(n);
+    rows
 }
 
 /// How `top` orders identities.

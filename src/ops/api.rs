@@ -18,6 +18,14 @@ pub struct TopAnswer {
     pub cap: usize,
     pub sort: String,
     pub identities: Vec<Activity>,
+    /// Hosts whose activity is in the list: 1, or in a fleet every host
+    /// that published in the last 30 seconds.
+    #[serde(default = "one")]
+    pub hosts: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The answer of `/api/report`.

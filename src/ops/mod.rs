@@ -6,5 +6,6 @@
 
 pub mod activity;
 pub mod api;
+pub mod fleet_top;
 pub mod metrics;
 pub mod status;

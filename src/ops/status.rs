@@ -22,8 +22,9 @@ use crate::clock::Clock;
 use crate::config::{IdentitySource, format_duration};
 use crate::locks::{FileLocks, LockStore};
 use crate::notify;
-use crate::ops::activity::{HISTORY_HOURS, SortBy};
+use crate::ops::activity::{HISTORY_HOURS, SortBy, merge_top};
 use crate::ops::api::{ExplainAnswer, LockView, ReportAnswer, RuleView, TopAnswer, percent_decode};
+use crate::ops::fleet_top::FleetTop;
 use crate::ops::metrics::{Gauges, Observer, StoreGauges};
 use crate::policy::identity::Identity;
 use crate::policy::{CurrentPolicy, snapshot};
@@ -64,6 +65,8 @@ pub struct State {
     max_connections: usize,
     /// The fleet store's figures (`backend = "redis"`).
     store: Option<Arc<StoreStats>>,
+    /// The other hosts' `top` lists, in a fleet.
+    fleet_top: Option<Arc<FleetTop>>,
 }
 
 impl State {
@@ -84,7 +87,14 @@ impl State {
             clock,
             max_connections,
             store,
+            fleet_top: None,
         }
+    }
+
+    /// In a fleet: `top` merges the other hosts' lists.
+    pub fn with_fleet_top(mut self, fleet_top: Arc<FleetTop>) -> Self {
+        self.fleet_top = Some(fleet_top);
+        self
     }
 }
 
@@ -177,7 +187,7 @@ async fn answer(state: &State, req: &Request<Incoming>) -> Answer {
     match path {
         "/metrics" => metrics(state),
         "/healthz" => health(state),
-        "/api/identities" => top(state, query),
+        "/api/identities" => top(state, query).await,
         "/api/report" => report(state, query),
         _ => match path.strip_prefix("/api/identities/") {
             Some(id) if !id.is_empty() => match percent_decode(id) {
@@ -274,7 +284,7 @@ fn is_locked(state: &State, identity: &str, now: SystemTime) -> bool {
     state.locks.lookup(identity, now).is_some()
 }
 
-fn top(state: &State, query: &str) -> Answer {
+async fn top(state: &State, query: &str) -> Answer {
     let n = match param(query, "top").map(str::parse::<usize>) {
         None => 20,
         Some(Ok(n)) if (1..=MAX_TOP).contains(&n) => n,
@@ -293,6 +303,13 @@ fn top(state: &State, query: &str) -> Answer {
     let now = now(state);
     let activity = state.observer.activity();
     let mut identities = activity.top(n, sort);
+    let mut hosts = 1;
+    if let Some(fleet) = &state.fleet_top
+        && let Some(others) = fleet.others().await
+    {
+        hosts += others.len();
+        identities = merge_top(std::iter::once(identities).chain(others), n, sort);
+    }
     for a in &mut identities {
         a.locked = is_locked(state, &a.identity, now);
     }
@@ -301,6 +318,7 @@ fn top(state: &State, query: &str) -> Answer {
         cap: activity.cap(),
         sort: name.to_string(),
         identities,
+        hosts,
     })
 }
 
