@@ -15,6 +15,7 @@ mod notify;
 mod ports;
 mod postfix;
 mod queue_tools;
+mod redis;
 mod scenarios;
 mod sendmail;
 mod sendmail_scenarios;
