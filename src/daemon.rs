@@ -5,7 +5,7 @@
 //! The running daemon: state, background tasks, reload and shutdown.
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend};
 use crate::locks::FileLocks;
 use crate::milter::listener::MilterListener;
 use crate::milter::watchdog::{Guard, Timeouts};
@@ -14,9 +14,13 @@ use crate::notify::{self, Notifier};
 use crate::ops::metrics::Observer;
 use crate::ops::status;
 use crate::policy::{self, Counters, CurrentPolicy, Policy, snapshot};
+use crate::store::StoreStats;
+use crate::store::counters::RedisCounters;
+use crate::store::link::RedisLink;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
@@ -67,11 +71,7 @@ fn spawn_lock_tasks(
     );
     let unlocked = {
         let counters = counters.clone();
-        move |ids: &[String]| {
-            for id in ids {
-                counters.forget(id);
-            }
-        }
+        move |ids: &[String]| forget(&counters, ids)
     };
     tokio::spawn(
         locks
@@ -79,6 +79,48 @@ fn spawn_lock_tasks(
             .run_watcher(config.locks.poll_interval.0, unlocked, stop.signal()),
     );
     writer
+}
+
+/// Gives unlocked identities a fresh start: their own counters are emptied,
+/// here and, in a fleet, on Redis (in the background: an unlock must not wait
+/// for Redis).
+fn forget(counters: &Arc<Counters>, ids: &[String]) {
+    for id in ids {
+        counters.forget(id);
+    }
+    if let Some(shared) = counters.shared().cloned() {
+        let ids = ids.to_vec();
+        tokio::spawn(async move {
+            for id in &ids {
+                if let Err(e) = shared.forget(id, policy::shared_group_of(id)).await {
+                    warn!(identity = %id, "cannot clear the identity's counters on Redis: {e}");
+                }
+            }
+        });
+    }
+}
+
+/// The counters `[store]` asks for: in memory, or shared on Redis with
+/// in-memory ones as the fallback.
+async fn counters_for(config: &Config, clock: &Clock) -> std::io::Result<(Arc<Counters>, Option<Arc<RedisLink>>)> {
+    if config.store.backend == StoreBackend::Memory {
+        return Ok((Counters::new(clock.clone()), None));
+    }
+    let stats = Arc::new(StoreStats::default());
+    let link = RedisLink::new(&config.store, stats).map_err(std::io::Error::other)?;
+    // Connect now, so the first messages need not: a Redis down at start
+    // is logged, and the host starts on its local counters.
+    let ping = link
+        .run(
+            config.store.timeout.0.max(Duration::from_secs(1)),
+            |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
+        )
+        .await;
+    if ping.is_ok() {
+        info!(prefix = %config.store.prefix, fleet_size = config.store.fleet_size, "counters shared on Redis");
+    }
+    let shared = RedisCounters::new(link.clone(), &config.store);
+    Ok((Counters::with_shared(clock.clone(), Arc::new(shared)), Some(link)))
 }
 
 /// Runs the milter until `shutdown` resolves; each message on `reload`
@@ -95,7 +137,7 @@ pub async fn run(
     let config = Arc::new(config);
     let observer = observer_for(&config, &clock);
     let (notifier, notify_rx) = Notifier::channel(notify::QUEUE_CAPACITY);
-    let counters = Counters::new(clock.clone());
+    let (counters, link) = counters_for(&config, &clock).await?;
     let notifications = notifier.stats().clone();
     let reporting = Reporting {
         observer: observer.clone(),
@@ -120,6 +162,7 @@ pub async fn run(
             observer.clone(),
             notifications,
             clock.clone(),
+            link.as_ref().map(|l| l.stats().clone()),
         );
         tokio::spawn(status::serve(listener, state, stop.signal()));
     }
@@ -204,9 +247,7 @@ async fn reload_config(
     }
     let locks = locks.clone();
     if let Ok(unlocked) = tokio::task::spawn_blocking(move || locks.reload(true)).await {
-        for id in unlocked {
-            counters.forget(&id);
-        }
+        forget(counters, &unlocked);
     }
 }
 

@@ -62,3 +62,23 @@ pub mod milter;
 pub mod notify;
 pub mod ops;
 pub mod policy;
+pub mod store;
+
+/// Helpers of the unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    /// Runs a future that never waits (the in-memory counters) to its end.
+    pub fn block_on<F: Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            std::thread::yield_now();
+        }
+    }
+}

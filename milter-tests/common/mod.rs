@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 mod ports;
+pub mod redis;
 
 use egress_milter::clock::Clock;
 use egress_milter::config::Config;

@@ -91,6 +91,8 @@ pub struct Config {
     pub status: StatusConfig,
     /// Who is told about automatic locks; see docs/notifications.md.
     pub notify: NotifyConfig,
+    /// Where counters live: in memory, or on Redis for a fleet (docs/fleet.md).
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -115,6 +117,7 @@ impl Default for Config {
             replies: RepliesConfig::default(),
             status: StatusConfig::default(),
             notify: NotifyConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -299,6 +302,61 @@ impl Default for LocksConfig {
             },
         }
     }
+}
+
+/// `[store]`: where counters (and, in a fleet, locks) are kept.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// `redis://[user:password@]host:port/db` or `unix:///path/redis.sock`;
+    /// ignored with `sentinels`.
+    pub url: String,
+    /// With Sentinel: the master's name, and the Sentinels to ask for it.
+    pub sentinel_master: Option<String>,
+    pub sentinels: Vec<String>,
+    /// For the master found through Sentinel: its ACL user, password and
+    /// database (a `url` carries its own).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub database: i64,
+    /// Every key egress-milter writes starts with it.
+    pub prefix: String,
+    /// The longest a decision waits for Redis; then it uses local counters.
+    pub timeout: DurationValue,
+    /// While Redis is unavailable, how often it is tried again.
+    pub retry_interval: DurationValue,
+    /// Hosts sharing the counters: while Redis is unavailable each host
+    /// allows a rule's count divided by this (at least 1).
+    pub fleet_size: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Memory,
+            url: "redis://127.0.0.1:6379/0".into(),
+            sentinel_master: None,
+            sentinels: Vec::new(),
+            username: None,
+            password: None,
+            database: 0,
+            prefix: "egress-milter:".into(),
+            timeout: DurationValue(Duration::from_millis(200)),
+            retry_interval: DurationValue(Duration::from_secs(1)),
+            fleet_size: 1,
+        }
+    }
+}
+
+/// `store.backend`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// In this process; one host needs nothing else.
+    Memory,
+    /// Shared by a fleet of MTAs on Redis (or Valkey).
+    Redis,
 }
 
 /// `[status]`: the HTTP status listener (metrics, health, activity API).
@@ -510,6 +568,9 @@ impl Config {
         }
         if self.status.max_connections != new.status.max_connections {
             changed.push("status.max_connections");
+        }
+        if self.store != new.store {
+            changed.push("store");
         }
         // The activity registry (recent queue ids in notifications) starts
         // with the daemon when [status] or [notify] is configured.

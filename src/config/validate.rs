@@ -7,8 +7,8 @@
 //! fault.
 
 use super::{
-    Action, Config, IdentityConfig, LimitsConfig, LocksConfig, RepliesConfig, RuleConfig, Scope, StatusConfig, address,
-    format_duration,
+    Action, Config, IdentityConfig, LimitsConfig, LocksConfig, RepliesConfig, RuleConfig, Scope, StatusConfig,
+    StoreBackend, StoreConfig, address, format_duration,
 };
 use std::collections::HashSet;
 use std::ops::Range;
@@ -51,7 +51,86 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
     overrides(config)?;
     replies(&config.replies)?;
     locks(&config.locks)?;
+    store(&config.store)?;
     config.notify.validate()
+}
+
+/// `[store]`: the Redis address, timeouts and the fleet size.
+fn store(store: &StoreConfig) -> Result<(), Violation> {
+    if store.backend == StoreBackend::Memory {
+        return Ok(());
+    }
+    match (&store.sentinel_master, store.sentinels.is_empty()) {
+        (Some(_), true) => {
+            return fail(
+                0..0,
+                "store.sentinels",
+                "with store.sentinel_master, list the Sentinels to ask, e.g. [\"redis://10.0.0.1:26379\"]".into(),
+            );
+        }
+        (None, false) => {
+            return fail(
+                0..0,
+                "store.sentinel_master",
+                "with store.sentinels, name the master the Sentinels monitor".into(),
+            );
+        }
+        _ => {}
+    }
+    let urls = std::iter::once(("store.url".to_string(), &store.url))
+        .filter(|_| store.sentinels.is_empty())
+        .chain(
+            store
+                .sentinels
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (format!("store.sentinels[{i}]"), u)),
+        );
+    for (key, url) in urls {
+        if let Err(why) = redis_url(url) {
+            return fail(0..0, &key, why);
+        }
+    }
+    if store.prefix.is_empty() || store.prefix.contains(['{', '}']) {
+        return fail(
+            0..0,
+            "store.prefix",
+            "must be non-empty and without braces (egress-milter adds the Redis Cluster hash tags)".into(),
+        );
+    }
+    if !(Duration::from_millis(1)..=Duration::from_secs(10)).contains(&store.timeout.0) {
+        return fail(
+            0..0,
+            "store.timeout",
+            "must be between 1ms and 10s (Postfix waits 30s for a milter reply)".into(),
+        );
+    }
+    if !(Duration::from_millis(10)..=Duration::from_secs(600)).contains(&store.retry_interval.0) {
+        return fail(0..0, "store.retry_interval", "must be between 10ms and 10m".into());
+    }
+    if !(1..=1000).contains(&store.fleet_size) {
+        return fail(0..0, "store.fleet_size", "must be between 1 and 1000".into());
+    }
+    Ok(())
+}
+
+/// A Redis address the client can use: `redis://`, or `unix://` with a path.
+fn redis_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(format!(
+            "\"{url}\" is not a URL: write e.g. \"redis://127.0.0.1:6379/0\""
+        ));
+    };
+    match scheme {
+        "redis" | "valkey" if !rest.is_empty() => Ok(()),
+        "unix" | "redis+unix" if rest.starts_with('/') => Ok(()),
+        "rediss" | "valkeys" => Err(format!(
+            "\"{url}\": TLS to Redis is not built in; use a local Redis, a unix socket, or a TLS tunnel (docs/fleet.md)"
+        )),
+        _ => Err(format!(
+            "\"{url}\" is not a Redis URL: write redis://[user:password@]host:port/db or unix:///path/redis.sock"
+        )),
+    }
 }
 
 /// `[identity]`: sources, lengths, prefixes, who may stamp the header.

@@ -138,7 +138,7 @@ async fn handle_mail(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let conn = connection!(current, cx);
     let from = args.first().map_or(&b""[..], |a| a.as_bytes());
     let started = conn.session.reporting().observer.start();
-    let verdict = conn.session.mail(from, auth.as_deref(), &queue_id);
+    let verdict = conn.session.mail(from, auth.as_deref(), &queue_id).await;
     // MAIL begins a transaction.
     conn.decided = conn.session.reporting().observer.finish(Stage::Mail, started);
     if let Some(pending) = PendingLock::of(&conn.session, &verdict) {
@@ -152,7 +152,7 @@ async fn handle_rcpt(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let conn = connection!(current, cx);
     let rcpt = args.first().map_or(&b""[..], |a| a.as_bytes());
     let started = conn.session.reporting().observer.start();
-    let verdict = conn.session.rcpt(rcpt, &queue_id);
+    let verdict = conn.session.rcpt(rcpt, &queue_id).await;
     conn.decided += conn.session.reporting().observer.finish(Stage::Rcpt, started);
     if let Some(pending) = PendingLock::of(&conn.session, &verdict) {
         pending.written(&queue_id).await;
@@ -174,7 +174,7 @@ async fn handle_eoh(current: CurrentPolicy, cx: &mut Context<Connection>) -> Sta
     let queue_id = queue_id(&cx.macros);
     let conn = connection!(current, cx);
     let started = conn.session.reporting().observer.start();
-    let verdict = conn.session.eoh(&queue_id);
+    let verdict = conn.session.eoh(&queue_id).await;
     conn.decided += conn.session.reporting().observer.finish(Stage::Eoh, started);
     if let Some(pending) = PendingLock::of(&conn.session, &verdict) {
         pending.written(&queue_id).await;
@@ -186,7 +186,7 @@ async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> 
     let queue_id = queue_id(&cx.macros);
     let conn = connection!(current, cx);
     let started = conn.session.reporting().observer.start();
-    let verdict = conn.session.eom(&queue_id);
+    let verdict = conn.session.eom(&queue_id).await;
     let observer = &conn.session.reporting().observer;
     let decided = conn.decided + observer.finish(Stage::Eom, started);
     observer.message(decided);

@@ -114,7 +114,7 @@ impl Session {
     }
 
     /// MAIL FROM. `auth` is the `{auth_authen}` macro.
-    pub fn mail(&mut self, from: &[u8], auth: Option<&[u8]>, queue_id: &str) -> Verdict {
+    pub async fn mail(&mut self, from: &[u8], auth: Option<&[u8]>, queue_id: &str) -> Verdict {
         self.reporting.observer.seen();
         let auth = auth.filter(|a| !a.is_empty());
         let outbound = self.policy.outbound(auth.is_some(), self.client);
@@ -157,13 +157,12 @@ impl Session {
         if message.lock.is_some() {
             return cx.locked(message, Stage::Mail, false);
         }
-        let mut trips = cx.policy.attempt(plan, 1, 0);
-        trips.extend(cx.policy.peek(plan, 1, 0));
+        let trips = cx.policy.check(&[plan], (1, 0), (1, 0)).await;
         cx.act(message, trips, Stage::Mail)
     }
 
     /// RCPT TO.
-    pub fn rcpt(&mut self, rcpt: &[u8], queue_id: &str) -> Verdict {
+    pub async fn rcpt(&mut self, rcpt: &[u8], queue_id: &str) -> Verdict {
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
@@ -192,8 +191,7 @@ impl Session {
             }
             return verdict;
         }
-        let mut trips = cx.policy.attempt(plan, 0, 1);
-        trips.extend(cx.policy.peek(plan, 0, message.recipients + 1));
+        let trips = cx.policy.check(&[plan], (0, 1), (0, message.recipients + 1)).await;
         let verdict = cx.act(message, trips, Stage::Rcpt);
         if verdict == Verdict::Continue {
             message.recipients += 1;
@@ -217,7 +215,7 @@ impl Session {
     }
 
     /// End of headers: resolves a header identity and checks the whole message.
-    pub fn eoh(&mut self, queue_id: &str) -> Verdict {
+    pub async fn eoh(&mut self, queue_id: &str) -> Verdict {
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
@@ -267,17 +265,15 @@ impl Session {
                     .all(|r| cx.policy.may_write_while_locked(&plan.identity, r));
             return cx.locked(message, Stage::Eoh, message.support_only);
         }
-        let mut trips = Vec::new();
-        for p in std::iter::once(&*plan).chain(message.stamper.as_ref()) {
-            trips.extend(cx.policy.attempt(p, 1, message.recipients));
-            trips.extend(cx.policy.peek(p, 1, message.recipients));
-        }
+        let plans: Vec<&Plan> = std::iter::once(&*plan).chain(message.stamper.as_ref()).collect();
+        let weights = (1, message.recipients);
+        let trips = cx.policy.check(&plans, weights, weights).await;
         message.support_only = false;
         cx.act(message, trips, Stage::Eoh)
     }
 
     /// End of message: hold a locked identity's mail, or count the message.
-    pub fn eom(&mut self, queue_id: &str) -> Verdict {
+    pub async fn eom(&mut self, queue_id: &str) -> Verdict {
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
@@ -290,7 +286,7 @@ impl Session {
             return cx.locked(message, Stage::Eom, message.support_only);
         }
         let plans: Vec<&Plan> = std::iter::once(plan).chain(message.stamper.as_ref()).collect();
-        let trips = cx.policy.commit_all(&plans, message.recipients);
+        let trips = cx.policy.commit_all(&plans, message.recipients).await;
         let verdict = cx.act(message, trips, Stage::Eom);
         if verdict == Verdict::Continue
             && let Some(plan) = &message.plan
@@ -693,6 +689,7 @@ mod tests {
     use crate::locks::file::{LockSource, Timestamp};
     use crate::locks::{FileLocks, LockStore};
     use crate::policy::Counters;
+    use crate::test_util::block_on;
     use std::path::Path;
 
     struct Fixture {
@@ -763,21 +760,21 @@ action = "lock"
 
     /// One whole message from a SASL login; the verdict of its first refusal.
     fn send(s: &mut Session, login: &str, rcpts: &[&str]) -> Verdict {
-        let v = s.mail(b"<a@example.com>", Some(login.as_bytes()), "Q");
+        let v = block_on(s.mail(b"<a@example.com>", Some(login.as_bytes()), "Q"));
         if v != Verdict::Continue {
             return v;
         }
         for r in rcpts {
-            let v = s.rcpt(r.as_bytes(), "Q");
+            let v = block_on(s.rcpt(r.as_bytes(), "Q"));
             if v != Verdict::Continue {
                 return v;
             }
         }
-        let v = s.eoh("Q");
+        let v = block_on(s.eoh("Q"));
         if v != Verdict::Continue {
             return v;
         }
-        s.eom("Q")
+        block_on(s.eom("Q"))
     }
 
     #[test]
@@ -786,7 +783,7 @@ action = "lock"
         let mut s = f.session("192.0.2.1");
         assert_eq!(send(&mut s, "alice@example.com", &["x@example.net"]), Verdict::Continue);
         assert_eq!(send(&mut s, "alice@example.com", &["x@example.net"]), Verdict::Continue);
-        let third = s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q");
+        let third = block_on(s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q"));
         assert!(refused_with(&third, "451"), "{third:?}");
         // Another login is counted on its own.
         assert_eq!(send(&mut s, "bob@example.com", &["x@example.net"]), Verdict::Continue);
@@ -797,7 +794,7 @@ action = "lock"
         let f = fixture("allow_recipients = []");
         f.lock("alice@example.com");
         let mut s = f.session("192.0.2.1");
-        let v = s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q");
+        let v = block_on(s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q"));
         assert!(refused_with(&v, "550"), "{v:?}");
     }
 
@@ -806,11 +803,14 @@ action = "lock"
         let f = fixture("allow_recipients = [\"postmaster\"]");
         f.lock("alice@example.com");
         let mut s = f.session("192.0.2.1");
-        assert_eq!(s.mail(b"<>", Some(b"alice@example.com"), "Q"), Verdict::Continue);
-        assert_eq!(s.rcpt(b"<postmaster@example.com>", "Q"), Verdict::Continue);
-        assert!(refused_with(&s.rcpt(b"<victim@example.net>", "Q"), "550"));
-        assert_eq!(s.eoh("Q"), Verdict::Continue);
-        assert_eq!(s.eom("Q"), Verdict::Continue, "to support only: delivered");
+        assert_eq!(
+            block_on(s.mail(b"<>", Some(b"alice@example.com"), "Q")),
+            Verdict::Continue
+        );
+        assert_eq!(block_on(s.rcpt(b"<postmaster@example.com>", "Q")), Verdict::Continue);
+        assert!(refused_with(&block_on(s.rcpt(b"<victim@example.net>", "Q")), "550"));
+        assert_eq!(block_on(s.eoh("Q")), Verdict::Continue);
+        assert_eq!(block_on(s.eom("Q")), Verdict::Continue, "to support only: delivered");
     }
 
     #[test]
@@ -819,12 +819,12 @@ action = "lock"
         f.lock("alice@example.com");
         let mut s = f.session("192.0.2.1");
         assert_eq!(
-            s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q"),
+            block_on(s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q")),
             Verdict::Continue
         );
-        assert_eq!(s.rcpt(b"<victim@example.net>", "Q"), Verdict::Continue);
-        assert_eq!(s.eoh("Q"), Verdict::Continue);
-        assert!(matches!(s.eom("Q"), Verdict::Hold { .. }));
+        assert_eq!(block_on(s.rcpt(b"<victim@example.net>", "Q")), Verdict::Continue);
+        assert_eq!(block_on(s.eoh("Q")), Verdict::Continue);
+        assert!(matches!(block_on(s.eom("Q")), Verdict::Hold { .. }));
     }
 
     #[test]
@@ -833,14 +833,20 @@ action = "lock"
         f.lock("carol@example.com");
         // A trusted relay: no SASL login, the identity comes from the header.
         let mut s = f.session("10.0.0.5");
-        assert_eq!(s.mail(b"<bounce@relay.example>", None, "Q"), Verdict::Continue);
         assert_eq!(
-            s.rcpt(b"<victim@example.net>", "Q"),
+            block_on(s.mail(b"<bounce@relay.example>", None, "Q")),
+            Verdict::Continue
+        );
+        assert_eq!(
+            block_on(s.rcpt(b"<victim@example.net>", "Q")),
             Verdict::Continue,
             "identity still pending"
         );
         s.header(b"X-Sender", b"carol@example.com");
-        assert!(refused_with(&s.eoh("Q"), "550"), "locked once the header is read");
+        assert!(
+            refused_with(&block_on(s.eoh("Q")), "550"),
+            "locked once the header is read"
+        );
     }
 
     #[test]
@@ -859,10 +865,13 @@ action = "lock"
         // From now on refused as locked on any session, at the first
         // recipient that is not a support address.
         let mut other = f.session("192.0.2.9");
-        assert_eq!(other.mail(b"<>", Some(b"mallory@example.com"), "Q"), Verdict::Continue);
-        let v = other.rcpt(b"<x@example.net>", "Q");
+        assert_eq!(
+            block_on(other.mail(b"<>", Some(b"mallory@example.com"), "Q")),
+            Verdict::Continue
+        );
+        let v = block_on(other.rcpt(b"<x@example.net>", "Q"));
         assert!(refused_with(&v, "550"), "{v:?}");
-        assert_eq!(other.rcpt(b"<abuse@example.com>", "Q"), Verdict::Continue);
+        assert_eq!(block_on(other.rcpt(b"<abuse@example.com>", "Q")), Verdict::Continue);
     }
 
     #[test]
@@ -871,13 +880,13 @@ action = "lock"
         let mut s = f.session("192.0.2.1");
         let cap = f.policy.config().limits.max_recipients_per_message;
         assert_eq!(
-            s.mail(b"<a@example.com>", Some(b"dave@example.com"), "Q"),
+            block_on(s.mail(b"<a@example.com>", Some(b"dave@example.com"), "Q")),
             Verdict::Continue
         );
         for i in 0..cap {
-            let v = s.rcpt(format!("<r{i}@example.net>").as_bytes(), "Q");
+            let v = block_on(s.rcpt(format!("<r{i}@example.net>").as_bytes(), "Q"));
             assert_eq!(v, Verdict::Continue, "recipient {i}");
         }
-        assert!(refused_with(&s.rcpt(b"<one-more@example.net>", "Q"), "550"));
+        assert!(refused_with(&block_on(s.rcpt(b"<one-more@example.net>", "Q")), "550"));
     }
 }

@@ -288,6 +288,19 @@ pub struct Gauges {
     /// `egress_milter_notifications_total` with its count
     /// ([`crate::notify::Stats::outcomes`]).
     pub notifications: Vec<(&'static str, u64)>,
+    /// The fleet store's figures; `None` with the in-memory store.
+    pub store: Option<StoreGauges>,
+}
+
+/// `[store] backend = "redis"`: how the shared store is doing.
+#[derive(Clone, Debug, Default)]
+pub struct StoreGauges {
+    pub degraded: bool,
+    pub decisions: u64,
+    pub degraded_decisions: u64,
+    pub errors: u64,
+    pub locks_pushed: u64,
+    pub locks_pulled: u64,
 }
 
 /// The text exposition (OpenMetrics, which Prometheus reads) of everything.
@@ -483,6 +496,42 @@ impl Collector for Exposition {
             )?;
             for &(outcome, v) in &g.notifications {
                 ConstCounter::new(v).encode(m.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        if let Some(st) = &g.store {
+            gauge(
+                &mut e,
+                "store_degraded",
+                "1 while Redis is unavailable and this host decides on local counters at the degraded limits.",
+                u64::from(st.degraded),
+            )?;
+            {
+                let mut m = e.encode_descriptor(
+                    "store_decisions",
+                    "Decisions by where they were counted: shared (one Redis round trip each) or local (Redis unavailable).",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (on, v) in [("shared", st.decisions), ("local", st.degraded_decisions)] {
+                    ConstCounter::new(v).encode(m.encode_family(&[("counters", on)])?)?;
+                }
+            }
+            counter(
+                &mut e,
+                "store_errors",
+                "Calls to Redis that failed or timed out.",
+                st.errors,
+            )?;
+            {
+                let mut m = e.encode_descriptor(
+                    "store_lock_changes",
+                    "Lock changes sent to the fleet (pushed) and taken from it (pulled).",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (way, v) in [("pushed", st.locks_pushed), ("pulled", st.locks_pulled)] {
+                    ConstCounter::new(v).encode(m.encode_family(&[("direction", way)])?)?;
+                }
             }
         }
         {

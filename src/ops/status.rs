@@ -24,9 +24,10 @@ use crate::locks::{FileLocks, LockStore};
 use crate::notify;
 use crate::ops::activity::{HISTORY_HOURS, SortBy};
 use crate::ops::api::{ExplainAnswer, LockView, ReportAnswer, RuleView, TopAnswer, percent_decode};
-use crate::ops::metrics::{Gauges, Observer};
+use crate::ops::metrics::{Gauges, Observer, StoreGauges};
 use crate::policy::identity::Identity;
 use crate::policy::{CurrentPolicy, snapshot};
+use crate::store::StoreStats;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -61,6 +62,8 @@ pub struct State {
     notifications: Arc<notify::Stats>,
     clock: Clock,
     max_connections: usize,
+    /// The fleet store's figures (`backend = "redis"`).
+    store: Option<Arc<StoreStats>>,
 }
 
 impl State {
@@ -70,6 +73,7 @@ impl State {
         observer: Arc<Observer>,
         notifications: Arc<notify::Stats>,
         clock: Clock,
+        store: Option<Arc<StoreStats>>,
     ) -> Self {
         let max_connections = snapshot(&current).config().status.max_connections;
         Self {
@@ -79,6 +83,7 @@ impl State {
             notifications,
             clock,
             max_connections,
+            store,
         }
     }
 }
@@ -120,7 +125,7 @@ pub async fn serve(listener: TcpListener, state: State, stop: impl std::future::
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req)) }
+                async move { Ok::<_, Infallible>(answer(&state, &req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -163,7 +168,7 @@ fn json(value: &impl Serialize) -> Answer {
     }
 }
 
-fn answer(state: &State, req: &Request<Incoming>) -> Answer {
+async fn answer(state: &State, req: &Request<Incoming>) -> Answer {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
     }
@@ -176,7 +181,7 @@ fn answer(state: &State, req: &Request<Incoming>) -> Answer {
         "/api/report" => report(state, query),
         _ => match path.strip_prefix("/api/identities/") {
             Some(id) if !id.is_empty() => match percent_decode(id) {
-                Some(id) => explain(state, &id),
+                Some(id) => explain(state, &id).await,
                 None => text(
                     StatusCode::BAD_REQUEST,
                     "the identity is not valid percent-encoded UTF-8",
@@ -206,6 +211,14 @@ fn metrics(state: &State) -> Answer {
         lock_write_errors: load(&stats.write_errors),
         lock_list_corrupt: stats.corrupt.load(Ordering::Relaxed),
         notifications: state.notifications.outcomes(),
+        store: state.store.as_ref().map(|st| StoreGauges {
+            degraded: st.is_degraded(),
+            decisions: load(&st.decisions),
+            degraded_decisions: load(&st.degraded_decisions),
+            errors: load(&st.errors),
+            locks_pushed: load(&st.locks_pushed),
+            locks_pulled: load(&st.locks_pulled),
+        }),
     };
     match crate::ops::metrics::encode(&state.observer, gauges) {
         Ok(body) => reply(
@@ -236,10 +249,16 @@ pub fn health_problem(locks: &FileLocks) -> Option<String> {
     None
 }
 
+/// 200 `ok`, or 200 `degraded: ...` while Redis is unavailable (mail
+/// flows, decided on local counters), or 503 with what is wrong.
 fn health(state: &State) -> Answer {
     match health_problem(&state.locks) {
-        None => text(StatusCode::OK, "ok"),
         Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+        None if state.store.as_ref().is_some_and(|st| st.is_degraded()) => text(
+            StatusCode::OK,
+            "degraded: Redis is unavailable; deciding on local counters at the degraded limits (a rule's count / store.fleet_size), enforcing the locks known here",
+        ),
+        None => text(StatusCode::OK, "ok"),
     }
 }
 
@@ -310,7 +329,7 @@ fn report(state: &State, query: &str) -> Answer {
     json(&ReportAnswer { hours, rows })
 }
 
-fn explain(state: &State, raw: &str) -> Answer {
+async fn explain(state: &State, raw: &str) -> Answer {
     let policy = snapshot(&state.current);
     let value = crate::config::address::lock_key(&policy.config().identity, raw);
     let identity = Identity {
@@ -331,6 +350,7 @@ fn explain(state: &State, raw: &str) -> Answer {
     let value = identity.value.clone();
     let rules = policy
         .explain(identity)
+        .await
         .into_iter()
         .map(|r| RuleView {
             rule: r.rule,

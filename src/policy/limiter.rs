@@ -174,6 +174,25 @@ impl Limit {
         Duration::from_nanos(self.interval)
     }
 
+    /// W and T in whole microseconds, the unit of a shared store's script:
+    /// `(ceil(W / 1µs), ceil(W_µs / N))`. Equal to this limit's own when W
+    /// is a whole number of microseconds divisible by N.
+    pub fn micros(&self) -> (u64, u64) {
+        let window = self.window.div_ceil(1000).max(1);
+        (window, window.div_ceil(u64::from(self.count)).max(1))
+    }
+
+    /// This limit with W and T in microseconds instead of nanoseconds, for
+    /// checking a shared store's arithmetic against this module's.
+    pub fn in_micros(&self) -> Limit {
+        let (window, interval) = self.micros();
+        Limit {
+            window,
+            interval,
+            ..*self
+        }
+    }
+
     fn shaped(&self) -> bool {
         self.burst < self.count
     }

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod limiter;
 pub mod locked;
 pub mod reply;
+pub mod shared;
 
 use crate::clock::Clock;
 use crate::config::address::{domain_key, lock_key};
@@ -18,6 +19,7 @@ use crate::locks::file::{LockEntry, LockSource, Timestamp};
 use crate::locks::{LockStore, Ticket};
 use crate::policy::identity::Identity;
 use crate::policy::limiter::{BucketKey, KeyedLimiter, Limit, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
+use crate::policy::shared::{OpAnswer, OpKind, SharedCounters, SharedOp};
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::BuildHasher;
@@ -42,6 +44,9 @@ pub struct Counters {
     registry: Mutex<HashMap<LimiterId, Arc<dyn RateBuckets>>>,
     /// Makes the counters of one rate: in memory by default.
     factory: BucketsFactory,
+    /// The fleet's counters (`backend = "redis"`); the in-memory ones are
+    /// then the fallback while it is unavailable, at the degraded limits.
+    shared: Option<Arc<dyn SharedCounters>>,
 }
 
 /// Makes a rule's counters for a limit (the seam for a shared backend).
@@ -56,6 +61,36 @@ struct LimiterId {
     burst: Option<NonZeroU32>,
     /// `None` for the rule's own rate; the override's target otherwise.
     variant: Option<String>,
+    /// The in-memory limit is the rate divided by this: the fleet size for
+    /// the fallback of shared counters, 1 otherwise.
+    divisor: u32,
+}
+
+impl LimiterId {
+    /// The name of this counter in a shared store: it changes whenever the
+    /// rule's definition does (as the in-memory registry's key does), so
+    /// hosts running different versions of a rule never share a bucket.
+    fn shared_name(&self) -> String {
+        format!(
+            "{}|{}|{}|{}/{}ms|{}",
+            self.rule,
+            self.count,
+            self.per,
+            self.rate.count,
+            self.rate.window.as_millis(),
+            self.burst.map_or(0, NonZeroU32::get),
+        )
+    }
+}
+
+/// A rule's counter: the in-memory buckets and its name and limit in the
+/// shared store, if there is one.
+#[derive(Clone)]
+struct Counter {
+    local: Arc<dyn RateBuckets>,
+    shared_name: Arc<str>,
+    /// The rule's own limit (the local one may be divided).
+    limit: Limit,
 }
 
 impl Counters {
@@ -74,7 +109,25 @@ impl Counters {
             stripes: (0..COMMIT_STRIPES).map(|_| Mutex::new(())).collect(),
             registry: Mutex::new(HashMap::new()),
             factory,
+            shared: None,
         })
+    }
+
+    /// Counters shared by a fleet, with in-memory ones as the fallback.
+    pub fn with_shared(clock: Clock, shared: Arc<dyn SharedCounters>) -> Arc<Self> {
+        let mut counters = Self::with_factory(
+            clock,
+            Box::new(|limit, clock| Arc::new(KeyedLimiter::new(limit, clock.clone()))),
+        );
+        if let Some(c) = Arc::get_mut(&mut counters) {
+            c.shared = Some(shared);
+        }
+        counters
+    }
+
+    /// The fleet's counters, if they are shared.
+    pub fn shared(&self) -> Option<&Arc<dyn SharedCounters>> {
+        self.shared.as_ref()
     }
 
     pub fn clock(&self) -> &Clock {
@@ -104,6 +157,14 @@ impl Counters {
     }
 }
 
+/// The registry name of the `locks.hold_limit` counter.
+const HOLD_RULE: &str = "(hold)";
+
+/// A count divided among the hosts of a fleet, at least 1.
+fn divided(n: NonZeroU32, by: u32) -> NonZeroU32 {
+    NonZeroU32::new(n.get() / by.max(1)).unwrap_or(NonZeroU32::MIN)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -116,14 +177,14 @@ struct CompiledRule {
     /// Counts as `action` says, only logs what it would do.
     dry_run: bool,
     rate: Rate,
-    limiter: Arc<dyn RateBuckets>,
+    counter: Counter,
 }
 
 #[derive(Default)]
 struct CompiledOverride {
     exempt: bool,
-    /// Rule index to the override's rate and limiter.
-    rates: HashMap<usize, (Rate, Arc<dyn RateBuckets>)>,
+    /// Rule index to the override's rate and counter.
+    rates: HashMap<usize, (Rate, Counter)>,
 }
 
 /// The policy of one configuration; rebuilt on reload, sharing [`Counters`].
@@ -261,7 +322,8 @@ struct PlanEntry {
     /// accepted mail.
     counts_attempts: bool,
     rate: Rate,
-    limiter: Arc<dyn RateBuckets>,
+    counter: Counter,
+    /// The bucket in the in-memory counters.
     key: BucketKey,
 }
 
@@ -281,16 +343,32 @@ impl Policy {
     pub fn new(config: Arc<Config>, counters: Arc<Counters>, locks: Arc<dyn LockStore>) -> Self {
         let mut registry = lock(&counters.registry);
         let mut next_registry = HashMap::new();
-        let mut limiter = |id: LimiterId, rate: Rate| {
-            let l = registry
+        let divisor = if counters.shared.is_some() {
+            config.store.fleet_size.max(1)
+        } else {
+            1
+        };
+        let mut limiter = |mut id: LimiterId, rate: Rate| {
+            if id.rule != HOLD_RULE {
+                id.divisor = divisor;
+            }
+            let local = registry
                 .remove(&id)
                 .or_else(|| next_registry.get(&id).cloned())
                 .unwrap_or_else(|| {
-                    let limit = Limit::new(rate.count, rate.window, id.burst);
+                    let limit = Limit::new(
+                        divided(rate.count, id.divisor),
+                        rate.window,
+                        id.burst.map(|b| divided(b, id.divisor)),
+                    );
                     (counters.factory)(limit, &counters.clock)
                 });
-            next_registry.insert(id, l.clone());
-            l
+            next_registry.insert(id.clone(), local.clone());
+            Counter {
+                local,
+                shared_name: id.shared_name().into(),
+                limit: Limit::new(rate.count, rate.window, id.burst),
+            }
         };
         let rules: Vec<CompiledRule> = config
             .rules
@@ -302,7 +380,7 @@ impl Policy {
                 action: r.action,
                 dry_run: r.dry_run,
                 rate: r.rate,
-                limiter: limiter(
+                counter: limiter(
                     LimiterId {
                         rule: r.name.get_ref().clone(),
                         count: r.count,
@@ -310,6 +388,7 @@ impl Policy {
                         rate: r.rate,
                         burst: r.burst,
                         variant: None,
+                        divisor: 1,
                     },
                     r.rate,
                 ),
@@ -340,22 +419,26 @@ impl Policy {
                     rate: *rate,
                     burst: None,
                     variant: Some(target.clone()),
+                    divisor: 1,
                 };
                 compiled.rates.insert(idx, (*rate, limiter(id, *rate)));
             }
             map.insert(target, compiled);
         }
+        // Held messages are counted per host, never shared nor divided.
         let holds = limiter(
             LimiterId {
-                rule: "(hold)".into(),
+                rule: HOLD_RULE.into(),
                 count: Counted::Messages,
                 per: Scope::Identity,
                 rate: config.locks.hold_limit,
                 burst: None,
                 variant: None,
+                divisor: 1,
             },
             config.locks.hold_limit,
-        );
+        )
+        .local;
         *registry = next_registry;
         drop(registry);
         Self {
@@ -446,23 +529,23 @@ impl Policy {
                         None => continue,
                     },
                 };
-                let mut chosen = (rule.rate, &rule.limiter);
+                let mut chosen = (rule.rate, &rule.counter);
                 for over in overrides.iter().flatten() {
                     if over.exempt {
                         continue 'rules;
                     }
-                    if let Some((rate, limiter)) = over.rates.get(&idx) {
-                        chosen = (*rate, limiter);
+                    if let Some((rate, counter)) = over.rates.get(&idx) {
+                        chosen = (*rate, counter);
                         break;
                     }
                 }
-                let (rate, limiter) = chosen;
+                let (rate, counter) = chosen;
                 entries.push(PlanEntry {
                     rule: idx,
                     counts_attempts: rule.action == Action::Lock,
                     rate,
-                    key: limiter.route(key, self.config.limits.max_tracked_identities),
-                    limiter: limiter.clone(),
+                    key: counter.local.route(key, self.config.limits.max_tracked_identities),
+                    counter: counter.clone(),
                 });
             }
         }
@@ -473,8 +556,8 @@ impl Policy {
         }
     }
 
-    fn trip(&self, plan: &Plan, entry: &PlanEntry, outcome: Outcome, requested: u32) -> Option<Trip> {
-        let retry_in = match outcome {
+    fn trip(&self, plan: &Plan, entry: &PlanEntry, answer: OpAnswer, requested: u32) -> Option<Trip> {
+        let retry_in = match answer.outcome {
             Outcome::Allowed { .. } => return None,
             Outcome::Denied { retry_in } => Some(retry_in),
             Outcome::Never => None,
@@ -503,7 +586,7 @@ impl Policy {
             scope: rule.per,
             key,
             rate: entry.rate,
-            usage: entry.limiter.usage(entry.key),
+            usage: answer.usage,
             retry_in,
             requested,
             dry_run: rule.dry_run,
@@ -517,23 +600,17 @@ impl Policy {
         }
     }
 
-    /// Rules counting accepted mail that `messages` more messages and
-    /// `recipients` more recipients would exceed. Counts nothing.
-    pub fn peek(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
-        plan.entries
-            .iter()
-            .filter(|e| !e.counts_attempts)
-            .filter_map(|e| {
-                let n = self.weight(e, messages, recipients);
-                (n > 0)
-                    .then(|| self.trip(plan, e, e.limiter.peek(e.key, n), n))
-                    .flatten()
-            })
-            .collect()
+    /// Whether exceeding the rule of `entry` refuses the message.
+    fn blocks(&self, entry: &PlanEntry) -> bool {
+        let rule = &self.rules[entry.rule];
+        self.enforcing() && rule.action > Action::Log && !rule.dry_run
     }
 
-    /// Counts an attempt against the lock rules, whether the mail is then
-    /// accepted or refused, and returns the lock rules it exceeds.
+    /// One decision point before the end of the message: counts an attempt
+    /// of `attempt` (messages, recipients) against the lock rules, whether
+    /// the mail is then accepted or refused, and asks whether `peek` more
+    /// would exceed a rule counting accepted mail (counting nothing there).
+    /// Returns the rules exceeded.
     ///
     /// Throttling rules count only accepted mail, so a throttled user's
     /// retries never eat their quota. Lock rules measure what an identity
@@ -541,49 +618,132 @@ impl Policy {
     /// a rate no person retries at, and that demand is what locks it. This is
     /// what makes "throttle at N, lock at a multiple of N" work: accepted
     /// mail alone can never exceed the throttle.
-    pub fn attempt(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
-        plan.entries
+    pub async fn check(&self, plans: &[&Plan], attempt: (u32, u32), peek: (u32, u32)) -> Vec<Trip> {
+        let mut ops = Vec::new();
+        for plan in plans {
+            for counts_attempts in [true, false] {
+                let ((m, r), kind) = if counts_attempts {
+                    (attempt, OpKind::Count)
+                } else {
+                    (peek, OpKind::Peek)
+                };
+                for e in plan.entries.iter().filter(|e| e.counts_attempts == counts_attempts) {
+                    let n = self.weight(e, m, r);
+                    if n > 0 {
+                        ops.push((*plan, e, n, kind));
+                    }
+                }
+            }
+        }
+        if let Some(answers) = self.shared_apply(&ops).await {
+            return self.trips(&ops, &answers);
+        }
+        let answers: Vec<OpAnswer> = ops
             .iter()
-            .filter(|e| e.counts_attempts)
-            .filter_map(|e| {
-                let n = self.weight(e, messages, recipients);
-                (n > 0)
-                    .then(|| self.trip(plan, e, e.limiter.commit(e.key, n), n))
-                    .flatten()
+            .map(|(_, e, n, kind)| {
+                let local = &e.counter.local;
+                let outcome = match kind {
+                    OpKind::Peek => local.peek(e.key, *n),
+                    _ => local.commit(e.key, *n),
+                };
+                OpAnswer {
+                    outcome,
+                    usage: local.usage(e.key),
+                }
             })
-            .collect()
+            .collect();
+        self.trips(&ops, &answers)
     }
 
     /// Counts one accepted message with `recipients` recipients against the
-    /// rules counting accepted mail, unless one that refuses would be
-    /// exceeded: then nothing is counted and the trips are returned. Trips of
-    /// `log` rules (and every trip in dry-run mode) do not stop the count;
-    /// the rules that still fit count the message.
-    pub fn commit(&self, plan: &Plan, recipients: u32) -> Vec<Trip> {
-        self.commit_all(&[plan], recipients)
-    }
-
-    /// [`Policy::commit`] for a message counted under several identities at
-    /// once (a header identity and the login that stamped it): all or none.
-    pub fn commit_all(&self, plans: &[&Plan], recipients: u32) -> Vec<Trip> {
+    /// rules counting accepted mail, under every identity it is counted
+    /// under (a header identity and the login that stamped it), unless one
+    /// that refuses would be exceeded: then nothing is counted and the trips
+    /// are returned. Trips of `log` rules (and every trip in dry-run mode)
+    /// do not stop the count; the rules that still fit count the message.
+    pub async fn commit_all(&self, plans: &[&Plan], recipients: u32) -> Vec<Trip> {
+        let ops: Vec<_> = plans
+            .iter()
+            .flat_map(|p| p.entries.iter().filter(|e| !e.counts_attempts).map(move |e| (*p, e)))
+            .map(|(p, e)| {
+                (
+                    p,
+                    e,
+                    self.weight(e, 1, recipients),
+                    OpKind::Commit { blocks: self.blocks(e) },
+                )
+            })
+            .filter(|(_, _, n, _)| *n > 0)
+            .collect();
+        if let Some(answers) = self.shared_apply(&ops).await {
+            return self.trips(&ops, &answers);
+        }
         // Stripes taken in order, so two messages cannot wait on each other.
         let mut stripes: Vec<usize> = plans.iter().map(|p| p.stripe).collect();
         stripes.sort_unstable();
         stripes.dedup();
         let _serial: Vec<_> = stripes.iter().map(|&i| lock(&self.counters.stripes[i])).collect();
-        let trips: Vec<Trip> = plans.iter().flat_map(|p| self.peek(p, 1, recipients)).collect();
-        if self.enforcing() && trips.iter().any(|t| t.action > Action::Log && !t.dry_run) {
-            return trips;
-        }
-        for plan in plans {
-            for e in plan.entries.iter().filter(|e| !e.counts_attempts) {
-                let n = self.weight(e, 1, recipients);
-                if n > 0 {
-                    e.limiter.commit(e.key, n);
-                }
+        let peeked: Vec<OpAnswer> = ops
+            .iter()
+            .map(|(_, e, n, _)| OpAnswer {
+                outcome: e.counter.local.peek(e.key, *n),
+                usage: e.counter.local.usage(e.key),
+            })
+            .collect();
+        let blocked = ops
+            .iter()
+            .zip(&peeked)
+            .any(|((_, _, _, kind), a)| *kind == OpKind::Commit { blocks: true } && !a.outcome.is_allowed());
+        if !blocked {
+            for (_, e, n, _) in &ops {
+                e.counter.local.commit(e.key, *n);
             }
         }
-        trips
+        self.trips(&ops, &peeked)
+    }
+
+    fn trips(&self, ops: &[(&Plan, &PlanEntry, u32, OpKind)], answers: &[OpAnswer]) -> Vec<Trip> {
+        ops.iter()
+            .zip(answers)
+            .filter_map(|((plan, e, n, _), a)| self.trip(plan, e, *a, *n))
+            .collect()
+    }
+
+    /// Asks the shared counters, if there are any and they answer.
+    async fn shared_apply(&self, ops: &[(&Plan, &PlanEntry, u32, OpKind)]) -> Option<Vec<OpAnswer>> {
+        let shared = self.counters.shared.as_ref()?;
+        if !shared.available() {
+            return None;
+        }
+        let ops: Vec<SharedOp> = ops
+            .iter()
+            .map(|(plan, e, n, kind)| self.shared_op(plan, e, *n, *kind))
+            .collect();
+        match shared.apply(&ops).await {
+            Ok(answers) if answers.len() == ops.len() => Some(answers),
+            // The store logs and counts its failures; here mail goes on
+            // with the local counters.
+            Ok(_) | Err(_) => None,
+        }
+    }
+
+    fn shared_op(&self, plan: &Plan, e: &PlanEntry, n: u32, kind: OpKind) -> SharedOp {
+        let identity = &plan.identity;
+        let domain = self.rules[e.rule].per == Scope::Domain;
+        let subject = if domain {
+            identity.domain().unwrap_or_default()
+        } else {
+            &identity.value
+        };
+        SharedOp {
+            subject: subject.to_string(),
+            domain,
+            group: shared_group(identity).to_string(),
+            counter: e.counter.shared_name.to_string(),
+            limit: e.counter.limit,
+            n,
+            kind,
+        }
     }
 
     /// The lock in force for an identity.
@@ -678,24 +838,49 @@ impl Policy {
         })
     }
 
-    /// Every rule's state for one identity, for `explain`.
-    pub fn explain(&self, identity: Identity) -> Vec<RuleState> {
+    /// Every rule's state for one identity, for `explain`: from the
+    /// fleet's counters when they are shared and answer.
+    pub async fn explain(&self, identity: Identity) -> Vec<RuleState> {
         let plan = self.plan(identity, false);
+        let ops: Vec<_> = plan.entries.iter().map(|e| (&plan, e, 0, OpKind::Peek)).collect();
+        let answers = match self.shared_apply(&ops).await {
+            Some(answers) => answers.into_iter().map(|a| a.usage).collect(),
+            None => plan
+                .entries
+                .iter()
+                .map(|e| e.counter.local.usage(e.key))
+                .collect::<Vec<_>>(),
+        };
         self.rules
             .iter()
             .enumerate()
             .map(|(idx, rule)| {
-                let entry = plan.entries.iter().find(|e| e.rule == idx);
+                let entry = plan.entries.iter().position(|e| e.rule == idx);
                 RuleState {
                     rule: rule.name.clone(),
                     counted: rule.count,
                     scope: rule.per,
                     action: rule.action,
-                    rate: entry.map_or(rule.rate, |e| e.rate),
-                    usage: entry.map(|e| e.limiter.usage(e.key)),
+                    rate: entry.map_or(rule.rate, |i| plan.entries[i].rate),
+                    usage: entry.map(|i| answers[i]),
                 }
             })
             .collect()
+    }
+}
+
+/// The group of an identity's buckets in a shared store (see
+/// [`SharedOp::group`]): its domain, or the identity when it has none.
+pub fn shared_group(identity: &Identity) -> &str {
+    identity.domain().unwrap_or(&identity.value)
+}
+
+/// [`shared_group`] of a normalised identity known only by its value (an
+/// unlock): the part after the last `@`, or the whole value.
+pub fn shared_group_of(identity: &str) -> &str {
+    match identity.rsplit_once('@') {
+        Some((_, domain)) if !domain.is_empty() => domain,
+        _ => identity,
     }
 }
 
@@ -708,6 +893,22 @@ pub fn most_severe(trips: &[Trip]) -> Option<&Trip> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::block_on;
+
+    /// The decisions of the milter's stages, one question at a time.
+    impl Policy {
+        fn peek(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
+            block_on(self.check(&[plan], (0, 0), (messages, recipients)))
+        }
+
+        fn attempt(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
+            block_on(self.check(&[plan], (messages, recipients), (0, 0)))
+        }
+
+        fn commit(&self, plan: &Plan, recipients: u32) -> Vec<Trip> {
+            block_on(self.commit_all(&[plan], recipients))
+        }
+    }
     use crate::locks::FileLocks;
     use std::path::Path;
 
@@ -781,7 +982,7 @@ action = "reject"
         // A refused commit counts nothing in any rule.
         let refused = f.policy.commit(&plan, 1);
         assert_eq!(refused.len(), 1);
-        let state = f.policy.explain(id("a@x.org"));
+        let state = block_on(f.policy.explain(id("a@x.org")));
         assert_eq!(state[0].usage.unwrap().used, 3);
         assert_eq!(state[2].usage.unwrap().used, 3, "recipients of accepted messages");
         assert_eq!(
@@ -911,7 +1112,7 @@ rates = {{ per-minute = \"1/1m\" }}
         ));
         let p = &f.policy;
         let limit = |who: &str| {
-            p.explain(id(who))
+            block_on(p.explain(id(who)))
                 .into_iter()
                 .find(|r| r.rule == "per-minute")
                 .map(|r| r.usage.map(|u| u.limit))
@@ -926,7 +1127,7 @@ rates = {{ per-minute = \"1/1m\" }}
         );
         assert_eq!(limit("vip@x.org"), Some(1), "identity override lowers");
         // Rules an identity override does not name fall back to the default.
-        let lock_limit = p.explain(id("vip@x.org"))[1].usage.unwrap().limit;
+        let lock_limit = block_on(p.explain(id("vip@x.org")))[1].usage.unwrap().limit;
         assert_eq!(lock_limit, 6);
     }
 
@@ -1087,7 +1288,7 @@ rates = {{ per-minute = \"1/1m\" }}
             .unwrap(),
         );
         let reloaded = Policy::new(config, f.policy.counters.clone(), f.policy.locks.clone());
-        let state = reloaded.explain(id("a@x.org"));
+        let state = block_on(reloaded.explain(id("a@x.org")));
         assert_eq!(state[0].usage.unwrap().used, 1, "unchanged rule keeps its count");
         assert_eq!(state[1].usage.unwrap().used, 0, "changed rule starts afresh");
         assert_eq!(state[2].usage.unwrap().used, 2);
