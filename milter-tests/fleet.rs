@@ -91,3 +91,139 @@ async fn without_redis_each_host_decides_at_once_on_its_share() {
     })
     .await;
 }
+
+/// A lock rule (3 attempts an hour) beside the fleet's throttle.
+fn lock_config(redis: &RedisServer, prefix: &str) -> String {
+    format!(
+        "{}\n{}",
+        r#"
+[[rule]]
+name = "lock-at-3"
+count = "messages"
+per = "identity"
+rate = "3/1h"
+action = "lock"
+"#,
+        fleet_config(redis, prefix)
+    )
+}
+
+fn refused_as_locked(out: &Outcome) -> bool {
+    out.refusal()
+        .is_some_and(|r| r.starts_with("550") && r.contains("is suspended"))
+}
+
+/// Trips the lock rule of `login` through `host`: sends until the 550.
+async fn trip_lock(host: &Milter, login: &str) {
+    let msg = Msg::from_user(login);
+    for _ in 0..10 {
+        let out = Mta::send(host.addr, &msg).await;
+        if out.refusal().is_some_and(|r| r.starts_with("550")) {
+            return;
+        }
+    }
+    panic!("{login} was not locked after 10 attempts");
+}
+
+/// Waits until the lock list file of `host` lists `login`.
+async fn until_listed(host: &Milter, login: &str, limit: Duration) {
+    eventually(limit, &format!("{login} in the lock list file"), async || {
+        host.lock_list().entries.iter().any(|e| e.identity == login)
+    })
+    .await;
+}
+
+/// Waits until `host` refuses `login` as locked; how long that took.
+async fn until_refused(host: &Milter, login: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let msg = Msg::from_user(login);
+    eventually(limit, &format!("{login} refused as locked"), async || {
+        refused_as_locked(&Mta::send(host.addr, &msg).await)
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_lock_set_on_one_host_holds_on_the_other_within_a_second_and_an_unlock_anywhere_lifts_it() {
+    let Some(redis) = RedisServer::start() else { return };
+    let config = lock_config(&redis, "locks:");
+    let (a, b) = (Milter::spawn(&config).await, Milter::spawn(&config).await);
+    trip_lock(&a, "mallory@example.com").await;
+    // Nothing is sent to B before its file shows the lock: B's own attempts
+    // would count on the shared lock rule and lock the login there too.
+    let started = Instant::now();
+    let on_a = a.lock_list().entries;
+    eventually(
+        Duration::from_secs(1),
+        "B's lock list file shows A's lock",
+        async || b.lock_list().entries == on_a,
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(on_a.len(), 1);
+    assert!(on_a[0].reason.contains("lock-at-3"), "{:?}", on_a[0]);
+    until_refused(&b, "mallory@example.com", Duration::from_millis(100)).await;
+    eprintln!("lock on A in B's file and enforced after {took:?}");
+    // A lock added with the CLI on B holds on A.
+    let config_a = egress_milter::config::Config::read(&a.config_path).unwrap();
+    let config_b = egress_milter::config::Config::read(&b.config_path).unwrap();
+    egress_milter::admin::add(&config_b, "trudy@example.net", "phishing seen", None, None).unwrap();
+    let started = Instant::now();
+    until_listed(&a, "trudy@example.net", Duration::from_secs(1)).await;
+    eprintln!("lock added with the CLI on B in A's file after {:?}", started.elapsed());
+    until_refused(&a, "trudy@example.net", Duration::from_millis(100)).await;
+    assert!(
+        egress_milter::admin::show(&config_a, "trudy@example.net")
+            .unwrap()
+            .contains("phishing seen")
+    );
+    // `locks remove` on B: A lets the login through again within a second.
+    egress_milter::admin::remove(&config_b, "mallory@example.com").unwrap();
+    let started = Instant::now();
+    eventually(Duration::from_secs(1), "A accepts mallory again", async || {
+        Mta::send(a.addr, &Msg::from_user("mallory@example.com"))
+            .await
+            .accepted()
+    })
+    .await;
+    eprintln!("unlock on B lifted at A after {:?}", started.elapsed());
+    assert!(
+        a.lock_list()
+            .entries
+            .iter()
+            .all(|e| e.identity != "mallory@example.com"),
+        "A's file no longer lists the lock"
+    );
+}
+
+#[tokio::test]
+async fn locks_made_while_redis_is_down_reach_the_fleet_and_an_empty_redis_is_refilled() {
+    let Some(mut redis) = RedisServer::start() else { return };
+    let config = lock_config(&redis, "outage:");
+    let (a, b) = (Milter::spawn(&config).await, Milter::spawn(&config).await);
+    trip_lock(&a, "early@example.com").await;
+    until_listed(&b, "early@example.com", Duration::from_secs(1)).await;
+    redis.kill9();
+    // Down: A locks another login on its own (at the degraded limit); both
+    // keep enforcing what they know.
+    trip_lock(&a, "during@example.com").await;
+    assert!(refused_as_locked(
+        &Mta::send(b.addr, &Msg::from_user("early@example.com")).await
+    ));
+    assert!(refused_as_locked(
+        &Mta::send(a.addr, &Msg::from_user("during@example.com")).await
+    ));
+    assert!(b.lock_list().entries.iter().all(|e| e.identity != "during@example.com"));
+    // Back, empty: the hosts give it their locks, and B learns A's.
+    redis.start_again();
+    until_listed(&b, "during@example.com", Duration::from_secs(5)).await;
+    assert!(refused_as_locked(
+        &Mta::send(b.addr, &Msg::from_user("during@example.com")).await
+    ));
+    let fleet = redis.cli(&["HKEYS", "outage:{locks}:entries"]);
+    assert!(
+        fleet.contains("early@example.com") && fleet.contains("during@example.com"),
+        "both locks on Redis again: {fleet}"
+    );
+}

@@ -17,6 +17,7 @@ use crate::policy::{self, Counters, CurrentPolicy, Policy, snapshot};
 use crate::store::StoreStats;
 use crate::store::counters::RedisCounters;
 use crate::store::link::RedisLink;
+use crate::store::lock_sync::LockSync;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -148,6 +149,11 @@ pub async fn run(
     let stop = Stop::new();
 
     let writer = spawn_lock_tasks(&config, &locks, &counters, &stop);
+    let lock_sync = link.as_ref().map(|link| {
+        let sync = LockSync::new(link.clone(), locks.clone(), &config.store.prefix);
+        let counters = counters.clone();
+        tokio::spawn(sync.run(move |ids: &[String]| forget(&counters, ids), stop.signal()))
+    });
     tokio::spawn(housekeeping(
         counters.clone(),
         current.clone(),
@@ -205,6 +211,11 @@ pub async fn run(
     stop.now();
     if let Err(e) = writer.await {
         error!("lock list writer did not finish: {e}");
+    }
+    if let Some(sync) = lock_sync
+        && let Err(e) = sync.await
+    {
+        error!("lock sync did not finish: {e}");
     }
     if let Err(e) = notify_task.await {
         error!("lock notifier did not finish: {e}");

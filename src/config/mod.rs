@@ -290,7 +290,7 @@ impl Default for LocksConfig {
     fn default() -> Self {
         Self {
             file: PathBuf::from("/var/lib/egress-milter/locks.toml"),
-            poll_interval: DurationValue(Duration::from_secs(2)),
+            poll_interval: DurationValue(Duration::from_millis(500)),
             auto_lock_duration: None,
             locked_action: LockedAction::Reject,
             allow_recipients: vec!["postmaster".into(), "abuse".into()],

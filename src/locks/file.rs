@@ -12,7 +12,7 @@
 //! writers never lose each other's entries. A list that does not parse is
 //! never overwritten.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 /// Whether a lock was set by the daemon or by an admin.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LockSource {
     Auto,
@@ -40,6 +40,12 @@ impl fmt::Display for LockSource {
 /// A point in time written as RFC 3339, e.g. `"2026-11-23T14:07:00Z"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timestamp(pub SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_str(self)
+    }
+}
 
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
@@ -93,7 +99,7 @@ impl fmt::Display for Timestamp {
 }
 
 /// One locked identity.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockEntry {
     /// The identity as the milter resolves it (login, address or client address).
@@ -304,6 +310,11 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
+    /// The file's inode: a new one means the file was replaced (renamed over).
+    pub fn inode(&self) -> u64 {
+        self.inode
+    }
+
     /// Whether the file was modified less than `d` ago (or in the future).
     pub fn modified_within(&self, d: Duration) -> bool {
         let now = SystemTime::now()

@@ -129,6 +129,9 @@ pub struct FileLocks {
     /// their counters are forgotten as for any other unlock.
     unlocked_backlog: Mutex<Vec<String>>,
     stats: LockStats,
+    /// Moves on whenever the locks in force (or pending) change, so the
+    /// fleet's lock sync compares the list only when there is news.
+    version: AtomicU64,
 }
 
 /// Counts and states for metrics and `/healthz`.
@@ -190,6 +193,7 @@ impl FileLocks {
             written: Mutex::new(None),
             unlocked_backlog: Mutex::new(Vec::new()),
             stats: LockStats::default(),
+            version: AtomicU64::new(0),
         });
         locks.install(list);
         // Count only locks added while running.
@@ -212,6 +216,7 @@ impl FileLocks {
             .map(|e| (e.identity.clone(), Arc::new(e)))
             .collect();
         let map = Arc::new(map);
+        self.version.fetch_add(1, Ordering::Relaxed);
         let old = match self.active.write() {
             Ok(mut active) => std::mem::replace(&mut *active, map.clone()),
             Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), map.clone()),
@@ -245,6 +250,54 @@ impl FileLocks {
         all
     }
 
+    /// A number that changes whenever [`FileLocks::entries`] may have.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    /// Applies changes made elsewhere in the fleet: each identity gets the
+    /// entry given (added or replaced), or is unlocked (`None`). Written to
+    /// the file at once, through the writers' lock like any other write.
+    /// Returns the identities unlocked. Blocking: call it off the runtime.
+    pub fn apply_fleet(&self, changes: &[(String, Option<LockEntry>)]) -> Result<Vec<String>, LockFileError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut snapshot = lock(&self.written);
+        lockfile::update_cached(&self.path, &*self.normalise, &mut snapshot, |list| {
+            for (identity, entry) in changes {
+                let at = list.entries.iter().position(|e| e.identity == *identity);
+                match (at, entry) {
+                    (Some(i), Some(e)) => list.entries[i] = e.clone(),
+                    (None, Some(e)) => list.entries.push(e.clone()),
+                    (Some(i), None) => {
+                        list.entries.remove(i);
+                    }
+                    (None, None) => {}
+                }
+            }
+            Change::Edited
+        })?;
+        let Some(written) = snapshot.as_ref() else {
+            return Ok(Vec::new());
+        };
+        *lock(&self.seen) = written.fingerprint;
+        let old = self.install(written.list.clone());
+        let new = self.active();
+        for (identity, entry) in changes {
+            // A lock of this host not yet written that the fleet replaced or
+            // lifted: the fleet's word is the newer one.
+            if entry.as_ref().is_none_or(|e| {
+                self.pending
+                    .get(identity)
+                    .is_some_and(|p| p.entry.locked_at != e.locked_at)
+            }) {
+                self.pending.remove(identity);
+            }
+        }
+        Ok(old.keys().filter(|k| !new.contains_key(*k)).cloned().collect())
+    }
+
     /// Number of locks set by the daemon and not yet written.
     pub fn pending_writes(&self) -> usize {
         self.pending.len()
@@ -256,7 +309,12 @@ impl FileLocks {
     pub fn reload(&self, force: bool) -> Vec<String> {
         let backlog = std::mem::take(&mut *lock(&self.unlocked_backlog));
         let now_seen = fingerprint(&self.path);
-        if !force && now_seen.is_some_and(|f| f.modified_within(SETTLE)) {
+        // A file replaced by rename (the CLI, most editors) is complete: read
+        // at once. One written in place may be half written: let it settle.
+        let replaced = lock(&self.seen)
+            .zip(now_seen)
+            .is_some_and(|(seen, now)| seen.inode() != now.inode());
+        if !force && !replaced && now_seen.is_some_and(|f| f.modified_within(SETTLE)) {
             // Still being written, perhaps: look again at the next poll.
             return backlog;
         }
@@ -390,6 +448,7 @@ impl FileLocks {
             Err(p) => p.into_inner(),
         };
         let map = Arc::make_mut(&mut *active);
+        self.version.fetch_add(1, Ordering::Relaxed);
         for e in entries {
             map.insert(e.identity.clone(), Arc::new(e));
         }
@@ -517,6 +576,7 @@ impl LockStore for FileLocks {
             }
         };
         if fresh {
+            self.version.fetch_add(1, Ordering::Relaxed);
             self.stats.added_auto.fetch_add(1, Ordering::Relaxed);
             self.wake.notify_one();
         }

@@ -3,3 +3,461 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 
 //! The lock list kept in step across a fleet.
+//!
+//! Every host keeps its own lock list file, the reviewable and editable view,
+//! and enforces from it as on a single host: looking a lock up never asks
+//! Redis. This task keeps the files in step through Redis, every
+//! `SYNC_INTERVAL`:
+//!
+//! - Redis holds the fleet's list (`<prefix>{locks}:entries`) and a log of
+//!   changes (`{locks}:log`, a stream, numbered by `{locks}:version`).
+//! - The host remembers the *baseline*: the fleet's list as it last agreed
+//!   with it (kept in `<lock list>.fleet` across restarts). What differs
+//!   between the host's list and the baseline was changed here (a lock rule,
+//!   the CLI, an editor): it is pushed, merged by `locks.lua`'s rule. What
+//!   differs between the fleet's list and the baseline was changed elsewhere:
+//!   it is written into the host's file.
+//! - While Redis is unreachable nothing is lost: local changes stay in the
+//!   file and are pushed when it returns. A Redis that comes back empty (its
+//!   `{locks}:epoch` is gone) is given every host's locks again.
+
+use crate::locks::FileLocks;
+use crate::locks::file::LockEntry;
+use crate::store::StoreStats;
+use crate::store::link::RedisLink;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+use tracing::{debug, info, warn};
+
+/// How often the host looks for changes, here and in the fleet: a lock set
+/// anywhere is enforced everywhere within about twice this.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Longest wait for one sync call (not in the mail path).
+const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Changes pushed in one script call, and log entries read in one call.
+const BATCH: usize = 500;
+
+const MERGE: &str = include_str!("locks.lua");
+
+/// The fleet's value of a lock: `"<locked_at ms> <JSON>"`.
+type Value = String;
+
+/// What the host remembers of the fleet between syncs and restarts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Baseline {
+    /// Redis' `{locks}:epoch` when this baseline was agreed.
+    epoch: Option<String>,
+    locks: HashMap<String, Value>,
+}
+
+/// Keeps one host's lock list in step with the fleet's.
+pub struct LockSync {
+    link: Arc<RedisLink>,
+    locks: Arc<FileLocks>,
+    host: String,
+    entries_key: String,
+    log_key: String,
+    version_key: String,
+    epoch_key: String,
+    baseline_path: PathBuf,
+    script: redis::Script,
+    baseline: Baseline,
+    /// Where the log was read up to, and the change number there.
+    last_id: String,
+    seen_version: u64,
+    /// [`FileLocks::version`] when the host's list was last compared.
+    local_version: Option<u64>,
+    /// A full comparison is due (start, a gap in the log, Redis emptied).
+    full: bool,
+}
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An entry as the fleet stores it.
+pub fn encode(entry: &LockEntry) -> Value {
+    let json = serde_json::to_string(entry).unwrap_or_default();
+    format!("{} {json}", millis(entry.locked_at.0))
+}
+
+fn decode(value: &str) -> Option<LockEntry> {
+    let (_, json) = value.split_once(' ')?;
+    serde_json::from_str(json).ok()
+}
+
+fn locked_at_of(value: &str) -> u64 {
+    value.split_once(' ').and_then(|(ms, _)| ms.parse().ok()).unwrap_or(0)
+}
+
+/// The file beside the lock list that keeps the baseline.
+pub fn baseline_path(lock_list: &Path) -> PathBuf {
+    let mut name = lock_list.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".fleet");
+    lock_list.with_file_name(name)
+}
+
+impl LockSync {
+    pub fn new(link: Arc<RedisLink>, locks: Arc<FileLocks>, prefix: &str) -> Self {
+        let baseline_path = baseline_path(locks.path());
+        let baseline = match std::fs::read(&baseline_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                warn!(file = %baseline_path.display(), "fleet baseline unreadable, starting afresh (every local lock is offered to the fleet again): {e}");
+                Baseline::default()
+            }),
+            Err(_) => Baseline::default(),
+        };
+        let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+        Self {
+            link,
+            locks,
+            host,
+            entries_key: format!("{prefix}{{locks}}:entries"),
+            log_key: format!("{prefix}{{locks}}:log"),
+            version_key: format!("{prefix}{{locks}}:version"),
+            epoch_key: format!("{prefix}{{locks}}:epoch"),
+            baseline_path,
+            script: redis::Script::new(MERGE),
+            baseline,
+            last_id: "0-0".into(),
+            seen_version: 0,
+            local_version: None,
+            full: true,
+        }
+    }
+
+    fn stats(&self) -> &StoreStats {
+        self.link.stats()
+    }
+
+    /// Syncs every [`SYNC_INTERVAL`] until `shutdown`; `unlocked` is told of
+    /// identities the fleet unlocked here (to forget their counters).
+    pub async fn run(
+        mut self,
+        unlocked: impl Fn(&[String]) + Send + 'static,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(SYNC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = &mut shutdown => break,
+            }
+            if !self.link.available() {
+                continue;
+            }
+            match self.sync_once().await {
+                Ok(ids) if !ids.is_empty() => unlocked(&ids),
+                Ok(_) => {}
+                Err(e) => debug!("lock sync: {e}"),
+            }
+        }
+        // A last push, so locks set just before a stop reach the fleet.
+        if self.link.available() {
+            let _ = self.sync_once().await;
+        }
+    }
+
+    /// One round: pull the fleet's changes, push the host's, write the
+    /// file. Returns the identities unlocked here.
+    pub async fn sync_once(&mut self) -> Result<Vec<String>, String> {
+        let epoch = self.epoch().await?;
+        if epoch != self.baseline.epoch {
+            if self.baseline.epoch.is_some() || !self.baseline.locks.is_empty() {
+                warn!(
+                    "the fleet's lock list on Redis is new or was emptied (epoch changed): offering it every lock of this host"
+                );
+            }
+            self.baseline = Baseline {
+                epoch: epoch.clone(),
+                locks: HashMap::new(),
+            };
+            self.full = true;
+        }
+        let (fleet, candidates) = if self.full {
+            self.pull_all().await?
+        } else {
+            self.pull_changes().await?
+        };
+        let local_version = self.locks.version();
+        let local: HashMap<String, Value> =
+            if self.full || self.local_version != Some(local_version) || !candidates.is_empty() {
+                self.locks
+                    .entries()
+                    .iter()
+                    .map(|e| (e.identity.clone(), encode(e)))
+                    .collect()
+            } else {
+                return Ok(Vec::new());
+            };
+        let mut ids: BTreeSet<String> = candidates;
+        ids.extend(
+            local
+                .keys()
+                .filter(|id| self.baseline.locks.get(*id) != local.get(*id))
+                .cloned(),
+        );
+        ids.extend(
+            self.baseline
+                .locks
+                .keys()
+                .filter(|id| !local.contains_key(*id))
+                .cloned(),
+        );
+        let unlocked = self.merge(&ids, &local, &fleet).await?;
+        self.full = false;
+        self.local_version = Some(self.locks.version());
+        Ok(unlocked)
+    }
+
+    async fn epoch(&self) -> Result<Option<String>, String> {
+        let key = self.epoch_key.clone();
+        let fresh = format!("{:x}-{}", millis(SystemTime::now()), std::process::id());
+        self.link
+            .run(SYNC_TIMEOUT, |mut conn| async move {
+                // SET NX: the first host after an empty start names the epoch.
+                let _: Option<String> = redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&fresh)
+                    .arg("NX")
+                    .query_async(&mut conn)
+                    .await?;
+                redis::cmd("GET")
+                    .arg(&key)
+                    .query_async::<Option<String>>(&mut conn)
+                    .await
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The whole fleet list, and where the log stands.
+    async fn pull_all(&mut self) -> Result<(HashMap<String, Option<Value>>, BTreeSet<String>), String> {
+        let (log, entries, version) = (self.log_key.clone(), self.entries_key.clone(), self.version_key.clone());
+        let (last, all, v): (
+            Vec<(String, HashMap<String, String>)>,
+            HashMap<String, String>,
+            Option<u64>,
+        ) = self
+            .link
+            .run(SYNC_TIMEOUT, |mut conn| async move {
+                // The log's end first: changes made meanwhile are read again
+                // from the log, which is harmless.
+                redis::pipe()
+                    .cmd("XREVRANGE")
+                    .arg(&log)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .cmd("HGETALL")
+                    .arg(&entries)
+                    .cmd("GET")
+                    .arg(&version)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        match last.into_iter().next() {
+            Some((id, fields)) => {
+                self.last_id = id;
+                self.seen_version = fields.get("v").and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+            None => {
+                self.last_id = "0-0".into();
+                self.seen_version = v.unwrap_or(0);
+            }
+        }
+        let candidates: BTreeSet<String> = all.keys().chain(self.baseline.locks.keys()).cloned().collect();
+        let mut fleet: HashMap<String, Option<Value>> = candidates.iter().map(|id| (id.clone(), None)).collect();
+        for (id, value) in all {
+            fleet.insert(id, Some(value));
+        }
+        Ok((fleet, candidates))
+    }
+
+    /// The identities changed in the fleet since the last round, with their
+    /// values now.
+    async fn pull_changes(&mut self) -> Result<(HashMap<String, Option<Value>>, BTreeSet<String>), String> {
+        let (log, last_id) = (self.log_key.clone(), self.last_id.clone());
+        type Read = Option<Vec<(String, Vec<(String, HashMap<String, String>)>)>>;
+        let read: Read = self
+            .link
+            .run(SYNC_TIMEOUT, |mut conn| async move {
+                redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .arg("STREAMS")
+                    .arg(&log)
+                    .arg(&last_id)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let events: Vec<(String, HashMap<String, String>)> = read.into_iter().flatten().flat_map(|(_, e)| e).collect();
+        let mut ids = BTreeSet::new();
+        for (id, fields) in &events {
+            let v: u64 = fields.get("v").and_then(|v| v.parse().ok()).unwrap_or(0);
+            if v > self.seen_version + 1 {
+                // Changes were trimmed from the log before this host read
+                // them: compare the whole list.
+                warn!(
+                    missed = v - self.seen_version - 1,
+                    "lock sync fell behind the fleet's log: comparing the whole list"
+                );
+                return self.pull_all().await;
+            }
+            self.seen_version = self.seen_version.max(v);
+            self.last_id = id.clone();
+            if let Some(identity) = fields.get("id") {
+                ids.insert(identity.clone());
+            }
+        }
+        if ids.is_empty() {
+            return Ok((HashMap::new(), ids));
+        }
+        let entries = self.entries_key.clone();
+        let wanted: Vec<String> = ids.iter().cloned().collect();
+        let values: Vec<Option<String>> = self
+            .link
+            .run(SYNC_TIMEOUT, |mut conn| async move {
+                redis::cmd("HMGET")
+                    .arg(&entries)
+                    .arg(&wanted)
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let fleet = ids.iter().cloned().zip(values).collect();
+        Ok((fleet, ids))
+    }
+
+    /// The three-way merge of `ids`: pushes what changed here, takes what
+    /// changed in the fleet, writes the file, moves the baseline.
+    async fn merge(
+        &mut self,
+        ids: &BTreeSet<String>,
+        local: &HashMap<String, Value>,
+        fleet: &HashMap<String, Option<Value>>,
+    ) -> Result<Vec<String>, String> {
+        let pushes: Vec<(&String, Option<&Value>)> = ids
+            .iter()
+            .filter(|id| local.get(*id) != self.baseline.locks.get(*id))
+            .map(|id| (id, local.get(id)))
+            .collect();
+        let mut outcome: HashMap<String, Option<Value>> = HashMap::new();
+        for chunk in pushes.chunks(BATCH) {
+            let mut inv = self.script.prepare_invoke();
+            inv.key(&self.entries_key)
+                .key(&self.log_key)
+                .key(&self.version_key)
+                .arg(&self.host);
+            for (id, value) in chunk {
+                match value {
+                    Some(v) => inv.arg("put").arg(id.as_str()).arg(locked_at_of(v)).arg(v.as_str()),
+                    None => {
+                        let seen = self.baseline.locks.get(*id).map_or(0, |b| locked_at_of(b));
+                        inv.arg("unlock").arg(id.as_str()).arg(seen).arg("")
+                    }
+                };
+            }
+            let results: Vec<Option<String>> = self
+                .link
+                .run(
+                    SYNC_TIMEOUT,
+                    |mut conn| async move { inv.invoke_async(&mut conn).await },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            for ((id, _), result) in chunk.iter().zip(results) {
+                outcome.insert((*id).clone(), result);
+            }
+            self.stats()
+                .locks_pushed
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        let mut apply = Vec::new();
+        let mut moved = false;
+        for id in ids {
+            let fleet_now = match outcome.remove(id) {
+                Some(v) => v,
+                None => match fleet.get(id) {
+                    Some(v) => v.clone(),
+                    None => self.baseline.locks.get(id).cloned(),
+                },
+            };
+            if fleet_now.as_ref() != local.get(id) {
+                let entry = match &fleet_now {
+                    Some(v) => match decode(v) {
+                        Some(e) => Some(e),
+                        None => {
+                            warn!(identity = %id, "the fleet's lock entry does not parse; keeping this host's");
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
+                apply.push((id.clone(), entry));
+            }
+            moved |= self.baseline.locks.get(id) != fleet_now.as_ref();
+            match fleet_now {
+                Some(v) => self.baseline.locks.insert(id.clone(), v),
+                None => self.baseline.locks.remove(id),
+            };
+        }
+        let mut unlocked = Vec::new();
+        if !apply.is_empty() {
+            let locks = self.locks.clone();
+            let changes = apply.clone();
+            let written = tokio::task::spawn_blocking(move || locks.apply_fleet(&changes))
+                .await
+                .map_err(|e| e.to_string())?;
+            match written {
+                Ok(ids) => unlocked = ids,
+                Err(e) => {
+                    // Enforced from memory meanwhile? Not these: the file is
+                    // the view. Try again next round.
+                    self.full = true;
+                    return Err(format!("cannot write the fleet's lock changes to the lock list: {e}"));
+                }
+            }
+            self.stats()
+                .locks_pulled
+                .fetch_add(apply.len() as u64, Ordering::Relaxed);
+            let (locked, lifted): (Vec<_>, Vec<_>) = apply.iter().partition(|(_, e)| e.is_some());
+            info!(
+                locked = locked.len(),
+                unlocked = lifted.len(),
+                first = %apply.first().map_or("", |(id, _)| id.as_str()),
+                "lock list updated from the fleet"
+            );
+        }
+        if moved {
+            self.save_baseline();
+        }
+        Ok(unlocked)
+    }
+
+    fn save_baseline(&self) {
+        let tmp = self.baseline_path.with_extension("fleet.tmp");
+        let result = serde_json::to_vec(&self.baseline)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &self.baseline_path));
+        if let Err(e) = result {
+            warn!(file = %self.baseline_path.display(), "cannot save the fleet baseline (after a restart, this host's locks are offered to the fleet again): {e}");
+        }
+    }
+}
