@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the live-MTA test suite
 # (milter-tests/live/) needs: Postfix, and the Cyrus SASL tools and plugins
-# used for AUTH on the private instances' submission port; then Sendmail,
-# unpacked into a private root (see the Sendmail section); then, for the
-# package boot test of milter-tests/package.sh, systemd-nspawn, debootstrap
-# and a cached minimal Debian root (see the last section).
+# used for AUTH on the private instances' submission port; then Redis, for
+# the fleet scenarios (see the Redis section); then Sendmail, unpacked into
+# a private root (see the Sendmail section); then, for the package boot
+# test of milter-tests/package.sh, systemd-nspawn, debootstrap and a cached
+# minimal Debian root (see the last section).
 #
 # Idempotent: exits 0 quickly when everything is already there. Must run as
 # root to install anything. Postfix is installed non-interactively ("No
-# configuration") with a temporary /usr/sbin/policy-rc.d that forbids
-# starting services, so the install never starts a system-wide Postfix that
-# would hold port 25; that file is removed again on every exit path.
+# configuration") and Redis as it comes, both with a temporary
+# /usr/sbin/policy-rc.d that forbids starting services, so the install never
+# starts a system-wide Postfix that would hold port 25 nor a system Redis
+# on port 6379; that file is removed again on every exit path.
 #
 # Usage: bash milter-tests/install-deps.sh [all|boot]
 #   all (the default): everything; boot: only what the package boot test needs.
@@ -39,6 +41,29 @@ ensure_default_main_cf() {
     fi
 }
 
+# Forbid invoke-rc.d to start any daemon during an install, unless the
+# machine already has a policy of its own (then leave that one alone).
+# allow_service_starts removes ours again; so does the EXIT trap, on every
+# path out of the script.
+policy=/usr/sbin/policy-rc.d
+own_policy=0
+allow_service_starts() {
+    if [ "$own_policy" = 1 ]; then
+        rm -f "$policy"
+        own_policy=0
+        say "removed temporary $policy"
+    fi
+}
+trap allow_service_starts EXIT
+forbid_service_starts() {
+    if [ ! -e "$policy" ]; then
+        say "writing temporary $policy (exit 101: no service starts)"
+        own_policy=1
+        printf '#!/bin/sh\n# temporary, from egress-milter milter-tests/install-deps.sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+    fi
+}
+
 # ---------------------------------------------------------------- Postfix
 install_postfix() {
 missing=()
@@ -60,23 +85,7 @@ fi
 say "missing: ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 
-# Forbid invoke-rc.d to start any daemon during the install, unless the
-# machine already has a policy of its own (then leave that one alone).
-policy=/usr/sbin/policy-rc.d
-own_policy=0
-cleanup() {
-    if [ "$own_policy" = 1 ]; then
-        rm -f "$policy"
-        say "removed temporary $policy"
-    fi
-}
-trap cleanup EXIT
-if [ ! -e "$policy" ]; then
-    say "writing temporary $policy (exit 101: no service starts)"
-    own_policy=1
-    printf '#!/bin/sh\n# temporary, from egress-milter milter-tests/install-deps.sh\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
-fi
+forbid_service_starts
 
 if [[ " ${missing[*]} " == *" postfix "* ]]; then
     say "preseeding debconf: postfix main_mailer_type = No configuration"
@@ -105,6 +114,77 @@ if ! compgen -G '/usr/lib/*/sasl2/libplain.so*' >/dev/null; then
     exit 1
 fi
 ensure_default_main_cf
+allow_service_starts
+}
+
+# ------------------------------------------------------------------ Redis
+# For the fleet scenarios (milter-tests/live/fleet.rs): every test starts
+# its own redis-server (milter-tests/live/redis.rs) on a free port of
+# 127.0.0.1 with a directory of its own and no persistence, so only the
+# binaries are needed. Debian's redis-server package enables and starts a
+# system Redis on 127.0.0.1:6379: the install runs under the temporary
+# policy-rc.d (nothing starts), then the service is disabled, so that it
+# does not come up at the next boot either, and stopped, should a
+# policy-rc.d of the machine's own have let it start. A redis-server that
+# was installed before is the admin's and left as it is, running or not.
+redis_packages=(redis-server redis-tools)
+
+install_redis() {
+    local missing=() pkg
+    for pkg in "${redis_packages[@]}"; do
+        installed "$pkg" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        say "already installed: ${redis_packages[*]}"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        say "must run as root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    say "missing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    local had_server=0
+    if installed redis-server; then had_server=1; fi
+
+    forbid_service_starts
+    local candidate
+    candidate=$(apt-cache policy redis-server 2>/dev/null || true)
+    if [[ "$candidate" != *"Candidate: "[0-9]* ]]; then
+        say "apt-get update"
+        apt-get update -q
+    fi
+    say "apt-get install ${missing[*]}"
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    allow_service_starts
+
+    if [ "$had_server" = 0 ]; then
+        disable_system_redis
+    fi
+    local file
+    for file in /usr/bin/redis-server /usr/bin/redis-cli; do
+        if [ ! -x "$file" ]; then
+            say "error: $file is missing after the install" >&2
+            exit 1
+        fi
+    done
+}
+
+# The system Redis the package set up: not started at boot, not running.
+disable_system_redis() {
+    if [ -e /lib/systemd/system/redis-server.service ] && command -v deb-systemd-helper >/dev/null; then
+        say "disabling redis-server.service (the tests run their own Redis)"
+        deb-systemd-helper disable redis-server.service >/dev/null 2>&1 || true
+    fi
+    if [ -e /etc/init.d/redis-server ] && command -v update-rc.d >/dev/null; then
+        update-rc.d redis-server disable >/dev/null 2>&1 || true
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl stop redis-server.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/redis-server ] && /etc/init.d/redis-server status >/dev/null 2>&1; then
+        say "stopping the system Redis the package started"
+        /etc/init.d/redis-server stop >/dev/null 2>&1 || true
+    fi
 }
 
 # --------------------------------------------------------------- Sendmail
@@ -359,6 +439,7 @@ install_boot_root() {
 case "${1:-all}" in
 all)
     install_postfix
+    install_redis
     install_sendmail
     install_boot_root
     ;;

@@ -177,7 +177,7 @@ impl Sentinel {
             .expect("cannot start redis-sentinel (Debian package redis-sentinel)");
         let sentinel = Sentinel { port, dir, child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sentinel.master_port().is_some_and(|p| p == master.port) {
+        while sentinel.master_port().is_none_or(|p| p != master.port) {
             assert!(
                 Instant::now() < deadline,
                 "Sentinel did not come up:\n{}",

@@ -8,6 +8,7 @@
 //! (milter-tests/install-deps.sh); otherwise each one says it is skipped.
 
 mod egress;
+mod fleet;
 mod harness;
 mod holes;
 mod notify;
@@ -15,6 +16,7 @@ mod notify;
 mod ports;
 mod postfix;
 mod queue_tools;
+mod redis;
 mod scenarios;
 mod sendmail;
 mod sendmail_scenarios;

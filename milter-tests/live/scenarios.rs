@@ -247,7 +247,7 @@ pub(crate) fn locked_text(identity: &str) -> String {
 /// any window of `W`, so a span of `elapsed` holds at most `N` per window it
 /// touches; with a burst `B` below `N`, also at most `B` and then one per
 /// `W/N`. The tightest per-identity message rule that refuses.
-fn delivery_bound(config: &Config, elapsed: Duration) -> u64 {
+pub(crate) fn delivery_bound(config: &Config, elapsed: Duration) -> u64 {
     assert!(config.overrides.is_empty(), "the bound does not account for overrides");
     config
         .rules
