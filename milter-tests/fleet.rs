@@ -300,3 +300,37 @@ fleet_size = 2
         sentinel.log()
     );
 }
+
+/// The Redis settings docs/fleet.md ships (conf/redis/egress-milter.conf):
+/// its ACL user can do everything the milter does, and nothing else.
+#[tokio::test]
+async fn the_shipped_redis_acl_lets_the_milter_do_its_work() {
+    let conf = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/redis/egress-milter.conf");
+    let Some(redis) = RedisServer::start_with_config(&conf) else {
+        return;
+    };
+    let url = format!("redis://egress-milter:change-this-password@127.0.0.1:{}/0", redis.port);
+    let config = lock_config(&redis, "egress-milter:").replace(&redis.url(), &url);
+    let (a, b) = (Milter::spawn(&config).await, Milter::spawn(&config).await);
+    trip_lock(&a, "acl@example.com").await;
+    until_listed(&b, "acl@example.com", Duration::from_secs(2)).await;
+    let keys = redis.cli(&["--scan", "--pattern", "egress-milter:*"]);
+    assert!(
+        keys.contains("{example.com}:i:acl@example.com") && keys.contains("{locks}:entries"),
+        "{keys}"
+    );
+    // Outside its prefix the user is refused.
+    let other = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "--user",
+            "egress-milter",
+            "--pass",
+            "change-this-password",
+        ])
+        .args(["SET", "other:key", "x"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&other.stdout).contains("NOPERM"), "{other:?}");
+}

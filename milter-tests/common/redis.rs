@@ -26,6 +26,8 @@ pub struct RedisServer {
     child: Option<Child>,
     /// More arguments for `redis-server` (a replica's `--replicaof`).
     extra: Vec<String>,
+    /// A configuration file it starts with.
+    config: Option<PathBuf>,
 }
 
 impl RedisServer {
@@ -46,7 +48,18 @@ impl RedisServer {
             dir,
             child: None,
             extra: Vec::new(),
+            config: None,
         };
+        server.start_again();
+        Some(server)
+    }
+
+    /// One that starts with the configuration file `conf` (its port, bind
+    /// address and directory still set here).
+    pub fn start_with_config(conf: &std::path::Path) -> Option<RedisServer> {
+        let mut server = Self::start()?;
+        server.kill9();
+        server.config = Some(conf.to_owned());
         server.start_again();
         Some(server)
     }
@@ -58,6 +71,7 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("no temporary directory for Redis"),
             child: None,
             extra: vec!["--replicaof".into(), "127.0.0.1".into(), master.port.to_string()],
+            config: None,
         };
         server.start_again();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -83,6 +97,7 @@ impl RedisServer {
     /// Starts the server (again, empty) on its port and waits until it answers.
     pub fn start_again(&mut self) {
         let child = Command::new(SERVER)
+            .args(self.config.iter())
             .args([
                 "--port",
                 &self.port.to_string(),
