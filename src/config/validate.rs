@@ -7,8 +7,8 @@
 //! fault.
 
 use super::{
-    Action, Config, IdentityConfig, LimitsConfig, LocksConfig, RepliesConfig, RuleConfig, Scope, StatusConfig, address,
-    format_duration,
+    Action, Config, IdentityConfig, LimitsConfig, LocksConfig, RepliesConfig, RuleConfig, Scope, StatusConfig,
+    StoreBackend, address, format_duration,
 };
 use std::collections::HashSet;
 use std::ops::Range;
@@ -51,6 +51,7 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
     overrides(config)?;
     replies(&config.replies)?;
     locks(&config.locks)?;
+    store(config)?;
     config.notify.validate()
 }
 
@@ -291,6 +292,33 @@ fn locks(locks: &LocksConfig) -> Result<(), Violation> {
                 format!("\"{domain}\" is not a domain name (write \"example.com\", without \"@\")"),
             );
         }
+    }
+    Ok(())
+}
+
+/// `[store]`: a backend this build has, and a state file of its own.
+fn store(config: &Config) -> Result<(), Violation> {
+    if config.store.backend == StoreBackend::Redis {
+        return fail(
+            0..0,
+            "store.backend",
+            "\"redis\" is not available yet: this version keeps the counters in memory (backend = \"memory\")".into(),
+        );
+    }
+    let state = config.state_file();
+    if state.file_name().is_none() || state.as_os_str().to_string_lossy().ends_with('/') {
+        return fail(
+            0..0,
+            "store.state_file",
+            format!("\"{}\" does not name a file", state.display()),
+        );
+    }
+    if state == config.locks.file {
+        return fail(
+            0..0,
+            "store.state_file",
+            "is the lock list (locks.file): the counters need a file of their own".into(),
+        );
     }
     Ok(())
 }
