@@ -10,6 +10,7 @@ pub mod identity;
 pub mod limiter;
 pub mod locked;
 pub mod reply;
+pub mod saved;
 
 use crate::clock::Clock;
 use crate::config::address::{domain_key, lock_key};
@@ -18,9 +19,10 @@ use crate::locks::file::{LockEntry, LockSource, Timestamp};
 use crate::locks::{LockStore, Ticket};
 use crate::policy::identity::Identity;
 use crate::policy::limiter::{BucketKey, KeyedLimiter, Limit, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
+pub use crate::policy::saved::{HashKey, SavedCounters};
+use siphasher::sip::SipHasher13;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
@@ -34,8 +36,13 @@ const COMMIT_STRIPES: usize = 64;
 /// Counter state that outlives configuration reloads.
 pub struct Counters {
     clock: Clock,
-    /// Keyed hash of identities to bucket keys; random per process.
-    hasher: std::hash::RandomState,
+    /// Hashes identities to bucket keys (SipHash-1-3, as std's
+    /// `RandomState`, keyed so that no one can aim identities at one
+    /// bucket or at one shard of the maps). The key is random when the
+    /// counters start empty and the saved one when they are restored, so a
+    /// restored bucket is found by the identity it belongs to.
+    hash_key: HashKey,
+    hasher: SipHasher13,
     stripes: Box<[Mutex<()>]>,
     /// Limiters by what they count, so a reload keeps the counts of every
     /// rule whose definition did not change.
@@ -59,18 +66,31 @@ struct LimiterId {
 }
 
 impl Counters {
-    /// In-memory counters (see [`crate::limiter`]).
+    /// In-memory counters (see [`crate::limiter`]), empty, with a fresh
+    /// hash key.
     pub fn new(clock: Clock) -> Arc<Self> {
-        Self::with_factory(
+        Self::with_key(clock, HashKey::random())
+    }
+
+    /// In-memory counters hashing identities with `hash_key`: the key of a
+    /// saved state, before [`Counters::import`] restores it.
+    pub fn with_key(clock: Clock, hash_key: HashKey) -> Arc<Self> {
+        Self::build(
             clock,
+            hash_key,
             Box::new(|limit, clock| Arc::new(KeyedLimiter::new(limit, clock.clone()))),
         )
     }
 
     pub fn with_factory(clock: Clock, factory: BucketsFactory) -> Arc<Self> {
+        Self::build(clock, HashKey::random(), factory)
+    }
+
+    fn build(clock: Clock, hash_key: HashKey, factory: BucketsFactory) -> Arc<Self> {
         Arc::new(Self {
             clock,
-            hasher: std::hash::RandomState::new(),
+            hasher: hash_key.hasher(),
+            hash_key,
             stripes: (0..COMMIT_STRIPES).map(|_| Mutex::new(())).collect(),
             registry: Mutex::new(HashMap::new()),
             factory,
@@ -82,7 +102,7 @@ impl Counters {
     }
 
     fn key(&self, s: &str) -> BucketKey {
-        bucket_key(self.hasher.hash_one(s))
+        bucket_key(self.hasher.hash(s.as_bytes()))
     }
 
     /// Gives an identity a fresh start: its own buckets in every rule are
