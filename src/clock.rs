@@ -54,10 +54,16 @@ impl Clock {
     /// A clock that only moves when [`Clock::advance`] is called. Its wall
     /// time starts at the current system time.
     pub fn manual() -> Self {
+        Self::manual_at(SystemTime::now())
+    }
+
+    /// A manual clock whose wall time starts at `wall`: a test's next
+    /// process, started where the last one left off.
+    pub fn manual_at(wall: SystemTime) -> Self {
         Self {
             inner: Arc::new(ClockInner::Manual {
                 elapsed_nanos: AtomicU64::new(0),
-                wall_base: SystemTime::now(),
+                wall_base: wall,
             }),
         }
     }

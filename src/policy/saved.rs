@@ -509,7 +509,7 @@ rates = { per-minute = "5/1m" }
     }
 
     /// A daemon that sent, saved and stopped; another that starts `after`
-    /// later with `rules` and restores what the first one saved.
+    /// later (wall time) with `rules` and restores what the first one saved.
     fn restart(rules: &str, after: Duration, sent: &[(&str, usize)]) -> (Daemon, Restored) {
         let before = start(RULES, None);
         before.clock.advance(Duration::from_secs(1000));
@@ -519,10 +519,15 @@ rates = { per-minute = "5/1m" }
         before.clock.advance(Duration::from_secs(10));
         let bytes = before.counters.export(Vec::<String>::new()).encode();
         let saved = SavedCounters::decode(&bytes).unwrap();
-        let after_clock = Clock::manual();
+        assert_eq!(saved.saved_at(), before.clock.wall_now());
+        // The next process's clocks: monotonic from zero, wall time on.
+        let after_clock = Clock::manual_at(saved.saved_at());
+        after_clock.advance(after);
+        let age = saved.age(after_clock.wall_now(), Duration::from_secs(86_400)).unwrap();
+        assert_eq!(age, after);
         let counters = Counters::with_key(after_clock, saved.hash_key());
         let d = start(rules, Some(counters));
-        let restored = d.counters.import(saved, after, Vec::<String>::new()).unwrap();
+        let restored = d.counters.import(saved, age, Vec::<String>::new()).unwrap();
         (d, restored)
     }
 
