@@ -23,6 +23,7 @@
 
 use crate::locks::FileLocks;
 use crate::locks::file::LockEntry;
+use crate::policy::shared::BoxFuture;
 use crate::store::StoreStats;
 use crate::store::link::RedisLink;
 use serde::{Deserialize, Serialize};
@@ -81,7 +82,14 @@ pub struct LockSync {
     local_version: Option<u64>,
     /// A full comparison is due (start, a gap in the log, Redis emptied).
     full: bool,
+    /// Clears the counters of identities about to be unlocked here.
+    forget: ForgetHook,
 }
+
+/// Called, and awaited, with the identities the fleet unlocked before the
+/// unlock takes effect here: their counters must be empty by then, or the
+/// attempts that locked them would lock them again at their next message.
+pub type ForgetHook = Box<dyn Fn(Vec<String>) -> BoxFuture<'static, ()> + Send + Sync>;
 
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -111,7 +119,7 @@ pub fn baseline_path(lock_list: &Path) -> PathBuf {
 }
 
 impl LockSync {
-    pub fn new(link: Arc<RedisLink>, locks: Arc<FileLocks>, prefix: &str) -> Self {
+    pub fn new(link: Arc<RedisLink>, locks: Arc<FileLocks>, prefix: &str, forget: ForgetHook) -> Self {
         let baseline_path = baseline_path(locks.path());
         let baseline = match std::fs::read(&baseline_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -136,6 +144,7 @@ impl LockSync {
             seen_version: 0,
             local_version: None,
             full: true,
+            forget,
         }
     }
 
@@ -143,13 +152,8 @@ impl LockSync {
         self.link.stats()
     }
 
-    /// Syncs every [`SYNC_INTERVAL`] until `shutdown`; `unlocked` is told of
-    /// identities the fleet unlocked here (to forget their counters).
-    pub async fn run(
-        mut self,
-        unlocked: impl Fn(&[String]) + Send + 'static,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
+    /// Syncs every [`SYNC_INTERVAL`] until `shutdown`.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,10 +165,8 @@ impl LockSync {
             if !self.link.available() {
                 continue;
             }
-            match self.sync_once().await {
-                Ok(ids) if !ids.is_empty() => unlocked(&ids),
-                Ok(_) => {}
-                Err(e) => debug!("lock sync: {e}"),
+            if let Err(e) = self.sync_once().await {
+                debug!("lock sync: {e}");
             }
         }
         // A last push, so locks set just before a stop reach the fleet.
@@ -230,6 +232,10 @@ impl LockSync {
         let fresh = format!("{:x}-{}", millis(SystemTime::now()), std::process::id());
         self.link
             .run(SYNC_TIMEOUT, |mut conn| async move {
+                let epoch: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                if epoch.is_some() {
+                    return Ok(epoch);
+                }
                 // SET NX: the first host after an empty start names the epoch.
                 let _: Option<String> = redis::cmd("SET")
                     .arg(&key)
@@ -421,6 +427,14 @@ impl LockSync {
         }
         let mut unlocked = Vec::new();
         if !apply.is_empty() {
+            let lifted: Vec<String> = apply
+                .iter()
+                .filter(|(id, e)| e.is_none() && local.contains_key(id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !lifted.is_empty() {
+                (self.forget)(lifted).await;
+            }
             let locks = self.locks.clone();
             let changes = apply.clone();
             let written = tokio::task::spawn_blocking(move || locks.apply_fleet(&changes))
