@@ -38,6 +38,9 @@ use tracing::{debug, info, warn};
 /// anywhere is enforced everywhere within about twice this.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How often, at most, the baseline file is rewritten.
+const BASELINE_SAVE_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Longest wait for one sync call (not in the mail path).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -84,6 +87,11 @@ pub struct LockSync {
     full: bool,
     /// Clears the counters of identities about to be unlocked here.
     forget: ForgetHook,
+    /// Each local entry as last encoded, by identity.
+    encoded: HashMap<String, (Arc<LockEntry>, Value)>,
+    /// The baseline changed since it was last saved, and when that was.
+    baseline_dirty: bool,
+    baseline_saved: Option<std::time::Instant>,
 }
 
 /// Called, and awaited, with the identities the fleet unlocked before the
@@ -145,6 +153,9 @@ impl LockSync {
             local_version: None,
             full: true,
             forget,
+            encoded: HashMap::new(),
+            baseline_dirty: false,
+            baseline_saved: None,
         }
     }
 
@@ -168,11 +179,13 @@ impl LockSync {
             if let Err(e) = self.sync_once().await {
                 debug!("lock sync: {e}");
             }
+            self.save_baseline_if_due(false);
         }
         // A last push, so locks set just before a stop reach the fleet.
         if self.link.available() {
             let _ = self.sync_once().await;
         }
+        self.save_baseline_if_due(true);
     }
 
     /// One round: pull the fleet's changes, push the host's, write the
@@ -199,11 +212,7 @@ impl LockSync {
         let local_version = self.locks.version();
         let local: HashMap<String, Value> =
             if self.full || self.local_version != Some(local_version) || !candidates.is_empty() {
-                self.locks
-                    .entries()
-                    .iter()
-                    .map(|e| (e.identity.clone(), encode(e)))
-                    .collect()
+                self.local_values()
             } else {
                 return Ok(Vec::new());
             };
@@ -225,6 +234,27 @@ impl LockSync {
         self.full = false;
         self.local_version = Some(self.locks.version());
         Ok(unlocked)
+    }
+
+    /// The host's list as the fleet stores it. An entry is encoded once:
+    /// in a lock storm the list is compared every round, and most of it
+    /// is the same entries as last time (the same `Arc`).
+    fn local_values(&mut self) -> HashMap<String, Value> {
+        let entries = self.locks.entries();
+        let mut cache = HashMap::with_capacity(entries.len());
+        let local = entries
+            .into_iter()
+            .map(|e| {
+                let value = match self.encoded.remove(&e.identity) {
+                    Some((was, value)) if Arc::ptr_eq(&was, &e) => value,
+                    _ => encode(&e),
+                };
+                cache.insert(e.identity.clone(), (e.clone(), value.clone()));
+                (e.identity.clone(), value)
+            })
+            .collect();
+        self.encoded = cache;
+        local
     }
 
     async fn epoch(&self) -> Result<Option<String>, String> {
@@ -461,9 +491,25 @@ impl LockSync {
             );
         }
         if moved {
-            self.save_baseline();
+            self.baseline_dirty = true;
+            self.save_baseline_if_due(false);
         }
         Ok(unlocked)
+    }
+
+    /// Saves the baseline at most every [`BASELINE_SAVE_INTERVAL`] (or
+    /// now, at a stop). A baseline a little behind is harmless: the changes
+    /// it misses are offered to the fleet again at the next start, where the
+    /// merge finds them already there.
+    fn save_baseline_if_due(&mut self, now: bool) {
+        let due = self
+            .baseline_saved
+            .is_none_or(|t| t.elapsed() >= BASELINE_SAVE_INTERVAL);
+        if self.baseline_dirty && (now || due) {
+            self.save_baseline();
+            self.baseline_dirty = false;
+            self.baseline_saved = Some(std::time::Instant::now());
+        }
     }
 
     fn save_baseline(&self) {
