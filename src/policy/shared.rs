@@ -68,7 +68,9 @@ pub struct SharedOp {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpAnswer {
     pub outcome: Outcome,
-    /// The bucket after the operation.
+    /// The bucket after the operation; only for an operation that does not
+    /// fit, or that asks for nothing (`n` = 0, for explain). The policy
+    /// shows usage for nothing else.
     pub usage: Usage,
 }
 
