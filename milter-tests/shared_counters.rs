@@ -89,6 +89,7 @@ async fn the_decision_script_computes_the_limiters_arithmetic() {
                 limit,
                 n,
                 kind,
+                ttl: Duration::from_secs(60),
             };
             let answer = counters.apply(std::slice::from_ref(&op)).await.expect("Redis answers")[0];
             let (outcome, next) = reference.check(cell, now, n);

@@ -20,6 +20,7 @@ use crate::policy::limiter::{Limit, Outcome, Usage};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 /// A boxed future, as an object-safe trait method returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -58,6 +59,9 @@ pub struct SharedOp {
     pub limit: Limit,
     pub n: u32,
     pub kind: OpKind,
+    /// How long the subject's buckets must be kept after a count: two of
+    /// the longest window of any rule counting in them, and a slot.
+    pub ttl: Duration,
 }
 
 /// The answer for one [`SharedOp`].

@@ -14,8 +14,11 @@
 --          value = "tat prev_tat end prev cur" (µs, µs, µs, count, count).
 -- ARGV[1]  now in µs, or "" for the server's clock (TIME): one clock for
 --          the whole fleet.
--- ARGV[2+8i..] per operation: key index, counter name, N, W (µs), T (µs),
---          B, n, kind (0 peek, 1 count, 2 commit, 3 commit that blocks).
+-- ARGV[2..1+#KEYS] per key, its time to live in ms once written: two of
+--          the longest window of any rule that counts in it, and a slot.
+-- then per operation: key index, counter name, N, W (µs), T (µs), B, n,
+--          kind (0 peek, 1 count, 2 commit, 3 commit that blocks).
+-- Each key is read once (HGETALL) and written once (HSET, PEXPIRE).
 -- Returns five integers per operation: outcome (0 allowed, 1 denied,
 -- 2 never), remaining or retry_in (µs), used, limit, reset_in (µs).
 --
@@ -150,11 +153,21 @@ end
 
 local ops = {}
 local cells = {}
+local loaded = {}
 local function cell_of(op)
   local id = op.key .. '\0' .. op.field
   local c = cells[id]
   if not c then
-    local v = redis.call('HGET', KEYS[op.key], op.field)
+    local fields = loaded[op.key]
+    if not fields then
+      fields = {}
+      local flat = redis.call('HGETALL', KEYS[op.key])
+      for i = 1, #flat, 2 do
+        fields[flat[i]] = flat[i + 1]
+      end
+      loaded[op.key] = fields
+    end
+    local v = fields[op.field]
     c = { t = 0, pt = 0, e = 0, p = 0, c = 0 }
     if v then
       local a, b, e, p, cur = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
@@ -167,7 +180,8 @@ local function cell_of(op)
   return id, c
 end
 
-for i = 2, #ARGV, 8 do
+local first = 2 + #KEYS
+for i = first, #ARGV, 8 do
   ops[#ops + 1] = {
     key = tonumber(ARGV[i]),
     field = ARGV[i + 1],
@@ -193,7 +207,7 @@ for _, op in ipairs(ops) do
   end
 end
 
-local ttl = {}
+local writes = {}
 local out = {}
 for _, op in ipairs(ops) do
   local id, c = cell_of(op)
@@ -202,11 +216,12 @@ for _, op in ipairs(ops) do
   if counts and nxt then
     cells[id] = nxt
     c = nxt
-    redis.call('HSET', KEYS[op.key], op.field,
-      string.format('%.0f %.0f %.0f %.0f %.0f', nxt.t, nxt.pt, nxt.e, nxt.p, nxt.c))
-    -- Idle after two windows at most: then the key may go.
-    local need = ceil_div(2 * op.l.w + op.l.t, 1000) + 1000
-    ttl[op.key] = math.max(ttl[op.key] or 0, need)
+    local w = writes[op.key]
+    if not w then
+      w = {}
+      writes[op.key] = w
+    end
+    w[op.field] = string.format('%.0f %.0f %.0f %.0f %.0f', nxt.t, nxt.pt, nxt.e, nxt.p, nxt.c)
   end
   local shown, limit, reset = usage(op.l, c)
   out[#out + 1] = outcome
@@ -216,10 +231,15 @@ for _, op in ipairs(ops) do
   out[#out + 1] = reset
 end
 
-for k, need in pairs(ttl) do
-  if redis.call('PTTL', KEYS[k]) < need then
-    redis.call('PEXPIRE', KEYS[k], need)
+for k, w in pairs(writes) do
+  local args = {}
+  for field, v in pairs(w) do
+    args[#args + 1] = field
+    args[#args + 1] = v
   end
+  redis.call('HSET', KEYS[k], unpack(args))
+  -- Idle after two of its longest windows at most: then the key may go.
+  redis.call('PEXPIRE', KEYS[k], ARGV[1 + k])
 end
 
 return out
