@@ -539,3 +539,60 @@ async fn notify_is_picked_up_on_reload() {
     assert!(!ids.contains(&"before@example.com".to_string()), "{ids:?}");
     assert!(!ids.is_empty() && ids.iter().all(|i| i.starts_with("after")), "{ids:?}");
 }
+
+#[tokio::test]
+async fn a_lock_mails_an_arf_report_with_the_last_accepted_message_as_sample() {
+    let sink = Sink::start(0).await;
+    let notify = format!(
+        "arf_to = [\"abuse@example.net\"]\narf_from = \"arf@mx-test.example\"\nsmtp_relay = \"{}\"\nmax_per_hour = 2\n",
+        sink.addr
+    );
+    let m = Milter::spawn(&config("", &notify)).await;
+    for i in 1..=3 {
+        let mut msg = Msg::from_user("alice@example.com");
+        msg.queue_id = format!("ALICE{i}");
+        msg.headers = vec![
+            ("From".into(), "Alice <alice@example.com>".into()),
+            ("Subject".into(), format!("sample {i}")),
+        ];
+        assert_eq!(Mta::send(m.addr, &msg).await.accepted(), i < 3, "message {i}");
+    }
+    eventually(BOUND, "the ARF report arrived", async || sink.mails().len() == 1).await;
+    let mail = &sink.mails()[0];
+    assert_eq!(mail.from, "arf@mx-test.example");
+    assert_eq!(mail.rcpts, ["abuse@example.net"]);
+    assert!(
+        mail.header("Content-Type")
+            .is_some_and(|ct| ct.starts_with("multipart/report; report-type=feedback-report;")),
+        "{:?}",
+        mail.header("Content-Type")
+    );
+    let data = &mail.data;
+    for expected in [
+        "Content-Type: message/feedback-report\r\n",
+        "Feedback-Type: abuse\r\n",
+        "Version: 1\r\n",
+        "Original-Mail-From: <alice@example.com>\r\n",
+        "Original-Rcpt-To: <friend@example.net>\r\n",
+        "Source-IP: 192.0.2.10\r\n",
+        "Reported-Domain: example.com\r\n",
+        "Reporting-MTA: dns; mx-test.example\r\n",
+        "Content-Type: text/rfc822-headers\r\n",
+        // The lock tripped at MAIL FROM: the sample is the last accepted message.
+        "Subject: sample 2\r\n",
+        "those of message ALICE2 of alice@example.com",
+    ] {
+        assert!(data.contains(expected), "{expected:?} not in:\n{data}");
+    }
+    assert!(!data.contains("Subject: sample 1\r\n"), "{data}");
+
+    // The same lock is not reported twice; the hourly cap holds for ARF too.
+    for _ in 0..3 {
+        assert!(!Mta::send(m.addr, &Msg::from_user("alice@example.com")).await.accepted());
+    }
+    lock_out(&m, "bob@example.com", "BOB").await;
+    lock_out(&m, "carol@example.com", "CAROL").await;
+    eventually(BOUND, "bob's report arrived", async || sink.mails().len() == 2).await;
+    m.shutdown().await;
+    assert_eq!(sink.mails().len(), 2, "carol's is over max_per_hour");
+}

@@ -3,7 +3,7 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 
 //! The `[notify]` section: who is told when an identity is locked
-//! automatically, by a command and by mail.
+//! automatically, by a command, by mail and by an abuse report (ARF).
 
 use super::DurationValue;
 use super::validate::Violation;
@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 use toml::Spanned;
 
-/// `[notify]`: off unless `command` or `mail_to` is set.
+/// `[notify]`: off unless `command`, `mail_to` or `arf_to` is set.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
@@ -25,6 +25,10 @@ pub struct NotifyConfig {
     pub mail_to: Vec<MailAddress>,
     /// Header and envelope sender of the lock report.
     pub mail_from: Option<MailAddress>,
+    /// Recipients of the RFC 5965 abuse report (ARF); empty: none is sent.
+    pub arf_to: Vec<MailAddress>,
+    /// Sender of the abuse report; default: `mail_from`.
+    pub arf_from: Option<MailAddress>,
     /// The SMTP server the report is handed to (plain SMTP).
     pub smtp_relay: SmtpRelay,
     /// Longest wait for the relay's answer to any one command.
@@ -43,6 +47,8 @@ impl Default for NotifyConfig {
             command_timeout: DurationValue(Duration::from_secs(30)),
             mail_to: Vec::new(),
             mail_from: None,
+            arf_to: Vec::new(),
+            arf_from: None,
             smtp_relay: SmtpRelay {
                 host: "127.0.0.1".into(),
                 port: 25,
@@ -57,7 +63,17 @@ impl Default for NotifyConfig {
 impl NotifyConfig {
     /// Whether anything is to be notified at all.
     pub fn is_enabled(&self) -> bool {
-        self.command.is_some() || !self.mail_to.is_empty()
+        self.command.is_some() || !self.mail_to.is_empty() || self.arf_enabled()
+    }
+
+    /// Whether abuse reports are sent (and sample messages kept for them).
+    pub fn arf_enabled(&self) -> bool {
+        !self.arf_to.is_empty()
+    }
+
+    /// The sender of the abuse report: `arf_from`, else `mail_from`.
+    pub fn arf_sender(&self) -> Option<&MailAddress> {
+        self.arf_from.as_ref().or(self.mail_from.as_ref())
     }
 
     /// The command's program and arguments, if one is configured.
@@ -89,11 +105,18 @@ impl NotifyConfig {
                 "needs notify.mail_from too (the sender of the lock reports)",
             ));
         }
+        if self.arf_enabled() && self.arf_sender().is_none() {
+            return Err(Violation::new(
+                0..0,
+                "notify.arf_to",
+                "needs notify.arf_from or notify.mail_from too (the sender of the abuse reports)",
+            ));
+        }
         if self.max_per_hour == 0 {
             return Err(Violation::new(
                 0..0,
                 "notify.max_per_hour",
-                "must be at least 1 (remove notify.command and notify.mail_to to turn notifications off)",
+                "must be at least 1 (remove notify.command, notify.mail_to and notify.arf_to to turn notifications off)",
             ));
         }
         if let Some(h) = &self.hostname {
@@ -125,6 +148,10 @@ impl FromStr for MailAddress {
                 .any(|c| c.is_whitespace() || c.is_control() || "<>\",;()".contains(c));
         if !ok {
             return Err("expected a plain address such as \"postmaster@example.com\"".into());
+        }
+        // The mail library must take it too, in headers and in SMTP.
+        if let Err(e) = s.parse::<lettre::Address>() {
+            return Err(format!("not usable in mail: {e}"));
         }
         Ok(MailAddress(s.to_string()))
     }

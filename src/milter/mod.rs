@@ -12,7 +12,7 @@ pub mod throttle;
 pub mod watchdog;
 
 use crate::config::Config;
-use crate::notify::{LockEvent, Notifier};
+use crate::notify::{LockEvent, Notifier, Sample};
 use crate::ops::metrics::Observer;
 use crate::policy::identity::Identity;
 use crate::policy::{AutoLock, Trip};
@@ -40,13 +40,41 @@ impl Reporting {
     /// Hands a new automatic lock to the notifier, with its evidence. Only a
     /// lock this session set is notified: not an identity already locked by
     /// a parallel session, never a refused message. Never waits.
-    pub fn new_lock(&self, config: &Config, lock: &AutoLock, identity: &Identity, trip: &Trip, queue_id: &str) {
+    /// `tripping` is what the session recorded of the message that tripped
+    /// the lock (only while `notify.arf_to` is set).
+    pub fn new_lock(
+        &self,
+        config: &Config,
+        lock: &AutoLock,
+        identity: &Identity,
+        trip: &Trip,
+        queue_id: &str,
+        tripping: Option<&Sample>,
+    ) {
         if !lock.fresh || !config.notify.is_enabled() {
             return;
         }
         if let Some(notifier) = &self.notifier {
             let queue_ids = self.evidence_queue_ids(&lock.entry.identity, queue_id);
-            notifier.notify(LockEvent::new(&lock.entry, identity, trip, queue_ids));
+            let sample = config
+                .notify
+                .arf_enabled()
+                .then(|| arf_sample(notifier, &lock.entry.identity, tripping, queue_id));
+            notifier.notify(LockEvent::new(&lock.entry, identity, trip, queue_ids, sample));
+        }
+    }
+
+    /// Keeps an accepted message as its identity's latest, for the sample
+    /// of an ARF report should the identity be locked before its next
+    /// message reaches the headers.
+    pub fn accepted_sample(&self, config: &Config, identity: &str, sample: Option<Sample>, queue_id: &str) {
+        if let (Some(notifier), Some(mut sample)) = (&self.notifier, sample)
+            && config.notify.arf_enabled()
+        {
+            if queue_id != "NONE" && !queue_id.is_empty() {
+                sample.queue_id = Some(queue_id.to_owned());
+            }
+            notifier.samples().remember(identity, sample);
         }
     }
 
@@ -70,4 +98,20 @@ impl Reporting {
         }
         ids
     }
+}
+
+/// The message an ARF report is about: the one that tripped the lock if
+/// its headers were seen, else the identity's last accepted message, else
+/// the tripping message's envelope alone (see [`crate::notify::sample`]).
+fn arf_sample(notifier: &Notifier, identity: &str, tripping: Option<&Sample>, queue_id: &str) -> Arc<Sample> {
+    let mut tripping = tripping.cloned().unwrap_or_default();
+    if queue_id != "NONE" && !queue_id.is_empty() {
+        tripping.queue_id = Some(queue_id.to_owned());
+    }
+    if tripping.headers().is_empty()
+        && let Some(last) = notifier.samples().recall(identity)
+    {
+        return last;
+    }
+    Arc::new(tripping)
 }

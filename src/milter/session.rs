@@ -19,6 +19,7 @@ use super::Reporting;
 use crate::config::LockedAction;
 use crate::config::{Action, IdentitySource, ReplySpec, format_duration};
 use crate::locks::file::LockEntry;
+use crate::notify::Sample;
 use crate::ops::metrics::{RULE_CONFLICT, RULE_HOLD_LIMIT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
 use crate::policy::identity::{self, Facts, HeaderValues, Identity, Resolution};
 use crate::policy::locked::{LockedStep, Stage, locked_step};
@@ -84,6 +85,9 @@ struct Message {
     /// A recipient seen while the identity was pending can not be a support
     /// address (or was past the cap).
     pending_not_support: bool,
+    /// Envelope and headers (bounded) for an ARF report; only while
+    /// `notify.arf_to` is set.
+    sample: Option<Sample>,
 }
 
 impl Session {
@@ -104,9 +108,10 @@ impl Session {
         &self.reporting
     }
 
-    /// Whether any identity source reads headers.
+    /// Whether any identity source reads headers, or ARF reports need a
+    /// sample message's headers.
     pub fn needs_headers(&self) -> bool {
-        header_sources(&self.policy).next().is_some()
+        header_sources(&self.policy).next().is_some() || self.policy.config().notify.arf_enabled()
     }
 
     pub fn connect(&mut self, client: Option<SocketAddr>) {
@@ -118,6 +123,8 @@ impl Session {
         self.reporting.observer.seen();
         let auth = auth.filter(|a| !a.is_empty());
         let outbound = self.policy.outbound(auth.is_some(), self.client);
+        let sample = (outbound.is_some() && self.policy.config().notify.arf_enabled())
+            .then(|| Sample::new(from, self.client.map(|c| c.ip()), std::time::SystemTime::now()));
         let message = self.message.insert(Message {
             outbound,
             envelope_from: from.to_vec(),
@@ -131,6 +138,7 @@ impl Session {
             support_only: true,
             pending_recipients: Vec::new(),
             pending_not_support: false,
+            sample,
         });
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         if outbound.is_none() {
@@ -167,6 +175,9 @@ impl Session {
         let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
         };
+        if let Some(sample) = message.sample.as_mut() {
+            sample.recipient(rcpt);
+        }
         let cap = cx.policy.config().limits.max_recipients_per_message;
         if cap > 0 && message.recipients >= cap {
             return cx.too_many_recipients(message, rcpt, cap);
@@ -200,9 +211,12 @@ impl Session {
         verdict
     }
 
-    /// One header; only identity headers are kept.
+    /// One header; only identity headers are kept, and the sample's.
     pub fn header(&mut self, name: &[u8], value: &[u8]) {
         let policy = &self.policy;
+        if let Some(sample) = self.message.as_mut().and_then(|m| m.sample.as_mut()) {
+            sample.header(name, value);
+        }
         if let Some(message) = self.message.as_mut()
             && message.plan.is_none()
             && message.outbound.is_some()
@@ -302,6 +316,12 @@ impl Session {
             cx.reporting
                 .observer
                 .accepted(&plan.identity.value, message.recipients, queue_id);
+            cx.reporting.accepted_sample(
+                cx.policy.config(),
+                &plan.identity.value,
+                message.sample.take(),
+                queue_id,
+            );
         }
         verdict
     }
@@ -502,8 +522,14 @@ impl<'a> Decider<'a> {
         let identity = &plan.identity;
         let locked = self.policy.auto_lock(identity, worst, self.queue_id);
         if let Some(lock) = &locked {
-            self.reporting
-                .new_lock(self.policy.config(), lock, identity, worst, self.queue_id);
+            self.reporting.new_lock(
+                self.policy.config(),
+                lock,
+                identity,
+                worst,
+                self.queue_id,
+                message.sample.as_ref(),
+            );
         }
         // One "identity locked" per lock: a parallel session that trips the
         // same rule a moment later finds the lock in force.

@@ -2,12 +2,15 @@
 // Copyright © 2026 The egress-milter developers
 // SPDX-License-Identifier: GPL-3.0-or-later
 
-//! The lock report mailed to the postmaster: composed here, handed to the
-//! relay by [`super::smtp`], retried with backoff.
+//! The lock report mailed to the postmaster: composed with lettre's
+//! message builder, handed to the relay by [`super::smtp`], retried with
+//! backoff. [`deliver`] is shared with the ARF report ([`super::arf`]).
 
 use super::{LockEvent, smtp};
 use crate::config::{NotifyConfig, format_duration};
-use std::fmt::Write as _;
+use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
+use lettre::message::{Body, Mailbox, Message, MessageBuilder, SinglePart};
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,54 +21,73 @@ use tracing::{error, info, warn};
 const MAIL_ATTEMPTS: u32 = 3;
 const MAIL_FIRST_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Sends the report, with retries; whether the relay took it.
+/// Sends the lock report to `mail_to`, with retries; whether the relay took it.
 pub(super) async fn send_report(notify: NotifyConfig, event: Arc<LockEvent>, host: String) -> bool {
     let Some(from) = notify.mail_from.as_ref().map(|f| f.0.clone()) else {
         return false;
     };
     let to: Vec<String> = notify.mail_to.iter().map(|a| a.0.clone()).collect();
-    let message = compose_report(&event, &from, &to, &host, SystemTime::now());
+    match compose_report(&event, &from, &to, &host, SystemTime::now()) {
+        Ok(message) => deliver(&notify, "lock report", &event.identity, &from, &to, &message, &host).await,
+        Err(e) => {
+            error!(identity = %event.identity, "lock report not sent, giving up: {e}");
+            false
+        }
+    }
+}
+
+/// Hands `message` to the relay for `to`, with retries; whether the relay
+/// took it. `what` names the report in the log lines.
+pub(super) async fn deliver(
+    notify: &NotifyConfig,
+    what: &'static str,
+    identity: &str,
+    from: &str,
+    to: &[String],
+    message: &Report,
+    host: &str,
+) -> bool {
     let mut backoff = MAIL_FIRST_BACKOFF;
     for attempt in 1..=MAIL_ATTEMPTS {
         let result = smtp::send(
             &notify.smtp_relay,
             notify.smtp_timeout.0,
-            &host,
-            &from,
-            &to,
-            &message.text,
+            host,
+            from,
+            to,
+            message.text.as_bytes(),
         )
         .await;
         match result {
             Ok(refused) => {
                 for (rcpt, reply) in &refused {
-                    warn!(identity = %event.identity, recipient = %rcpt, reply = %reply, "lock report: recipient refused by the relay");
+                    warn!(identity = %identity, recipient = %rcpt, reply = %reply, "{what}: recipient refused by the relay");
                 }
                 info!(
-                    identity = %event.identity,
+                    identity = %identity,
                     relay = %notify.smtp_relay,
                     message_id = %message.message_id,
                     recipients = to.len() - refused.len(),
-                    "lock report sent"
+                    "{what} sent"
                 );
                 return true;
             }
             Err(e) if e.is_permanent() || attempt == MAIL_ATTEMPTS => {
                 error!(
-                    identity = %event.identity,
+                    identity = %identity,
                     relay = %notify.smtp_relay,
                     attempt,
-                    "lock report not sent, giving up: {e}"
+                    "{what} not sent, giving up: {e}"
                 );
                 return false;
             }
             Err(e) => {
                 warn!(
-                    identity = %event.identity,
+                    identity = %identity,
                     relay = %notify.smtp_relay,
                     attempt,
                     retry_in = %format_duration(backoff),
-                    "lock report not sent, will retry: {e}"
+                    "{what} not sent, will retry: {e}"
                 );
                 tokio::time::sleep(backoff).await;
                 backoff *= 4;
@@ -79,59 +101,91 @@ pub(super) async fn send_report(notify: NotifyConfig, event: Arc<LockEvent>, hos
 #[derive(Clone, Debug)]
 pub struct Report {
     pub message_id: String,
-    /// Headers and body, lines ending in CRLF.
+    /// Headers and body, lines ending in CRLF, 7-bit clean.
     pub text: String,
 }
 
-/// The lock report: headers and a plain-text body for the postmaster.
-pub fn compose_report(event: &LockEvent, from: &str, to: &[String], host: &str, now: SystemTime) -> Report {
+/// Why a report could not be composed (an address lettre refuses).
+#[derive(Debug)]
+pub struct ComposeError(pub String);
+
+impl fmt::Display for ComposeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ComposeError {}
+
+/// A fresh `Message-ID`, unique to this process and moment.
+pub(super) fn message_id(host: &str, now: SystemTime) -> String {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let message_id = format!(
+    format!(
         "<egress-milter.{}.{:09}.{}.{}@{}>",
         since_epoch.as_secs(),
         since_epoch.subsec_nanos(),
         std::process::id(),
         SEQUENCE.fetch_add(1, Ordering::Relaxed),
         host
-    );
+    )
+}
+
+fn mailbox(name: Option<&str>, address: &str) -> Result<Mailbox, ComposeError> {
+    let address = address.parse().map_err(|e| {
+        ComposeError(format!(
+            "the address \"{address}\" cannot be used in a mail header: {e}"
+        ))
+    })?;
+    Ok(Mailbox::new(name.map(str::to_string), address))
+}
+
+/// The headers every report has: Date, From, To, Subject, Message-ID and
+/// `Auto-Submitted: auto-generated` (no vacation replies, RFC 3834).
+pub(super) fn headers(
+    from: &str,
+    to: &[String],
+    subject: &str,
+    message_id: &str,
+    now: SystemTime,
+) -> Result<MessageBuilder, ComposeError> {
+    let mut builder = Message::builder().date(now).from(mailbox(Some("egress-milter"), from)?);
+    for rcpt in to {
+        builder = builder.to(mailbox(None, rcpt)?);
+    }
+    Ok(builder
+        .subject(clean(subject))
+        .message_id(Some(message_id.to_string()))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str("Auto-Submitted"),
+            "auto-generated".into(),
+        )))
+}
+
+/// The formatted message, as text (lettre encodes every part 7-bit clean).
+pub(super) fn finish(
+    message: Result<Message, lettre::error::Error>,
+    message_id: String,
+) -> Result<Report, ComposeError> {
+    let message = message.map_err(|e| ComposeError(format!("cannot build the message: {e}")))?;
+    let text = String::from_utf8(message.formatted())
+        .map_err(|_| ComposeError("the message is not text (a bug: please report it)".into()))?;
+    Ok(Report { message_id, text })
+}
+
+/// The lock report: headers and a plain-text body for the postmaster.
+pub fn compose_report(
+    event: &LockEvent,
+    from: &str,
+    to: &[String],
+    host: &str,
+    now: SystemTime,
+) -> Result<Report, ComposeError> {
+    let message_id = message_id(host, now);
     let identity = clean(&event.identity);
     let subject = format!("egress-milter locked {identity}: rule {}", clean(&event.rule));
-    let mut text = String::new();
-    let mut header = |name: &str, value: &str| {
-        let _ = write!(text, "{name}: {value}\r\n");
-    };
-    header("Date", &rfc5322_date(now));
-    header("From", &format!("egress-milter <{from}>"));
-    header("To", &to.join(", "));
-    header("Subject", &encode_header(&subject));
-    header("Message-ID", &message_id);
-    header("Auto-Submitted", "auto-generated");
-    header("MIME-Version", "1.0");
-    header("Content-Type", "text/plain; charset=utf-8");
-    header("Content-Transfer-Encoding", "8bit");
-    text.push_str("\r\n");
-
-    let expires = match event.expires_at {
-        Some(t) => format!("{t} (the lock lifts itself then)"),
-        None => "never: the lock stays until an administrator removes it".into(),
-    };
-    let queue_ids = if event.queue_ids.is_empty() {
-        "(none known)".to_string()
-    } else {
-        event.queue_ids.join(" ")
-    };
     let body = format!(
-        "egress-milter on {host} locked {identity} automatically.\n\
-         \n\
-         Identity:   {identity} (from {source})\n\
-         Rule:       {rule}: {count}/{limit} {counted} per {scope} in {window}\n\
-         Reason:     {reason}\n\
-         Locked at:  {locked_at}\n\
-         Expires:    {expires}\n\
-         Queue ids:  {queue_ids}\n\
-         Host:       {host}\n\
-         \n\
+        "{}\n\
          While the lock holds, mail from {identity} is refused (or held, with\n\
          locked_action = \"hold\"), except to the support addresses of\n\
          locks.allow_recipients.\n\
@@ -143,6 +197,52 @@ pub fn compose_report(event: &LockEvent, from: &str, to: &[String], host: &str, 
          \x20   egress-milter locks remove {identity}\n\
          \n\
          This report was generated automatically; do not reply to it.\n",
+        facts(event, host)
+    );
+    let part = SinglePart::builder()
+        .header(ContentType::TEXT_PLAIN)
+        .body(text_body(body));
+    let message = headers(from, to, &subject, &message_id, now)?.singlepart(part);
+    finish(message, message_id)
+}
+
+/// Text as it is (7bit) when it is ASCII with lines of legal length, else
+/// quoted-printable: a report is 7-bit clean for any relay.
+/// (lettre would quoted-print any line over 76 characters, and the long
+/// `Reason:` line is one that people search the mail for.)
+pub(super) fn text_body(text: String) -> Body {
+    let seven_bit = text.is_ascii() && !text.contains(['\0', '\r']) && text.lines().all(|l| l.len() <= 998);
+    if seven_bit {
+        let crlf = text.lines().map(|l| format!("{l}\r\n")).collect::<String>();
+        Body::dangerous_pre_encoded(crlf.into_bytes(), ContentTransferEncoding::SevenBit)
+    } else {
+        Body::new(text)
+    }
+}
+
+/// What was locked, by which rule, when, with what evidence: the lines the
+/// lock report and the ARF report's human-readable part share.
+pub(super) fn facts(event: &LockEvent, host: &str) -> String {
+    let identity = clean(&event.identity);
+    let expires = match event.expires_at {
+        Some(t) => format!("{t} (the lock lifts itself then)"),
+        None => "never: the lock stays until an administrator removes it".into(),
+    };
+    let queue_ids = if event.queue_ids.is_empty() {
+        "(none known)".to_string()
+    } else {
+        clean(&event.queue_ids.join(" "))
+    };
+    format!(
+        "egress-milter on {host} locked {identity} automatically.\n\
+         \n\
+         Identity:   {identity} (from {source})\n\
+         Rule:       {rule}: {count}/{limit} {counted} per {scope} in {window}\n\
+         Reason:     {reason}\n\
+         Locked at:  {locked_at}\n\
+         Expires:    {expires}\n\
+         Queue ids:  {queue_ids}\n\
+         Host:       {host}\n",
         source = clean(&event.identity_source),
         rule = clean(&event.rule),
         count = event.count,
@@ -152,46 +252,12 @@ pub fn compose_report(event: &LockEvent, from: &str, to: &[String], host: &str, 
         window = format_duration(event.window),
         reason = clean(&event.reason),
         locked_at = event.locked_at,
-    );
-    for line in body.lines() {
-        text.push_str(line);
-        text.push_str("\r\n");
-    }
-    Report { message_id, text }
+    )
 }
 
 /// Control characters (CR, LF…) replaced, so no value can break a line.
-fn clean(s: &str) -> String {
+pub(super) fn clean(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
-}
-
-/// A header value, RFC 2047 Q-encoded (in chunks) if it is not plain ASCII.
-fn encode_header(value: &str) -> String {
-    if value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-        return value.to_string();
-    }
-    let mut words = Vec::new();
-    let mut word = String::new();
-    for c in value.chars() {
-        let mut piece = String::new();
-        if c.is_ascii_alphanumeric() || "!*+-/".contains(c) {
-            piece.push(c);
-        } else if c == ' ' {
-            piece.push('_');
-        } else {
-            let mut buf = [0u8; 4];
-            for b in c.encode_utf8(&mut buf).bytes() {
-                let _ = write!(piece, "={b:02X}");
-            }
-        }
-        if word.len() + piece.len() > 60 {
-            words.push(format!("=?utf-8?q?{word}?="));
-            word.clear();
-        }
-        word.push_str(&piece);
-    }
-    words.push(format!("=?utf-8?q?{word}?="));
-    words.join("\r\n ")
 }
 
 /// `Mon, 23 Nov 2026 14:07:00 +0000`.

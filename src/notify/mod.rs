@@ -3,22 +3,29 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 
 //! Lock notifications: when an identity is locked automatically, run the
-//! configured command and mail a report to the postmaster.
+//! configured command, mail a report to the postmaster and an abuse report
+//! (ARF, RFC 5965) to the abuse desks.
 //!
 //! A session only puts a [`LockEvent`] on a bounded queue ([`Notifier`],
 //! `try_send`: never waits). The background task [`run`] takes events off
-//! the queue, drops duplicates, applies the hourly cap ([`Gate`]) and runs the
+//! the queue, drops duplicates, applies the hourly cap ([`Gate`]: one
+//! decision per lock, for the command and both reports) and runs the
 //! command and sends the mail in tasks of their own, so a slow or failing
 //! notifier never delays a mail decision nor the next notification.
 
+mod arf;
 mod command;
 mod mail;
+pub mod sample;
 pub mod smtp;
 
+use arf::send_arf;
+pub use arf::{USER_AGENT, compose_arf};
 pub use command::command_env;
 use command::{Ran, run_command};
 use mail::send_report;
-pub use mail::{Report, compose_report, rfc5322_date};
+pub use mail::{ComposeError, Report, compose_report, rfc5322_date};
+pub use sample::{Sample, SampleCache};
 
 use crate::clock::Clock;
 use crate::config::{Config, Counted, Scope};
@@ -69,13 +76,22 @@ pub struct LockEvent {
     pub expires_at: Option<Timestamp>,
     /// Queue ids of the evidence: the message that tripped the lock first.
     pub queue_ids: Vec<String>,
+    /// The message the ARF report is about (see [`sample`]); `None` when
+    /// `notify.arf_to` is not set.
+    pub sample: Option<Arc<Sample>>,
 }
 
 impl LockEvent {
     /// What a notification says about a new automatic lock: the one place
     /// where its evidence is put together. `queue_ids` holds the queue id
     /// of the message that tripped the lock first, then recent ones.
-    pub fn new(lock: &LockEntry, identity: &Identity, trip: &Trip, queue_ids: Vec<String>) -> Self {
+    pub fn new(
+        lock: &LockEntry,
+        identity: &Identity,
+        trip: &Trip,
+        queue_ids: Vec<String>,
+        sample: Option<Arc<Sample>>,
+    ) -> Self {
         LockEvent {
             identity: lock.identity.clone(),
             identity_source: identity.source.to_string(),
@@ -90,6 +106,7 @@ impl LockEvent {
             locked_at: lock.locked_at,
             expires_at: lock.expires_at,
             queue_ids,
+            sample,
         }
     }
 }
@@ -98,6 +115,8 @@ impl LockEvent {
 pub struct Notifier {
     tx: mpsc::Sender<LockEvent>,
     stats: Arc<Stats>,
+    /// Sample messages for ARF reports (filled only while `arf_to` is set).
+    samples: SampleCache,
 }
 
 /// The notifier's end of the queue, for [`run`].
@@ -123,6 +142,10 @@ pub struct Stats {
     pub reports_sent: AtomicU64,
     /// Given up on (permanent error or every attempt failed).
     pub reports_failed: AtomicU64,
+    /// ARF reports the relay accepted.
+    pub arf_sent: AtomicU64,
+    /// ARF reports given up on.
+    pub arf_failed: AtomicU64,
 }
 
 impl Stats {
@@ -137,6 +160,8 @@ impl Stats {
             ("command_killed", &self.commands_killed),
             ("mail_sent", &self.reports_sent),
             ("mail_failed", &self.reports_failed),
+            ("arf_sent", &self.arf_sent),
+            ("arf_failed", &self.arf_failed),
         ]
         .into_iter()
         .map(|(label, c)| (label, c.load(Ordering::Relaxed)))
@@ -157,6 +182,7 @@ impl Notifier {
             Arc::new(Notifier {
                 tx,
                 stats: stats.clone(),
+                samples: SampleCache::default(),
             }),
             Queue { rx, stats },
         )
@@ -190,6 +216,12 @@ impl Notifier {
     /// Counts of what became of notifications since start.
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    /// The last accepted messages of the identities that sent last, for
+    /// the sample of an ARF report.
+    pub fn samples(&self) -> &SampleCache {
+        &self.samples
     }
 }
 
@@ -322,7 +354,7 @@ fn log_join(done: Result<(), tokio::task::JoinError>) {
 fn dispatch(event: LockEvent, config: &Config, gate: &mut Gate, tasks: &mut JoinSet<()>, stats: &Arc<Stats>) {
     let notify = &config.notify;
     if !notify.is_enabled() {
-        debug!(identity = %event.identity, "lock not notified: no [notify] command or mail_to");
+        debug!(identity = %event.identity, "lock not notified: no [notify] command, mail_to or arf_to");
         return;
     }
     match gate.admit(&event, notify.max_per_hour) {
@@ -364,13 +396,24 @@ fn dispatch(event: LockEvent, config: &Config, gate: &mut Gate, tasks: &mut Join
         });
     }
     if !notify.mail_to.is_empty() {
-        let report = send_report(notify.clone(), event, host);
+        let report = send_report(notify.clone(), event.clone(), host.clone());
         let stats = stats.clone();
         tasks.spawn(async move {
             Stats::add(if report.await {
                 &stats.reports_sent
             } else {
                 &stats.reports_failed
+            });
+        });
+    }
+    if !notify.arf_to.is_empty() {
+        let report = send_arf(notify.clone(), event, host);
+        let stats = stats.clone();
+        tasks.spawn(async move {
+            Stats::add(if report.await {
+                &stats.arf_sent
+            } else {
+                &stats.arf_failed
             });
         });
     }
@@ -390,6 +433,7 @@ pub fn system_hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mail_parser::MimeHeaders;
     use std::time::SystemTime;
 
     fn event(identity: &str, clock: &Clock) -> LockEvent {
@@ -407,6 +451,7 @@ mod tests {
             locked_at: Timestamp(clock.wall_now()),
             expires_at: None,
             queue_ids: vec!["4ABCDEF".into()],
+            sample: None,
         }
     }
 
@@ -480,6 +525,13 @@ mod tests {
         assert!(gate.seen.len() <= DEDUPE_MEMORY);
     }
 
+    /// The header lines of a composed message, unfolded, and its body.
+    fn split(text: &str) -> (Vec<String>, &str) {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+        (unfolded.split("\r\n").map(str::to_string).collect(), body)
+    }
+
     #[test]
     fn the_report_has_the_headers_and_the_facts() {
         let clock = Clock::manual();
@@ -489,9 +541,8 @@ mod tests {
         e.queue_ids = vec!["4ABCDEF".into(), "5BCDEF0".into()];
         let to = vec!["postmaster@example.com".to_string(), "abuse@example.com".to_string()];
         let now = UNIX_EPOCH + Duration::from_secs(1_795_442_821);
-        let r = compose_report(&e, "egress@mx1.example.com", &to, "mx1.example.com", now);
-        let (head, body) = r.text.split_once("\r\n\r\n").unwrap();
-        let headers: Vec<&str> = head.split("\r\n").collect();
+        let r = compose_report(&e, "egress@mx1.example.com", &to, "mx1.example.com", now).unwrap();
+        let (headers, body) = split(&r.text);
         assert_eq!(
             headers,
             [
@@ -503,7 +554,7 @@ mod tests {
                 "Auto-Submitted: auto-generated",
                 "MIME-Version: 1.0",
                 "Content-Type: text/plain; charset=utf-8",
-                "Content-Transfer-Encoding: 8bit",
+                "Content-Transfer-Encoding: 7bit",
             ]
         );
         assert!(r.message_id.starts_with("<egress-milter.1795442821.") && r.message_id.ends_with("@mx1.example.com>"));
@@ -521,7 +572,7 @@ mod tests {
         }
         assert!(!body.replace("\r\n", "").contains('\n'), "bare LF in the body");
         // Two reports never share a Message-ID.
-        let again = compose_report(&e, "egress@mx1.example.com", &to, "mx1.example.com", now);
+        let again = compose_report(&e, "egress@mx1.example.com", &to, "mx1.example.com", now).unwrap();
         assert_ne!(again.message_id, r.message_id);
     }
 
@@ -535,15 +586,183 @@ mod tests {
             &["pm@example.com".into()],
             "mx1",
             SystemTime::now(),
-        );
+        )
+        .unwrap();
         let (head, _) = r.text.split_once("\r\n\r\n").unwrap();
         assert!(!head.contains("\nBcc:"), "{head}");
-        let subject = head.lines().find(|l| l.starts_with("Subject: ")).unwrap();
-        assert!(
-            subject.starts_with("Subject: =?utf-8?q?egress-milter_locked_j=C3=B6rg=40ex=C3=A4mple=2Ecom=3F=3FBcc"),
-            "{subject}"
+        assert!(r.text.is_ascii(), "encoded 7-bit clean");
+        let parsed = mail_parser::MessageParser::default().parse(r.text.as_bytes()).unwrap();
+        assert_eq!(
+            parsed.subject(),
+            Some("egress-milter locked jörg@exämple.com??Bcc: victim@example.net: rule lock-messages")
         );
-        assert!(head.is_ascii());
+        assert!(parsed.header("Bcc").is_none());
+        let body = parsed.body_text(0).unwrap();
+        assert!(
+            body.contains("Identity:   jörg@exämple.com??Bcc: victim@example.net (from auth)"),
+            "{body}"
+        );
+    }
+
+    /// A lock tripped at MAIL FROM with the last accepted message as sample.
+    fn arf_event(clock: &Clock) -> LockEvent {
+        let mut e = event("alice@example.com", clock);
+        e.locked_at = Timestamp(UNIX_EPOCH + Duration::from_secs(1_795_442_820));
+        let mut sample = Sample::new(
+            b"<alice@example.com>",
+            Some("192.0.2.7".parse().unwrap()),
+            UNIX_EPOCH + Duration::from_secs(1_795_442_700),
+        );
+        sample.queue_id = Some("4ABCDE0".into());
+        sample.recipient(b"<victim@example.net>");
+        sample.recipient(b"<other@example.org>");
+        sample.header(b"From", b"Alice <alice@example.com>");
+        sample.header(b"To", b"victim@example.net,\n\tother@example.org");
+        sample.header(b"Subject", b"You won a prize");
+        sample.header(b"Message-ID", b"<spam.1@example.com>");
+        e.sample = Some(Arc::new(sample));
+        e
+    }
+
+    #[test]
+    fn the_arf_report_is_rfc5965() {
+        let clock = Clock::manual();
+        let e = arf_event(&clock);
+        let to = vec!["abuse@example.net".to_string()];
+        let now = UNIX_EPOCH + Duration::from_secs(1_795_442_821);
+        let r = compose_arf(&e, "egress@mx1.example.com", &to, "mx1.example.com", now).unwrap();
+        assert!(r.text.is_ascii());
+        let msg = mail_parser::MessageParser::default().parse(r.text.as_bytes()).unwrap();
+        assert_eq!(
+            msg.from().and_then(|a| a.first()).and_then(|a| a.address()),
+            Some("egress@mx1.example.com")
+        );
+        assert_eq!(
+            msg.to().and_then(|a| a.first()).and_then(|a| a.address()),
+            Some("abuse@example.net")
+        );
+        assert_eq!(msg.message_id(), Some(r.message_id.trim_matches(['<', '>'])));
+        assert_eq!(
+            msg.subject(),
+            Some("Abuse report: alice@example.com locked by egress-milter on mx1.example.com")
+        );
+        assert_eq!(msg.header_raw("Auto-Submitted").map(str::trim), Some("auto-generated"));
+        // multipart/report; report-type=feedback-report, three parts in order.
+        let ct = msg.content_type().unwrap();
+        assert_eq!((ct.ctype(), ct.subtype()), ("multipart", Some("report")));
+        assert_eq!(ct.attribute("report-type"), Some("feedback-report"));
+        let root = &msg.parts[0];
+        let mail_parser::PartType::Multipart(children) = &root.body else {
+            panic!("not multipart: {:?}", root.body);
+        };
+        let parts: Vec<&mail_parser::MessagePart> = children.iter().map(|&i| &msg.parts[i as usize]).collect();
+        let types: Vec<(String, String)> = parts
+            .iter()
+            .map(|p| {
+                let ct = p.content_type().unwrap();
+                (ct.ctype().to_string(), ct.subtype().unwrap_or("").to_string())
+            })
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("text".to_string(), "plain".to_string()),
+                ("message".to_string(), "feedback-report".to_string()),
+                ("text".to_string(), "rfc822-headers".to_string()),
+            ]
+        );
+        // 1. For people: what was locked, why, the counts.
+        let human = parts[0].text_contents().unwrap();
+        for expected in [
+            "Identity:   alice@example.com (from auth)",
+            "Rule:       lock-messages: 6/6 messages per identity in 1h",
+            "Reason:     rule \"lock-messages\" exceeded",
+            "Locked at:  2026-11-23T14:07:00Z",
+            "message 4ABCDE0 of alice@example.com",
+        ] {
+            assert!(human.contains(expected), "{expected:?} not in\n{human}");
+        }
+        // 2. The feedback report fields (RFC 5965 section 3.1, 3.2).
+        let fields = String::from_utf8(parts[1].contents().to_vec()).unwrap();
+        let fields: Vec<(String, String)> = fields
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(": ").unwrap();
+                (n.to_string(), v.to_string())
+            })
+            .collect();
+        let field = |name: &str| -> Vec<&str> {
+            fields
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(field("Feedback-Type"), ["abuse"]);
+        assert_eq!(field("User-Agent"), [USER_AGENT]);
+        assert!(USER_AGENT.starts_with("egress-milter/"));
+        assert_eq!(field("Version"), ["1"]);
+        assert_eq!(field("Original-Mail-From"), ["<alice@example.com>"]);
+        assert_eq!(
+            field("Original-Rcpt-To"),
+            ["<victim@example.net>", "<other@example.org>"]
+        );
+        assert_eq!(field("Arrival-Date"), ["Mon, 23 Nov 2026 14:05:00 +0000"]);
+        assert_eq!(field("Reporting-MTA"), ["dns; mx1.example.com"]);
+        assert_eq!(field("Source-IP"), ["192.0.2.7"]);
+        assert_eq!(
+            field("Authentication-Results"),
+            ["mx1.example.com; auth=pass smtp.auth=alice@example.com"]
+        );
+        assert_eq!(field("Incidents"), ["6"]);
+        assert_eq!(field("Reported-Domain"), ["example.com"]);
+        // The required fields come first, each once (section 3.1).
+        assert_eq!(fields[0].0, "Feedback-Type");
+        // 3. The sample's headers, as the MTA passed them.
+        let sample = parts[2].text_contents().unwrap();
+        let headers = mail_parser::MessageParser::default()
+            .parse_headers(sample.as_bytes())
+            .unwrap();
+        assert_eq!(headers.subject(), Some("You won a prize"));
+        assert_eq!(headers.message_id(), Some("spam.1@example.com"));
+        assert_eq!(headers.to().map(|t| t.iter().count()), Some(2));
+        assert!(
+            sample.contains("To: victim@example.net,\r\n\tother@example.org\r\n"),
+            "{sample:?}"
+        );
+        // Parts 2 and 3 are sent as they are, not encoded.
+        for p in &parts[1..] {
+            assert_eq!(p.content_transfer_encoding(), Some("7bit"));
+        }
+    }
+
+    #[test]
+    fn an_arf_report_without_a_sample_says_so() {
+        let clock = Clock::manual();
+        let mut e = event("bob@example.com", &clock);
+        e.identity_source = "envelope-from".into();
+        e.sample = Some(Arc::new(Sample::new(b"<bob@example.com>", None, SystemTime::now())));
+        let r = compose_arf(
+            &e,
+            "egress@mx1",
+            &["abuse@example.net".into()],
+            "mx1",
+            SystemTime::now(),
+        )
+        .unwrap();
+        let msg = mail_parser::MessageParser::default().parse(r.text.as_bytes()).unwrap();
+        let text = msg
+            .parts
+            .iter()
+            .map(|p| String::from_utf8_lossy(p.contents()).into_owned())
+            .collect::<String>();
+        assert!(text.contains("Feedback-Type: abuse"));
+        assert!(text.contains("Original-Mail-From: <bob@example.com>"));
+        assert!(!text.contains("Source-IP:"), "no client address known");
+        assert!(!text.contains("Authentication-Results:"), "not an authenticated login");
+        assert!(text.contains("X-Egress-Milter-Note: no header of a message of bob@example.com was seen"));
+        assert!(text.contains("No message of bob@example.com reached its headers"));
     }
 
     #[test]
@@ -600,6 +819,89 @@ max_per_hour = 3
         assert_eq!(count(&stats.suppressed), 1);
         assert_eq!(count(&stats.dropped), 0);
         assert_eq!(count(&stats.reports_sent) + count(&stats.reports_failed), 0);
+    }
+
+    /// An SMTP server on 127.0.0.1 that takes every message; the messages.
+    async fn accept_all() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = got.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let kept = kept.clone();
+                tokio::spawn(async move {
+                    let (r, mut w) = stream.into_split();
+                    let mut r = BufReader::new(r);
+                    let _ = w.write_all(b"220 sink\r\n").await;
+                    let (mut data, mut in_data) = (String::new(), false);
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let reply: &[u8] = if in_data {
+                            if line != ".\r\n" {
+                                data.push_str(&line);
+                                continue;
+                            }
+                            in_data = false;
+                            kept.lock().unwrap().push(std::mem::take(&mut data));
+                            b"250 queued\r\n"
+                        } else if line.starts_with("DATA") {
+                            in_data = true;
+                            b"354 go\r\n"
+                        } else if line.starts_with("QUIT") {
+                            let _ = w.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        let _ = w.write_all(reply).await;
+                    }
+                });
+            }
+        });
+        (addr, got)
+    }
+
+    #[tokio::test]
+    async fn arf_reports_are_deduplicated_and_capped_with_the_rest() {
+        let clock = Clock::manual();
+        let (relay, got) = accept_all().await;
+        let text = format!(
+            "[notify]\narf_to = [\"abuse@example.net\"]\narf_from = \"egress@mx1.example.com\"\n\
+             smtp_relay = \"{relay}\"\nmax_per_hour = 2\nhostname = \"mx1.example.com\"\n"
+        );
+        let config = Arc::new(Config::parse(&text, std::path::Path::new("t.toml")).unwrap());
+        let (notifier, queue) = Notifier::channel(16);
+        let first = arf_event(&clock);
+        notifier.notify(first.clone());
+        notifier.notify(first);
+        for id in ["u2@example.com", "u3@example.com", "u4@example.com"] {
+            notifier.notify(event(id, &clock));
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(run(queue, move || config.clone(), clock, async {
+            let _ = stopped.await;
+        }));
+        stop.send(()).unwrap();
+        worker.await.unwrap();
+        let stats = notifier.stats();
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!(count(&stats.arf_sent), 2);
+        assert_eq!(count(&stats.arf_failed), 0);
+        assert_eq!(count(&stats.duplicates), 1);
+        assert_eq!(count(&stats.suppressed), 2);
+        assert_eq!(
+            count(&stats.reports_sent) + count(&stats.commands_ok),
+            0,
+            "only ARF configured"
+        );
+        let got = got.lock().unwrap().clone();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|m| m.contains("report-type=feedback-report")));
     }
 
     #[tokio::test]

@@ -490,7 +490,7 @@ impl Collector for Exposition {
         {
             let mut m = e.encode_descriptor(
                 "notifications",
-                "Lock notifications ([notify]) by outcome: dropped (queue full), duplicate, suppressed (max_per_hour), command ok/failed/killed, mail sent/failed.",
+                "Lock notifications ([notify]) by outcome: dropped (queue full), duplicate, suppressed (max_per_hour), command ok/failed/killed, mail sent/failed, ARF sent/failed.",
                 None,
                 MetricType::Counter,
             )?;
