@@ -42,7 +42,6 @@ pub fn post(config: &Config, path: &str, body: &str) -> Result<String, Failure> 
 /// only root and the daemon's user can read.
 fn request(config: &Config, method: &str, path: &str, body: Option<&str>) -> Result<String, Failure> {
     let addr = address(config)?;
-    let token = crate::ops::auth::read_token(&crate::ops::auth::token_path(config)).map_err(Failure::new)?;
     let unreachable = |e: std::io::Error| {
         Failure::new(format!(
             "cannot reach the status listener at {addr} (status.listen): {e}; is egress-milter running?"
@@ -51,6 +50,9 @@ fn request(config: &Config, method: &str, path: &str, body: Option<&str>) -> Res
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(unreachable)?;
     stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(unreachable)?;
     stream.set_write_timeout(Some(READ_TIMEOUT)).map_err(unreachable)?;
+    // Read once the daemon is known to listen: then an unreadable token is
+    // the problem to report.
+    let token = crate::ops::auth::read_token(&crate::ops::auth::token_path(config)).map_err(Failure::new)?;
     let body = body.unwrap_or("");
     let content = if method == "POST" {
         format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
