@@ -1123,3 +1123,27 @@ mod tests {
         assert!(locks.lookup("b@x", now).is_some());
     }
 }
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::*;
+
+    /// `@domain` and network entries match every identity they cover.
+    #[test]
+    fn domain_and_network_entries_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        std::fs::write(
+            &path,
+            "[[lock]]\nidentity = \"@example.com\"\nsource = \"manual\"\nlocked_at = \"2026-01-01T00:00:00Z\"\nreason = \"r\"\n\n[[lock]]\nidentity = \"203.0.113.0/24\"\nsource = \"manual\"\nlocked_at = \"2026-01-01T00:00:00Z\"\nreason = \"r\"\n",
+        )
+        .unwrap();
+        let locks = FileLocks::open(&path, Arc::new(|s: &str| s.trim().to_lowercase())).unwrap();
+        let now = SystemTime::now();
+        assert!(locks.lookup("dave@example.com", now).is_some());
+        assert!(locks.lookup("dave@example.org", now).is_none());
+        assert!(locks.lookup("203.0.113.9", now).is_some());
+        assert!(locks.lookup_client("203.0.113.9".parse().unwrap(), now).is_some());
+        assert!(locks.lookup_client("203.0.114.9".parse().unwrap(), now).is_none());
+    }
+}
