@@ -249,16 +249,11 @@ wait_socket() { # PATH WHAT [SECONDS]
     echo "$2: no socket $1" >&2
     return 1
 }
-rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
 
 # ----------------------------------------------------------------- Redis
-# Private, in memory only (no RDB, no AOF), loopback.
-start redis "$IN_CG" "$(cgdir redis)" /usr/bin/redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
-    --protected-mode yes --save "" --appendonly no --dir "$WORK/redis" --daemonize no \
-    --logfile "$WORK/redis.log" --databases 1
-for _ in $(seq 1 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
-rcli ping >/dev/null || { echo "redis-server did not start; $WORK/redis.log:" >&2; tail "$WORK/redis.log" >&2; exit 1; }
-REDIS_VERSION=$(rcli info server | sed -n 's/^redis_version:\([^\r]*\).*/\1/p')
+# Private, in memory only (no RDB, no AOF), loopback (redis_start in
+# bench/lib/common.sh; rcli talks to it).
+redis_start "$REDIS_PORT" "$WORK/redis" "$IN_CG" "$(cgdir redis)" || exit 1
 
 # ------------------------------------------------------------------ sink
 start sink "$IN_CG" "$(cgdir sink)" /usr/sbin/smtp-sink -c -u postfix "127.0.0.1:$SINK_PORT" 1024

@@ -116,6 +116,84 @@ async fn a_lock_is_written_before_it_refuses_and_a_restart_enforces_it() {
     assert!(p.stop().await.success());
 }
 
+/// Counters are saved at SIGTERM and restored at start, so a restart is no
+/// fresh quota; a damaged or stale state is said so, and the daemon starts
+/// with empty counters all the same.
+#[tokio::test]
+async fn counters_survive_a_clean_restart_but_not_a_damaged_or_stale_state() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, addr) = config_with_port(dir.path(), &fixture("escalation.toml").replace("3/1m", "3/1h"));
+    let state = dir.path().join("counters.state");
+    let send = |login: &'static str| async move { Mta::send(addr, &Msg::from_user(login)).await };
+    // The log of every run (they append to it), and of the runs since `from`.
+    let log_path = path.with_extension("log");
+    let all_logs = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log_of = |_: &Process, from: usize| all_logs()[from..].to_string();
+
+    let p = Process::start(&path, addr).await;
+    for _ in 0..3 {
+        assert!(send("alice@example.com").await.accepted());
+    }
+    assert!(!send("alice@example.com").await.accepted());
+    assert!(send("bob@example.com").await.accepted());
+    assert!(p.stop().await.success());
+    let log = all_logs();
+    // Three rules each for alice and bob (the lock rule counts attempts).
+    assert!(log.contains("counters saved") && log.contains("buckets=6"), "{log}");
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the hash key is for the daemon only");
+
+    // Restarted: alice's hour is still full, bob has room for two more.
+    let from = log.len();
+    let p = Process::start(&path, addr).await;
+    let out = send("alice@example.com").await;
+    let refusal = out.refusal().unwrap_or_default();
+    assert!(refusal.starts_with("451 4.7.1 Rate limit"), "{out:?}");
+    assert!(send("bob@example.com").await.accepted());
+    assert!(send("bob@example.com").await.accepted());
+    assert!(!send("bob@example.com").await.accepted());
+    let log = log_of(&p, from);
+    let line = log
+        .lines()
+        .find(|l| l.contains("counters restored"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("buckets=6") && line.contains("age=") && line.contains("counters.state"),
+        "{line}"
+    );
+    assert!(p.stop().await.success());
+
+    // A damaged file: logged, and empty counters.
+    let mut bytes = std::fs::read(&state).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&state, bytes).unwrap();
+    let from = all_logs().len();
+    let p = Process::start(&path, addr).await;
+    assert!(send("alice@example.com").await.accepted(), "{}", p.log_text());
+    let log = log_of(&p, from);
+    assert!(
+        log.contains(&format!(
+            "counters not restored from {}: checksum mismatch",
+            state.display()
+        )) && log.contains("starting with empty counters"),
+        "{log}"
+    );
+    assert!(p.stop().await.success());
+
+    // Older than state_max_age: logged, and empty counters.
+    let config = std::fs::read_to_string(&path).unwrap() + "\n[store]\nstate_max_age = \"1s\"\n";
+    std::fs::write(&path, config).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let from = all_logs().len();
+    let p = Process::start(&path, addr).await;
+    assert!(send("alice@example.com").await.accepted());
+    let log = log_of(&p, from);
+    assert!(log.contains("longer than store.state_max_age (1s)"), "{log}");
+    assert!(p.stop().await.success());
+}
+
 #[tokio::test]
 async fn dry_run_logs_what_it_would_do() {
     let dir = tempfile::tempdir().unwrap();

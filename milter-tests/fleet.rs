@@ -334,3 +334,49 @@ async fn the_shipped_redis_acl_lets_the_milter_do_its_work() {
         .unwrap();
     assert!(String::from_utf8_lossy(&other.stdout).contains("NOPERM"), "{other:?}");
 }
+
+/// The merge rule of docs/fleet.md, on the script itself: the later lock
+/// wins, an edit of the same lock replaces it, an unlock removes only the
+/// lock it saw.
+#[tokio::test]
+async fn the_merge_rule_keeps_the_later_lock_and_unlocks_only_what_was_seen() {
+    let Some(redis) = RedisServer::start() else { return };
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = ::redis::Script::new(include_str!("../src/store/locks.lua"));
+    let keys = ["m:{locks}:entries", "m:{locks}:log", "m:{locks}:version"];
+    let mut change = async |op: &str, at: u64, value: &str| -> Option<String> {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(k);
+        }
+        inv.arg("host-a").arg(op).arg("x@example.com").arg(at).arg(value);
+        let out: Vec<Option<String>> = inv.invoke_async(&mut conn).await.unwrap();
+        out.into_iter().next().flatten()
+    };
+    assert_eq!(change("put", 200, "200 B").await.as_deref(), Some("200 B"));
+    assert_eq!(
+        change("put", 100, "100 A").await.as_deref(),
+        Some("200 B"),
+        "an older lock does not replace a newer one"
+    );
+    assert_eq!(
+        change("put", 200, "200 B edited").await.as_deref(),
+        Some("200 B edited"),
+        "an edit of the same lock replaces it"
+    );
+    assert_eq!(
+        change("unlock", 100, "").await.as_deref(),
+        Some("200 B edited"),
+        "an unlock of an older lock leaves the newer one"
+    );
+    assert_eq!(
+        change("unlock", 200, "").await,
+        None,
+        "an unlock of the lock it saw removes it"
+    );
+    assert_eq!(change("unlock", 200, "").await, None, "unlocking nothing is harmless");
+    // Three changes (put, edit, unlock); the refused ones change nothing. Each is logged once.
+    assert_eq!(redis.cli(&["GET", "m:{locks}:version"]).trim(), "3");
+    assert_eq!(redis.cli(&["XLEN", "m:{locks}:log"]).trim(), "3");
+}

@@ -128,7 +128,9 @@ allow_service_starts
 # does not come up at the next boot either, and stopped, should a
 # policy-rc.d of the machine's own have let it start. A redis-server that
 # was installed before is the admin's and left as it is, running or not.
-redis_packages=(redis-server redis-tools)
+# redis-sentinel: for the failover test (milter-tests/fleet.rs); its
+# service is disabled the same way.
+redis_packages=(redis-server redis-tools redis-sentinel)
 
 install_redis() {
     local missing=() pkg
@@ -163,7 +165,7 @@ install_redis() {
         disable_system_redis
     fi
     local file
-    for file in /usr/bin/redis-server /usr/bin/redis-cli; do
+    for file in /usr/bin/redis-server /usr/bin/redis-cli /usr/bin/redis-sentinel; do
         if [ ! -x "$file" ]; then
             say "error: $file is missing after the install" >&2
             exit 1
@@ -171,21 +173,25 @@ install_redis() {
     done
 }
 
-# The system Redis the package set up: not started at boot, not running.
+# The system Redis (and Sentinel) the packages set up: not started at
+# boot, not running.
 disable_system_redis() {
-    if [ -e /lib/systemd/system/redis-server.service ] && command -v deb-systemd-helper >/dev/null; then
-        say "disabling redis-server.service (the tests run their own Redis)"
-        deb-systemd-helper disable redis-server.service >/dev/null 2>&1 || true
-    fi
-    if [ -e /etc/init.d/redis-server ] && command -v update-rc.d >/dev/null; then
-        update-rc.d redis-server disable >/dev/null 2>&1 || true
-    fi
-    if [ -d /run/systemd/system ]; then
-        systemctl stop redis-server.service >/dev/null 2>&1 || true
-    elif [ -x /etc/init.d/redis-server ] && /etc/init.d/redis-server status >/dev/null 2>&1; then
-        say "stopping the system Redis the package started"
-        /etc/init.d/redis-server stop >/dev/null 2>&1 || true
-    fi
+    local svc
+    for svc in redis-server redis-sentinel; do
+        if [ -e "/lib/systemd/system/$svc.service" ] && command -v deb-systemd-helper >/dev/null; then
+            say "disabling $svc.service (the tests run their own)"
+            deb-systemd-helper disable "$svc.service" >/dev/null 2>&1 || true
+        fi
+        if [ -e "/etc/init.d/$svc" ] && command -v update-rc.d >/dev/null; then
+            update-rc.d "$svc" disable >/dev/null 2>&1 || true
+        fi
+        if [ -d /run/systemd/system ]; then
+            systemctl stop "$svc.service" >/dev/null 2>&1 || true
+        elif [ -x "/etc/init.d/$svc" ] && "/etc/init.d/$svc" status >/dev/null 2>&1; then
+            say "stopping the system $svc the package started"
+            "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+        fi
+    done
 }
 
 # --------------------------------------------------------------- Sendmail

@@ -143,6 +143,8 @@ check "Postfix examples in /usr/share/doc/egress-milter/examples/postfix" \
     has_entry -rw-r--r-- root/root ./usr/share/doc/egress-milter/examples/postfix/main.cf.milter
 check "Sendmail example in /usr/share/doc/egress-milter/examples/sendmail (docs/sendmail.md includes it)" \
     has_entry -rw-r--r-- root/root ./usr/share/doc/egress-milter/examples/sendmail/egress-milter.mc
+check "Redis settings for a fleet in /usr/share/doc/egress-milter/examples/redis (docs/fleet.md includes them)" \
+    has_entry -rw-r--r-- root/root ./usr/share/doc/egress-milter/examples/redis/egress-milter.conf
 check "no file outside /etc, /usr (the state directory is made by postinst)" \
     eval '! awk '\''$6 !~ /^\.\/(etc|usr)(\/|$)/ && $6 != "./"'\'' "$work/contents" | grep -q .'
 

@@ -240,7 +240,8 @@ that a restart is needed.
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR
 Stop: accept no new MTA connections, let the open sessions finish, write the
-locks not yet written to the lock list, and exit with status 0.
+locks not yet written to the lock list, save the rate counters (see
+\fI/var/lib/egress-milter/counters.state\fR below), and exit with status 0.
 .SH "EXIT STATUS"
 .TP
 \fB0\fR
@@ -272,6 +273,12 @@ The configuration file (a conffile of the Debian package: kept on upgrade).
 \fI/var/lib/egress-milter/locks.toml\fR
 The lock list, as the packaged configuration names it. Writers take a lock
 on \fI/var/lib/egress-milter/locks.toml.lock\fR.
+.TP
+\fI/var/lib/egress-milter/counters.state\fR
+The rate counters, saved at a clean stop and read back at start so that a
+restart or an upgrade hands no sender a fresh quota (\fBstate_file\fR in the
+\fB[store]\fR table; ignored when older than \fBstate_max_age\fR). Mode 0600:
+it holds the key that hashes identities to their counters.
 .TP
 \fI/var/spool/postfix/egress-milter/milter.sock\fR
 The milter socket of the packaged configuration. Its directory is made by

@@ -5,7 +5,7 @@
 //! The running daemon: state, background tasks, reload and shutdown.
 
 use crate::clock::Clock;
-use crate::config::{Config, StoreBackend};
+use crate::config::{Config, StoreBackend, format_duration};
 use crate::locks::FileLocks;
 use crate::milter::listener::MilterListener;
 use crate::milter::watchdog::{Guard, Timeouts};
@@ -14,11 +14,13 @@ use crate::notify::{self, Notifier};
 use crate::ops::fleet_top::FleetTop;
 use crate::ops::metrics::Observer;
 use crate::ops::{auth, status};
+use crate::policy::saved::SavedCounters;
 use crate::policy::{self, Counters, CurrentPolicy, Policy, snapshot};
 use crate::store::StoreStats;
 use crate::store::counters::RedisCounters;
 use crate::store::link::RedisLink;
-use crate::store::lock_sync::LockSync;
+use crate::store::lock_sync::{ForgetHook, LockSync};
+use crate::store::state_file;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -102,6 +104,21 @@ fn forget(counters: &Arc<Counters>, ids: &[String]) {
     }
 }
 
+/// [`forget`], waiting for Redis to have cleared the counters (bounded by
+/// the store's timeout): for an unlock that takes effect after it.
+async fn forget_now(counters: &Arc<Counters>, ids: &[String]) {
+    for id in ids {
+        counters.forget(id);
+    }
+    if let Some(shared) = counters.shared() {
+        for id in ids {
+            if let Err(e) = shared.forget(id, policy::shared_group_of(id)).await {
+                warn!(identity = %id, "cannot clear the identity's counters on Redis: {e}");
+            }
+        }
+    }
+}
+
 /// The counters `[store]` asks for: in memory, or shared on Redis with
 /// in-memory ones as the fallback.
 async fn counters_for(config: &Config, clock: &Clock) -> std::io::Result<(Arc<Counters>, Option<Arc<RedisLink>>)> {
@@ -139,21 +156,37 @@ pub async fn run(
     let config = Arc::new(config);
     let observer = observer_for(&config, &clock);
     let (notifier, notify_rx) = Notifier::channel(notify::QUEUE_CAPACITY);
-    let (counters, link) = counters_for(&config, &clock).await?;
+    // Read at start, written at the stop (a restart-only parameter).
+    let state_path = (config.store.backend == StoreBackend::Memory).then(|| config.state_file());
+    let saved = match &state_path {
+        Some(path) => load_counters(path.clone(), &config, &clock).await,
+        None => None,
+    };
+    let (counters, link) = match &saved {
+        Some((saved, _)) => (Counters::with_key(clock.clone(), saved.hash_key()), None),
+        None => counters_for(&config, &clock).await?,
+    };
     let notifications = notifier.stats().clone();
     let reporting = Reporting {
         observer: observer.clone(),
         notifier: Some(notifier),
     };
     let policy = Arc::new(Policy::new(config.clone(), counters.clone(), locks.clone()));
+    if let (Some(path), Some((saved, age))) = (&state_path, saved) {
+        restore_counters(path, &counters, &locks, saved, age);
+    }
     let current: CurrentPolicy = Arc::new(RwLock::new(policy));
     let stop = Stop::new();
 
     let writer = spawn_lock_tasks(&config, &locks, &counters, &stop);
     let lock_sync = link.as_ref().map(|link| {
-        let sync = LockSync::new(link.clone(), locks.clone(), &config.store.prefix);
         let counters = counters.clone();
-        tokio::spawn(sync.run(move |ids: &[String]| forget(&counters, ids), stop.signal()))
+        let forget: ForgetHook = Box::new(move |ids| {
+            let counters = counters.clone();
+            Box::pin(async move { forget_now(&counters, &ids).await })
+        });
+        let sync = LockSync::new(link.clone(), locks.clone(), &config.store.prefix, forget);
+        tokio::spawn(sync.run(stop.signal()))
     });
     tokio::spawn(housekeeping(
         counters.clone(),
@@ -228,6 +261,13 @@ pub async fn run(
     .await;
     info!("stopped accepting connections; writing pending locks");
     stop.now();
+    // The sessions are over: the counters are final. Saved beside the
+    // lock writer's last batch, before waiting on notifications, which may
+    // take up to their timeouts.
+    let saving = state_path.map(|path| {
+        let (counters, locks) = (counters.clone(), locks.clone());
+        tokio::task::spawn_blocking(move || save_counters(&path, &counters, &locks))
+    });
     if let Err(e) = writer.await {
         error!("lock list writer did not finish: {e}");
     }
@@ -236,10 +276,87 @@ pub async fn run(
     {
         error!("lock sync did not finish: {e}");
     }
+    if let Some(saving) = saving {
+        match saving.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!("counters not saved to {e}"),
+            Err(e) => error!("counters not saved: {e}"),
+        }
+    }
     if let Err(e) = notify_task.await {
         error!("lock notifier did not finish: {e}");
     }
     result
+}
+
+/// The counters saved by the last clean stop, with their age, if they are
+/// usable; why not is logged, and the daemon starts with empty counters.
+async fn load_counters(path: PathBuf, config: &Config, clock: &Clock) -> Option<(SavedCounters, Duration)> {
+    let max_age = config.store.state_max_age.0;
+    let now = clock.wall_now();
+    let shown = path.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<Option<SavedCounters>, String> {
+        if let Err(e) = state_file::check_writable(&path) {
+            warn!(
+                "cannot write in the directory of the counters' state file ({}): {e}; counters will not survive a restart",
+                path.display()
+            );
+        }
+        match state_file::read(&path).map_err(|e| e.to_string())? {
+            Some(bytes) => SavedCounters::decode(&bytes).map(Some).map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    })
+    .await;
+    let why = match read {
+        Ok(Ok(Some(saved))) => match saved.age(now, max_age) {
+            Ok(age) => return Some((saved, age)),
+            Err(e) => e.to_string(),
+        },
+        Ok(Ok(None)) => {
+            info!(file = %shown.display(), "no saved counters: starting with empty counters");
+            return None;
+        }
+        Ok(Err(e)) => e,
+        Err(e) => e.to_string(),
+    };
+    warn!(
+        "counters not restored from {}: {why}; starting with empty counters",
+        shown.display()
+    );
+    None
+}
+
+/// Puts the saved buckets back into the limiters of the first policy.
+fn restore_counters(path: &Path, counters: &Counters, locks: &FileLocks, saved: SavedCounters, age: Duration) {
+    let locked: Vec<String> = locks.entries().iter().map(|e| e.identity.clone()).collect();
+    let saved_buckets = saved.buckets();
+    match counters.import(saved, age, &locked) {
+        Ok(r) => info!(
+            file = %path.display(),
+            buckets = r.buckets,
+            saved = saved_buckets,
+            age = %format_duration(age),
+            rules_changed = r.dropped,
+            unlocked = r.unlocked,
+            "counters restored"
+        ),
+        Err(e) => warn!(
+            "counters not restored from {}: {e}; starting with empty counters",
+            path.display()
+        ),
+    }
+}
+
+/// Writes the counters to the state file, for the next start.
+fn save_counters(path: &Path, counters: &Counters, locks: &FileLocks) -> Result<(), String> {
+    let locked: Vec<String> = locks.entries().iter().map(|e| e.identity.clone()).collect();
+    let saved = counters.export(&locked);
+    let bytes = saved.encode();
+    state_file::write(path, &bytes)
+        .map_err(|e| format!("{}: {e}; the next start begins with empty counters", path.display()))?;
+    info!(file = %path.display(), buckets = saved.buckets(), bytes = bytes.len(), "counters saved");
+    Ok(())
 }
 
 async fn reload_config(

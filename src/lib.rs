@@ -20,7 +20,8 @@
 //!   automatic locking; [`policy::identity`] (who is sending),
 //!   [`policy::limiter`] (keyed GCRA buckets with peek and commit),
 //!   [`policy::locked`] (what a locked identity may do at each stage),
-//!   [`policy::reply`] (SMTP reply templates);
+//!   [`policy::reply`] (SMTP reply templates), [`policy::saved`] (the
+//!   counters' save format, for a restart);
 //! - [`locks`]: locks in force, the background writer and the file watcher;
 //!   [`locks::file`] is the lock list's format and atomic, locked updates;
 //! - [`config`]: the TOML configuration, value types ([`config::model`]),
@@ -42,6 +43,8 @@
 //!   listener and its typed answers ([`ops::api`], shared with the CLI);
 //! - [`notify`]: lock notifications (command and mail);
 //! - [`daemon`]: wires it all, runs the background tasks, reload, shutdown;
+//! - [`store`]: where counters outlive the process ([`store::state_file`]:
+//!   the memory backend's counters, saved at a clean stop, read at start);
 //! - [`logging`]: text or JSON logs on stderr.
 //!
 //! The command line:

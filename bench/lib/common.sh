@@ -62,3 +62,31 @@ stop_pid() {
     for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
     kill -9 "$1" 2>/dev/null || true
 }
+
+# redis_start PORT DIR [WRAPPER...]: a private redis-server on 127.0.0.1:PORT,
+# in memory only (no RDB snapshots, no AOF), one database, its log in
+# DIR/redis.log; started through WRAPPER (e.g. a cgroup helper) if given, as
+# "redis" (PID_redis). Sets REDIS_PORT (for rcli) and REDIS_VERSION; fails
+# if it does not answer PING within 10 s. REDIS_EXTRA: more redis-server
+# options (split on blanks), e.g. "--unixsocket PATH --unixsocketperm 700".
+redis_start() {
+    REDIS_PORT=$1 redis_dir=$2; shift 2
+    mkdir -p "$redis_dir"
+    # shellcheck disable=SC2086
+    start redis "$@" /usr/bin/redis-server --port "$REDIS_PORT" --bind 127.0.0.1 \
+        --protected-mode yes --save "" --appendonly no --dir "$redis_dir" --daemonize no \
+        --logfile "$redis_dir/redis.log" --databases 1 ${REDIS_EXTRA:-}
+    for _ in $(seq 1 100); do rcli ping >/dev/null 2>&1 && break; sleep 0.1; done
+    rcli ping >/dev/null 2>&1 || {
+        echo "redis-server did not start; $redis_dir/redis.log:" >&2
+        tail "$redis_dir/redis.log" >&2
+        return 1
+    }
+    REDIS_VERSION=$(redis_info server redis_version)
+}
+
+# rcli ARGS...: redis-cli against the private Redis of redis_start.
+rcli() { redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@"; }
+
+# redis_info SECTION FIELD: one field of INFO SECTION.
+redis_info() { rcli info "$1" | tr -d '\r' | sed -n "s/^$2:\(.*\)/\1/p"; }

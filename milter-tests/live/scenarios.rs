@@ -945,6 +945,60 @@ fn restart_under_traffic_keeps_locks_and_postfix_reconnects() {
     assert_eq!(live.milter.locks().entries.len(), 1);
 }
 
+/// The memory backend's counters outlive a clean restart: an account sends
+/// its three messages an hour through Postfix, egress-milter is stopped
+/// with SIGTERM (which saves the counters) and started again, and its next
+/// message is still refused with 451 at MAIL FROM, for the rest of the
+/// hour, instead of finding a fresh quota. Another account keeps what it
+/// had left (two of three), and nothing was locked.
+#[test]
+fn memory_counters_survive_a_restart() {
+    if skip_unless_live() {
+        return;
+    }
+    let mut live = Live::start(MilterConfig::fixture("small-limits.toml"));
+    let (alice, bob) = ("alice@example.com", "bob@example.com");
+    live.submit_many(alice, "before-restart", 3)
+        .iter()
+        .for_each(assert_accepted);
+    assert_accepted(&live.send(&live.submission(bob, &["rcpt@remote.test"], "bob-before-restart")));
+
+    live.milter.restart();
+    assert!(
+        live.milter.log().contains("counters saved"),
+        "{}",
+        live.milter.log_tail(20)
+    );
+    // Three rules count each of the two accounts.
+    let started = live.milter.log_since_start();
+    let restored = started
+        .lines()
+        .find(|l| l.contains("counters restored"))
+        .unwrap_or_else(|| panic!("no restore logged:\n{started}"));
+    assert!(restored.contains("buckets=6"), "{restored}");
+
+    let outcome = live.send(&live.submission(alice, &["rcpt@remote.test"], "alice-after-restart"));
+    assert_refused(
+        &outcome,
+        Stage::MailFrom,
+        451,
+        "4.7.1",
+        &throttled_text("messages-per-hour", alice),
+    );
+    let outcomes = live.submit_many(bob, "bob-after-restart", 3);
+    outcomes[..2].iter().for_each(assert_accepted);
+    assert_refused(
+        &outcomes[2],
+        Stage::MailFrom,
+        451,
+        "4.7.1",
+        &throttled_text("messages-per-hour", bob),
+    );
+    live.assert_all_delivered(3 + 1 + 2);
+    assert!(!live.was_delivered("alice-after-restart"));
+    assert!(live.milter.locks().entries.is_empty());
+}
+
 /// Sets the flag when dropped.
 struct StopOnDrop<'a>(&'a AtomicBool);
 

@@ -290,7 +290,7 @@ impl Default for LocksConfig {
     fn default() -> Self {
         Self {
             file: PathBuf::from("/var/lib/egress-milter/locks.toml"),
-            poll_interval: DurationValue(Duration::from_millis(500)),
+            poll_interval: DurationValue(Duration::from_millis(250)),
             auto_lock_duration: None,
             locked_action: LockedAction::Reject,
             allow_recipients: vec!["postmaster".into(), "abuse".into()],
@@ -329,6 +329,12 @@ pub struct StoreConfig {
     /// Hosts sharing the counters: while Redis is unavailable each host
     /// allows a rule's count divided by this (at least 1).
     pub fleet_size: u32,
+    /// Memory backend: where the counters are saved at a clean stop and
+    /// read back at start; absent: `counters.state` beside `locks.file`
+    /// (see [`Config::state_file`]).
+    pub state_file: Option<PathBuf>,
+    /// Memory backend: a saved state older than this is ignored at start.
+    pub state_max_age: DurationValue,
 }
 
 impl Default for StoreConfig {
@@ -345,18 +351,10 @@ impl Default for StoreConfig {
             timeout: DurationValue(Duration::from_millis(200)),
             retry_interval: DurationValue(Duration::from_secs(1)),
             fleet_size: 1,
+            state_file: None,
+            state_max_age: DurationValue(Duration::from_secs(86_400)),
         }
     }
-}
-
-/// `store.backend`.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum StoreBackend {
-    /// In this process; one host needs nothing else.
-    Memory,
-    /// Shared by a fleet of MTAs on Redis (or Valkey).
-    Redis,
 }
 
 /// `[status]`: the HTTP status listener (metrics, health, activity API).
@@ -486,12 +484,27 @@ impl Config {
         })?;
         let mut config = Self::parse(&text, path)?;
         // Relative paths are relative to the configuration file.
-        if config.locks.file.is_relative()
-            && let Some(dir) = path.parent()
-        {
-            config.locks.file = dir.join(&config.locks.file);
+        if let Some(dir) = path.parent() {
+            if config.locks.file.is_relative() {
+                config.locks.file = dir.join(&config.locks.file);
+            }
+            if let Some(state) = config.store.state_file.as_mut()
+                && state.is_relative()
+            {
+                *state = dir.join(&*state);
+            }
         }
         Ok(config)
+    }
+
+    /// Where the memory backend saves its counters: `store.state_file`, or
+    /// `counters.state` in the directory of the lock list, which the daemon
+    /// already needs to be able to write.
+    pub fn state_file(&self) -> PathBuf {
+        match &self.store.state_file {
+            Some(path) => path.clone(),
+            None => self.locks.file.with_file_name("counters.state"),
+        }
     }
 
     /// Parses and validates configuration text; `path` is used in errors.
@@ -583,6 +596,14 @@ impl Config {
         if self.locks.file != new.locks.file {
             changed.push("locks.file");
         }
+        if self.store.backend != new.store.backend {
+            changed.push("store.backend");
+        }
+        // Read at start and written at stop: the stop after a change still
+        // saves where the running daemon restored from.
+        if self.state_file() != new.state_file() {
+            changed.push("store.state_file");
+        }
         if self.locks.poll_interval != new.locks.poll_interval {
             changed.push("locks.poll_interval");
         }
@@ -604,8 +625,15 @@ impl Config {
         if self.status.max_connections != new.status.max_connections {
             changed.push("status.max_connections");
         }
-        if self.store != new.store {
-            changed.push("store");
+        // The Redis settings (backend and state file are named above).
+        let redis = |c: &Config| StoreConfig {
+            backend: StoreBackend::Memory,
+            state_file: None,
+            state_max_age: DurationValue(Duration::ZERO),
+            ..c.store.clone()
+        };
+        if redis(self) != redis(new) {
+            changed.push("store (Redis settings)");
         }
         // The activity registry (recent queue ids in notifications) starts
         // with the daemon when [status] or [notify] is configured.
@@ -915,6 +943,54 @@ mod tests {
         let e = err("idle_timeout = \"8d\"\n");
         assert_eq!(e.message, "must be between 1s and 7d");
         assert!(err("idle_timeout = \"500ms\"\n").message.contains("between 1s and 7d"));
+    }
+
+    #[test]
+    fn the_store_keeps_counters_in_memory_beside_the_lock_list_by_default() {
+        let c = parse("[locks]\nfile = \"/var/lib/em/locks.toml\"\n").unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Memory);
+        assert_eq!(c.state_file(), Path::new("/var/lib/em/counters.state"));
+        assert_eq!(c.store.state_max_age.0, Duration::from_secs(86_400));
+        let c =
+            parse("[store]\nstate_file = \"/srv/c.state\"\nstate_max_age = \"2h\"\nbackend = \"memory\"\n").unwrap();
+        assert_eq!(c.state_file(), Path::new("/srv/c.state"));
+        assert_eq!(c.store.state_max_age.0, Duration::from_secs(7200));
+        let e = err("mode = \"enforce\"\n[store]\nbackend = \"redis\"\nurl = \"http://redis:6379\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("store.url")), "{e}");
+        assert!(e.message.contains("is not a Redis URL"), "{e}");
+        let e = err("[store]\nbackend = \"etcd\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("store.backend")), "{e}");
+        let e = err("[store]\nstate_max_age = \"0s\"\n");
+        assert_eq!(e.key.as_deref(), Some("store.state_max_age"), "{e}");
+        let e = err("[store]\nstate_fil = \"x\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("store.state_fil")), "{e}");
+        let e = err("[locks]\nfile = \"/v/l.toml\"\n[store]\nstate_file = \"/v/l.toml\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("store.state_file")), "{e}");
+        assert!(e.message.contains("is the lock list"), "{e}");
+        let e = err("[store]\nstate_file = \"/v/\"\n");
+        assert!(e.message.contains("does not name a file"), "{e}");
+    }
+
+    #[test]
+    fn a_relative_state_file_is_beside_the_config_and_changing_it_takes_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        std::fs::write(
+            &path,
+            "[locks]\nfile = \"l.toml\"\n[store]\nstate_file = \"s/c.state\"\n",
+        )
+        .unwrap();
+        let c = Config::read(&path).unwrap();
+        assert_eq!(c.state_file(), dir.path().join("s/c.state"));
+        std::fs::write(&path, "[locks]\nfile = \"l.toml\"\n").unwrap();
+        let d = Config::read(&path).unwrap();
+        assert_eq!(d.state_file(), dir.path().join("counters.state"));
+        assert_eq!(c.restart_needed(&d), ["store.state_file"]);
+        let e = parse("[store]\nstate_max_age = \"1h\"\n").unwrap();
+        assert!(
+            parse("").unwrap().restart_needed(&e).is_empty(),
+            "read at the next start anyway"
+        );
     }
 
     #[test]

@@ -320,6 +320,27 @@ pub enum LockedAction {
     Hold,
 }
 
+/// Where the rate counters live (`store.backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreBackend {
+    /// In this process; saved to `store.state_file` at a clean stop and
+    /// restored at start.
+    #[default]
+    Memory,
+    /// In Redis, shared by a fleet of MTAs.
+    Redis,
+}
+
+impl fmt::Display for StoreBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreBackend::Memory => "memory",
+            StoreBackend::Redis => "redis",
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogFormat {

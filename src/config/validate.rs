@@ -51,15 +51,12 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
     overrides(config)?;
     replies(&config.replies)?;
     locks(&config.locks)?;
-    store(&config.store)?;
+    store(config)?;
     config.notify.validate()
 }
 
-/// `[store]`: the Redis address, timeouts and the fleet size.
-fn store(store: &StoreConfig) -> Result<(), Violation> {
-    if store.backend == StoreBackend::Memory {
-        return Ok(());
-    }
+/// `[store]` with `backend = "redis"`: the address, timeouts, fleet size.
+fn redis_store(store: &StoreConfig) -> Result<(), Violation> {
     match (&store.sentinel_master, store.sentinels.is_empty()) {
         (Some(_), true) => {
             return fail(
@@ -394,6 +391,29 @@ fn locks(locks: &LocksConfig) -> Result<(), Violation> {
                 format!("\"{domain}\" is not a domain name (write \"example.com\", without \"@\")"),
             );
         }
+    }
+    Ok(())
+}
+
+/// `[store]`: a backend this build has, and a state file of its own.
+fn store(config: &Config) -> Result<(), Violation> {
+    if config.store.backend == StoreBackend::Redis {
+        return redis_store(&config.store);
+    }
+    let state = config.state_file();
+    if state.file_name().is_none() || state.as_os_str().to_string_lossy().ends_with('/') {
+        return fail(
+            0..0,
+            "store.state_file",
+            format!("\"{}\" does not name a file", state.display()),
+        );
+    }
+    if state == config.locks.file {
+        return fail(
+            0..0,
+            "store.state_file",
+            "is the lock list (locks.file): the counters need a file of their own".into(),
+        );
     }
     Ok(())
 }

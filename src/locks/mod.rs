@@ -331,6 +331,23 @@ impl FileLocks {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
+        // Enforced first, written next: a lock the fleet set is in force
+        // here before its line is in the file (it is on Redis already).
+        let before = self.active();
+        {
+            let mut active = match self.active.write() {
+                Ok(a) => a,
+                Err(p) => p.into_inner(),
+            };
+            let map = Arc::make_mut(&mut *active);
+            for (identity, entry) in changes {
+                match entry {
+                    Some(e) => map.insert(identity.clone(), Arc::new(e.clone())),
+                    None => map.remove(identity),
+                };
+            }
+            self.version.fetch_add(1, Ordering::Relaxed);
+        }
         let mut snapshot = lock(&self.written);
         lockfile::update_cached(&self.path, &*self.normalise, &mut snapshot, |list| {
             for (identity, entry) in changes {
@@ -350,7 +367,7 @@ impl FileLocks {
             return Ok(Vec::new());
         };
         *lock(&self.seen) = written.fingerprint;
-        let old = self.install(written.list.clone());
+        self.install(written.list.clone());
         let new = self.active();
         for (identity, entry) in changes {
             // A lock of this host not yet written that the fleet replaced or
@@ -363,7 +380,7 @@ impl FileLocks {
                 self.pending.remove(identity);
             }
         }
-        Ok(lifted(&old, &new, SystemTime::now()))
+        Ok(lifted(&before, &new, SystemTime::now()))
     }
 
     /// Number of locks set by the daemon and not yet written.

@@ -353,6 +353,58 @@ pub struct Cell {
     pub cur: u32,
 }
 
+/// A [`Cell`] with its times taken relative to one instant, for a save
+/// that is restored on another monotonic clock (a restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SavedCell {
+    /// [`Cell::tat`] minus the instant, in nanoseconds (negative: before it).
+    pub tat: i64,
+    /// [`Cell::prev_tat`] minus the instant.
+    pub prev_tat: i64,
+    /// [`Cell::end`] minus the instant.
+    pub end: i64,
+    pub prev: u32,
+    pub cur: u32,
+}
+
+impl Cell {
+    /// The cell with its times relative to `now`.
+    pub fn saved_at(&self, now: u64) -> SavedCell {
+        let rel = |t: u64| {
+            let d = i128::from(t) - i128::from(now);
+            i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
+        };
+        SavedCell {
+            tat: rel(self.tat),
+            prev_tat: rel(self.prev_tat),
+            end: rel(self.end),
+            prev: self.prev,
+            cur: self.cur,
+        }
+    }
+}
+
+impl SavedCell {
+    /// The cell, saved `ago` before `now`, on the time line of `now`. A
+    /// time that would fall before zero becomes zero, which can only make
+    /// it count longer; see [`crate::clock::MONOTONIC_ORIGIN`] for why that
+    /// takes decades.
+    pub fn restored(&self, now: u64, ago: Duration) -> Cell {
+        let base = i128::from(now) - i128::try_from(ago.as_nanos()).unwrap_or(i128::MAX);
+        let abs = |rel: i64| {
+            let t = base.saturating_add(i128::from(rel));
+            u64::try_from(t.max(0)).unwrap_or(u64::MAX)
+        };
+        Cell {
+            tat: abs(self.tat),
+            prev_tat: abs(self.prev_tat),
+            end: abs(self.end),
+            prev: self.prev,
+            cur: self.cur,
+        }
+    }
+}
+
 /// What the policy needs of a rule's counters, one bucket per key. It is
 /// deliberately narrow so that a shared backend for a fleet of MTAs can stand
 /// in for the in-memory [`KeyedLimiter`].
@@ -371,6 +423,19 @@ pub trait RateBuckets: Send + Sync {
     fn evict_idle(&self) -> usize;
     /// Number of keys with a bucket of their own.
     fn tracked(&self) -> usize;
+    /// The buckets that are not idle, with their times relative to now, to
+    /// carry them over a restart. A backend that keeps its counters outside
+    /// the process has nothing to save.
+    fn save(&self) -> Vec<(BucketKey, SavedCell)> {
+        Vec::new()
+    }
+    /// Puts back buckets that [`RateBuckets::save`] gave `ago` ago (in wall
+    /// time), replacing what those keys hold; returns how many were put
+    /// back, leaving out those that have gone idle since.
+    fn restore(&self, cells: &[(BucketKey, SavedCell)], ago: Duration) -> usize {
+        let _ = (cells, ago);
+        0
+    }
 }
 
 /// A hasher for keys that are already uniformly distributed hashes.
@@ -422,7 +487,7 @@ impl KeyedLimiter {
     }
 
     fn now(&self) -> u64 {
-        self.clock.elapsed_nanos()
+        self.clock.monotonic_nanos()
     }
 
     fn cell(&self, key: BucketKey) -> Cell {
@@ -503,6 +568,31 @@ impl RateBuckets for KeyedLimiter {
 
     fn tracked(&self) -> usize {
         self.tracked.load(Ordering::Relaxed)
+    }
+
+    fn save(&self) -> Vec<(BucketKey, SavedCell)> {
+        let now = self.now();
+        self.map
+            .iter()
+            .filter(|c| !self.limit.is_idle(*c.value(), now))
+            .map(|c| (*c.key(), c.value().saved_at(now)))
+            .collect()
+    }
+
+    fn restore(&self, cells: &[(BucketKey, SavedCell)], ago: Duration) -> usize {
+        let now = self.now();
+        let mut restored = 0;
+        for &(key, saved) in cells {
+            let cell = saved.restored(now, ago);
+            if self.limit.is_idle(cell, now) {
+                continue;
+            }
+            if self.map.insert(key, cell).is_none() {
+                self.tracked.fetch_add(1, Ordering::Relaxed);
+            }
+            restored += 1;
+        }
+        restored
     }
 }
 
@@ -644,6 +734,64 @@ mod tests {
         lim.forget(5);
         assert_eq!(lim.tracked(), 0);
         assert!(lim.commit(5, 1).is_allowed());
+    }
+
+    #[test]
+    fn saved_buckets_restore_on_a_new_clock_moved_by_the_time_between() {
+        let clock = Clock::manual();
+        clock.advance(Duration::from_secs(5000));
+        let lim = per_minute(3, &clock);
+        assert!(lim.commit(7, 3).is_allowed());
+        assert!(lim.commit(8, 1).is_allowed());
+        clock.advance(Duration::from_secs(30));
+        assert!(lim.commit(9, 2).is_allowed());
+        let mut saved = lim.save();
+        saved.sort_by_key(|&(k, _)| k);
+        assert_eq!(saved.iter().map(|&(k, _)| k).collect::<Vec<_>>(), [7, 8, 9]);
+
+        // A new process: its clock starts again, 20 s of wall time later.
+        let clock = Clock::manual();
+        let lim = per_minute(3, &clock);
+        assert_eq!(lim.restore(&saved, Duration::from_secs(20)), 3);
+        assert_eq!(lim.tracked(), 3);
+        // Key 7 filled its window 50 s ago: 10 s to go, to the nanosecond.
+        assert_eq!(retry_in(lim.peek(7, 1)), Duration::from_secs(10));
+        assert_eq!(lim.usage(9).used, 2);
+        assert_eq!(lim.usage(9).reset_in, Duration::from_secs(40));
+        clock.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+        assert!(!lim.commit(7, 1).is_allowed());
+        clock.advance(Duration::from_nanos(1));
+        assert_eq!(lim.commit(7, 3), Outcome::Allowed { remaining: 0 });
+
+        // What went idle while the daemon was down is left out.
+        let lim = per_minute(3, &Clock::manual());
+        assert_eq!(lim.restore(&saved, Duration::from_secs(60)), 0);
+        assert_eq!(lim.tracked(), 0);
+        // An idle bucket is not saved.
+        let clock = Clock::manual();
+        let lim = per_minute(3, &clock);
+        assert!(lim.commit(1, 1).is_allowed());
+        clock.advance(MINUTE);
+        assert!(lim.save().is_empty());
+    }
+
+    #[test]
+    fn saved_times_out_of_range_clamp_to_counting_longer() {
+        let cell = Cell {
+            tat: u64::MAX,
+            prev_tat: 0,
+            end: 5,
+            prev: 1,
+            cur: 2,
+        };
+        let saved = cell.saved_at(1 << 60);
+        assert_eq!(
+            (saved.tat, saved.prev_tat, saved.end),
+            (i64::MAX, -(1 << 60), 5 - (1 << 60))
+        );
+        let back = saved.restored(10, Duration::from_secs(1));
+        assert_eq!((back.prev_tat, back.end, back.prev, back.cur), (0, 0, 1, 2));
+        assert_eq!(saved.restored(1 << 60, Duration::ZERO).end, 5);
     }
 
     #[test]

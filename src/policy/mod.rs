@@ -10,6 +10,7 @@ pub mod identity;
 pub mod limiter;
 pub mod locked;
 pub mod reply;
+pub mod saved;
 pub mod shared;
 
 use crate::clock::Clock;
@@ -19,10 +20,11 @@ use crate::locks::file::{LockEntry, LockSource, Timestamp};
 use crate::locks::{LockStore, Ticket};
 use crate::policy::identity::Identity;
 use crate::policy::limiter::{BucketKey, KeyedLimiter, Limit, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
+pub use crate::policy::saved::{HashKey, SavedCounters};
 use crate::policy::shared::{OpAnswer, OpKind, SharedCounters, SharedOp};
+use siphasher::sip::SipHasher13;
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,8 +38,13 @@ const COMMIT_STRIPES: usize = 64;
 /// Counter state that outlives configuration reloads.
 pub struct Counters {
     clock: Clock,
-    /// Keyed hash of identities to bucket keys; random per process.
-    hasher: std::hash::RandomState,
+    /// Hashes identities to bucket keys (SipHash-1-3, as std's
+    /// `RandomState`, keyed so that no one can aim identities at one
+    /// bucket or at one shard of the maps). The key is random when the
+    /// counters start empty and the saved one when they are restored, so a
+    /// restored bucket is found by the identity it belongs to.
+    hash_key: HashKey,
+    hasher: SipHasher13,
     stripes: Box<[Mutex<()>]>,
     /// Limiters by what they count, so a reload keeps the counts of every
     /// rule whose definition did not change.
@@ -70,8 +77,10 @@ impl LimiterId {
     /// The name of this counter in a shared store: it changes whenever the
     /// rule's definition does (as the in-memory registry's key does), so
     /// hosts running different versions of a rule never share a bucket.
+    /// It is a 64-bit FNV-1a hash of the definition, in hex: a field name
+    /// is stored once per identity and rule, so it is kept short.
     fn shared_name(&self) -> String {
-        format!(
+        let definition = format!(
             "{}|{}|{}|{}/{}ms|{}",
             self.rule,
             self.count,
@@ -79,7 +88,11 @@ impl LimiterId {
             self.rate.count,
             self.rate.window.as_millis(),
             self.burst.map_or(0, NonZeroU32::get),
-        )
+        );
+        let hash = definition.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("{hash:016x}")
     }
 }
 
@@ -94,18 +107,31 @@ struct Counter {
 }
 
 impl Counters {
-    /// In-memory counters (see [`crate::limiter`]).
+    /// In-memory counters (see [`crate::limiter`]), empty, with a fresh
+    /// hash key.
     pub fn new(clock: Clock) -> Arc<Self> {
-        Self::with_factory(
+        Self::with_key(clock, HashKey::random())
+    }
+
+    /// In-memory counters hashing identities with `hash_key`: the key of a
+    /// saved state, before [`Counters::import`] restores it.
+    pub fn with_key(clock: Clock, hash_key: HashKey) -> Arc<Self> {
+        Self::build(
             clock,
+            hash_key,
             Box::new(|limit, clock| Arc::new(KeyedLimiter::new(limit, clock.clone()))),
         )
     }
 
     pub fn with_factory(clock: Clock, factory: BucketsFactory) -> Arc<Self> {
+        Self::build(clock, HashKey::random(), factory)
+    }
+
+    fn build(clock: Clock, hash_key: HashKey, factory: BucketsFactory) -> Arc<Self> {
         Arc::new(Self {
             clock,
-            hasher: std::hash::RandomState::new(),
+            hasher: hash_key.hasher(),
+            hash_key,
             stripes: (0..COMMIT_STRIPES).map(|_| Mutex::new(())).collect(),
             registry: Mutex::new(HashMap::new()),
             factory,
@@ -135,7 +161,7 @@ impl Counters {
     }
 
     fn key(&self, s: &str) -> BucketKey {
-        bucket_key(self.hasher.hash_one(s))
+        bucket_key(self.hasher.hash(s.as_bytes()))
     }
 
     /// Gives an identity a fresh start: its own buckets in every rule are
@@ -197,6 +223,9 @@ pub struct Policy {
     domain_overrides: HashMap<String, CompiledOverride>,
     /// Messages held per locked identity (`locks.hold_limit`).
     holds: Arc<dyn RateBuckets>,
+    /// How long a shared store keeps an identity's and a domain's buckets
+    /// after a count (see [`SharedOp::ttl`]).
+    shared_ttl: [Duration; 2],
 }
 
 /// How mail reached the MTA.
@@ -441,6 +470,23 @@ impl Policy {
         .local;
         *registry = next_registry;
         drop(registry);
+        let mut shared_ttl = [Duration::ZERO; 2];
+        let rates = config.rules.iter().map(|r| (r.per, r.rate)).chain(
+            config
+                .overrides
+                .iter()
+                .flat_map(|o| o.get_ref().rates.iter())
+                .filter_map(|(name, rate)| {
+                    let rule = config.rules.iter().find(|r| r.name.get_ref() == name.get_ref())?;
+                    Some((rule.per, *rate))
+                }),
+        );
+        for (per, rate) in rates {
+            let slot = rate.window.div_f64(f64::from(rate.count.get()));
+            let ttl = 2 * rate.window + slot + Duration::from_secs(1);
+            let i = usize::from(per == Scope::Domain);
+            shared_ttl[i] = shared_ttl[i].max(ttl);
+        }
         Self {
             config,
             counters,
@@ -449,6 +495,7 @@ impl Policy {
             identity_overrides,
             domain_overrides,
             holds,
+            shared_ttl,
         }
     }
 
@@ -743,6 +790,7 @@ impl Policy {
             limit: e.counter.limit,
             n,
             kind,
+            ttl: self.shared_ttl[usize::from(domain)],
         }
     }
 
@@ -907,15 +955,15 @@ mod tests {
 
     /// The decisions of the milter's stages, one question at a time.
     impl Policy {
-        fn peek(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
+        pub(crate) fn peek(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
             block_on(self.check(&[plan], (0, 0), (messages, recipients)))
         }
 
-        fn attempt(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
+        pub(crate) fn attempt(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
             block_on(self.check(&[plan], (messages, recipients), (0, 0)))
         }
 
-        fn commit(&self, plan: &Plan, recipients: u32) -> Vec<Trip> {
+        pub(crate) fn commit(&self, plan: &Plan, recipients: u32) -> Vec<Trip> {
             block_on(self.commit_all(&[plan], recipients))
         }
     }

@@ -20,6 +20,7 @@ use crate::policy::limiter::{Limit, Outcome, Usage};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 /// A boxed future, as an object-safe trait method returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -58,13 +59,18 @@ pub struct SharedOp {
     pub limit: Limit,
     pub n: u32,
     pub kind: OpKind,
+    /// How long the subject's buckets must be kept after a count: two of
+    /// the longest window of any rule counting in them, and a slot.
+    pub ttl: Duration,
 }
 
 /// The answer for one [`SharedOp`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpAnswer {
     pub outcome: Outcome,
-    /// The bucket after the operation.
+    /// The bucket after the operation; only for an operation that does not
+    /// fit, or that asks for nothing (`n` = 0, for explain). The policy
+    /// shows usage for nothing else.
     pub usage: Usage,
 }
 

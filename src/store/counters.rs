@@ -10,8 +10,9 @@
 //! or `<prefix>{<group>}:d:<domain>`, one field per rule (named after the
 //! rule's definition), value five integers. `<group>` is the identity's
 //! domain (or the identity when it has none), so the identity's and its
-//! domain's buckets share a Redis Cluster hash slot. A hash expires two
-//! windows after it was last counted in, when it is idle anyway.
+//! domain's buckets share a Redis Cluster hash slot. A field is named by a
+//! hash of its rule's definition. A hash expires two of its longest window
+//! after it was last counted in, when it is idle anyway.
 
 use crate::clock::Clock;
 use crate::config::StoreConfig;
@@ -67,22 +68,33 @@ impl RedisCounters {
     }
 
     fn invocation(&self, ops: &[SharedOp]) -> redis::ScriptInvocation<'_> {
-        let mut keys: Vec<String> = Vec::new();
+        let mut keys: Vec<(String, Duration)> = Vec::new();
+        let indices: Vec<usize> = ops
+            .iter()
+            .map(|op| {
+                let key = self.key(&op.group, op.domain, &op.subject);
+                match keys.iter().position(|(k, _)| *k == key) {
+                    Some(i) => {
+                        keys[i].1 = keys[i].1.max(op.ttl);
+                        i
+                    }
+                    None => {
+                        keys.push((key, op.ttl));
+                        keys.len() - 1
+                    }
+                }
+            })
+            .collect();
         let mut inv = self.script.prepare_invoke();
         let now = self
             .clock
             .as_ref()
             .map_or(String::new(), |c| (c.elapsed_nanos() / 1000).to_string());
         inv.arg(now);
-        for op in ops {
-            let key = self.key(&op.group, op.domain, &op.subject);
-            let index = match keys.iter().position(|k| *k == key) {
-                Some(i) => i,
-                None => {
-                    keys.push(key);
-                    keys.len() - 1
-                }
-            };
+        for (_, ttl) in &keys {
+            inv.arg(ttl.as_millis().max(1) as u64);
+        }
+        for (op, index) in ops.iter().zip(indices) {
             let (window, interval) = op.limit.micros();
             inv.arg(index + 1)
                 .arg(&op.counter)
@@ -98,7 +110,7 @@ impl RedisCounters {
                     OpKind::Commit { blocks: true } => 3,
                 });
         }
-        for key in keys {
+        for (key, _) in keys {
             inv.key(key);
         }
         inv

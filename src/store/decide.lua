@@ -14,10 +14,16 @@
 --          value = "tat prev_tat end prev cur" (µs, µs, µs, count, count).
 -- ARGV[1]  now in µs, or "" for the server's clock (TIME): one clock for
 --          the whole fleet.
--- ARGV[2+8i..] per operation: key index, counter name, N, W (µs), T (µs),
---          B, n, kind (0 peek, 1 count, 2 commit, 3 commit that blocks).
+-- ARGV[2..1+#KEYS] per key, its time to live in ms once written: two of
+--          the longest window of any rule that counts in it, and a slot.
+-- then per operation: key index, counter name, N, W (µs), T (µs), B, n,
+--          kind (0 peek, 1 count, 2 commit, 3 commit that blocks).
+-- Each key is read once (HGETALL) and written once (HSET, PEXPIRE).
 -- Returns five integers per operation: outcome (0 allowed, 1 denied,
--- 2 never), remaining or retry_in (µs), used, limit, reset_in (µs).
+-- 2 never), remaining or retry_in (µs), used, limit, reset_in (µs). The
+-- last three only for an operation that does not fit or counts nothing
+-- (n = 0, explain); otherwise 0, N, 0: nobody shows them, and leaving them
+-- out is a third of the script's work.
 --
 -- Commits (kinds 2 and 3) are all-or-none: when a blocking commit does not
 -- fit, no commit of the call counts; otherwise each counts if it fits.
@@ -28,8 +34,12 @@ if not now then
   now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
+local floor = math.floor
+local max = math.max
+local min = math.min
+
 local function floor_div(a, b)
-  local q = math.floor(a / b)
+  local q = floor(a / b)
   local r = a - q * b
   if r < 0 then
     q = q - 1
@@ -47,127 +57,145 @@ local function ceil_div(a, b)
   return q
 end
 
-local function scheduled(l, tat)
-  local horizon = tat + l.w
-  local start = now + l.t
+-- A rule's limit is N (n), W (w), T (t), B (b). A cell is five numbers,
+-- passed and returned as values, never as a table: tat (ct), prev_tat
+-- (cpt), end (ce), prev (cp), cur (cc).
+
+local function scheduled(w, t, tat)
+  local horizon = tat + w
+  local start = now + t
   if horizon <= start then
     return 0
   end
-  return ceil_div(horizon - start, l.t)
+  return ceil_div(horizon - start, t)
 end
 
-local function slots_down_to(l, tat, k)
-  return math.max(0, tat + l.w - (k + 1) * l.t)
+local function slots_down_to(w, t, tat, k)
+  return max(0, tat + w - (k + 1) * t)
 end
 
-local function used_of(l, c)
+local function used_of(w, t, ct, cpt, ce, cp, cc)
   local prev = 0
-  if now < c.e then
-    prev = math.min(c.p, scheduled(l, c.pt))
+  if now < ce then
+    prev = min(cp, scheduled(w, t, cpt))
   end
-  return math.min(c.c + prev, scheduled(l, c.t))
+  return min(cc + prev, scheduled(w, t, ct))
 end
 
-local function view(l, cell)
-  local c = { t = cell.t, pt = cell.pt, e = cell.e, p = cell.p, c = cell.c }
-  if now > c.e then
-    if c.c > 0 and now - c.e <= l.w then
-      c.p = c.c
-      c.pt = c.t
-      c.e = c.e + l.w
+-- The cell as it stands now (windows rolled, or anchored afresh), and
+-- what counts against the limit.
+local function view(w, t, ct, cpt, ce, cp, cc)
+  if now > ce then
+    if cc > 0 and now - ce <= w then
+      cp = cc
+      cpt = ct
+      ce = ce + w
     else
-      c.p = 0
+      cp = 0
     end
-    c.c = 0
+    cc = 0
   end
-  local used = used_of(l, c)
+  local used = used_of(w, t, ct, cpt, ce, cp, cc)
   if used == 0 then
-    c.e = now
-    c.p = 0
-    c.c = 0
+    ce = now
+    cp = 0
+    cc = 0
   end
-  return c, used
+  return ct, cpt, ce, cp, cc, used
 end
 
--- Returns outcome, remaining or retry_in, and the cell with n counted
--- (nil unless it fits).
-local function check(l, cell, n)
-  if n > l.b then
-    return 2, 0, nil
+-- Returns outcome (0 allowed, 1 denied, 2 never), remaining or retry_in,
+-- and, when it fits, the cell with k counted (else nil).
+local function check(l, ct, cpt, ce, cp, cc, k)
+  local n, w, t, b = l.n, l.w, l.t, l.b
+  if k > b then
+    return 2, 0
   end
-  local c, used = view(l, cell)
-  local shaped = l.b < l.n
-  local burst_room = l.b * l.t
-  local next_tat = math.max(c.t, now) + n * l.t
-  local fits_count = used + n <= l.n
+  local used
+  ct, cpt, ce, cp, cc, used = view(w, t, ct, cpt, ce, cp, cc)
+  local shaped = b < n
+  local burst_room = b * t
+  local next_tat = max(ct, now) + k * t
+  local fits_count = used + k <= n
   local fits_burst = (not shaped) or (next_tat - now <= burst_room)
   if fits_count and fits_burst then
-    local nxt = { t = next_tat, pt = c.pt, e = c.e, p = c.p, c = c.c + n }
-    local remaining = math.max(0, l.n - used_of(l, nxt))
+    local remaining = max(0, n - used_of(w, t, next_tat, cpt, ce, cp, cc + k))
     if shaped then
-      remaining = math.min(remaining, floor_div(math.max(0, burst_room - (next_tat - now)), l.t))
+      remaining = min(remaining, floor_div(max(0, burst_room - (next_tat - now)), t))
     end
-    return 0, remaining, nxt
+    return 0, remaining, next_tat, cpt, ce, cp, cc + k
   end
   local at = now
   if not fits_count then
     local by_window
-    if c.c + n <= l.n then
-      by_window = math.min(c.e, slots_down_to(l, c.pt, l.n - c.c - n))
+    if cc + k <= n then
+      by_window = min(ce, slots_down_to(w, t, cpt, n - cc - k))
     else
-      by_window = c.e + l.w
+      by_window = ce + w
     end
-    at = math.min(by_window, slots_down_to(l, c.t, l.n - n))
+    at = min(by_window, slots_down_to(w, t, ct, n - k))
   end
   if not fits_burst then
-    at = math.max(at, math.max(0, c.t + n * l.t - burst_room))
+    at = max(at, max(0, ct + k * t - burst_room))
   end
-  return 1, math.max(0, at - now), nil
+  return 1, max(0, at - now)
 end
 
-local function usage(l, cell)
-  local c, used = view(l, cell)
+local function usage(l, ct, cpt, ce, cp, cc)
+  local n, w, t, b = l.n, l.w, l.t, l.b
+  local used
+  ct, cpt, ce, cp, cc, used = view(w, t, ct, cpt, ce, cp, cc)
   local empty_at = now
   if used > 0 then
     local by_window
-    if c.c > 0 then
-      by_window = c.e + l.w
+    if cc > 0 then
+      by_window = ce + w
     else
-      by_window = math.min(c.e, slots_down_to(l, c.pt, 0))
+      by_window = min(ce, slots_down_to(w, t, cpt, 0))
     end
-    empty_at = math.min(by_window, slots_down_to(l, c.t, 0))
+    empty_at = min(by_window, slots_down_to(w, t, ct, 0))
   end
-  local shown, limit = math.min(used, l.n), l.n
-  if l.b < l.n then
-    empty_at = math.max(empty_at, c.t)
-    local backlog = ceil_div(math.max(0, c.t - now), l.t)
-    if backlog * l.n > used * l.b then
-      shown, limit = math.min(backlog, l.b), l.b
+  local shown, limit = min(used, n), n
+  if b < n then
+    empty_at = max(empty_at, ct)
+    local backlog = ceil_div(max(0, ct - now), t)
+    if backlog * n > used * b then
+      shown, limit = min(backlog, b), b
     end
   end
-  return shown, limit, math.max(0, empty_at - now)
+  return shown, limit, max(0, empty_at - now)
+end
+
+-- The cells of this call, read from the keys on first use: per key index,
+-- per field, five numbers.
+local cells = {}
+local function cell_of(op)
+  local by_field = cells[op.key]
+  if not by_field then
+    by_field = {}
+    local flat = redis.call('HGETALL', KEYS[op.key])
+    for i = 1, #flat, 2 do
+      by_field[flat[i]] = flat[i + 1]
+    end
+    cells[op.key] = by_field
+  end
+  local c = by_field[op.field]
+  if type(c) == 'string' then
+    local a, b, e, p, cur = string.match(c, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
+    if a then
+      c = { tonumber(a), tonumber(b), tonumber(e), tonumber(p), tonumber(cur) }
+    else
+      c = nil
+    end
+    by_field[op.field] = c
+  end
+  c = c or { 0, 0, 0, 0, 0 }
+  return by_field, c
 end
 
 local ops = {}
-local cells = {}
-local function cell_of(op)
-  local id = op.key .. '\0' .. op.field
-  local c = cells[id]
-  if not c then
-    local v = redis.call('HGET', KEYS[op.key], op.field)
-    c = { t = 0, pt = 0, e = 0, p = 0, c = 0 }
-    if v then
-      local a, b, e, p, cur = string.match(v, '^(%d+) (%d+) (%d+) (%d+) (%d+)$')
-      if a then
-        c = { t = tonumber(a), pt = tonumber(b), e = tonumber(e), p = tonumber(p), c = tonumber(cur) }
-      end
-    end
-    cells[id] = c
-  end
-  return id, c
-end
-
-for i = 2, #ARGV, 8 do
+local first = 2 + #KEYS
+for i = first, #ARGV, 8 do
   ops[#ops + 1] = {
     key = tonumber(ARGV[i]),
     field = ARGV[i + 1],
@@ -187,39 +215,53 @@ local blocked = false
 for _, op in ipairs(ops) do
   if op.kind == 3 then
     local _, c = cell_of(op)
-    if check(op.l, c, op.n) ~= 0 then
+    if check(op.l, c[1], c[2], c[3], c[4], c[5], op.n) ~= 0 then
       blocked = true
     end
   end
 end
 
-local ttl = {}
+local writes = {}
 local out = {}
 for _, op in ipairs(ops) do
-  local id, c = cell_of(op)
-  local outcome, value, nxt = check(op.l, c, op.n)
+  local by_field, c = cell_of(op)
+  local outcome, value, nt, npt, ne, np, nc = check(op.l, c[1], c[2], c[3], c[4], c[5], op.n)
   local counts = op.n > 0 and (op.kind == 1 or (op.kind >= 2 and not blocked))
-  if counts and nxt then
-    cells[id] = nxt
-    c = nxt
-    redis.call('HSET', KEYS[op.key], op.field,
-      string.format('%.0f %.0f %.0f %.0f %.0f', nxt.t, nxt.pt, nxt.e, nxt.p, nxt.c))
-    -- Idle after two windows at most: then the key may go.
-    local need = ceil_div(2 * op.l.w + op.l.t, 1000) + 1000
-    ttl[op.key] = math.max(ttl[op.key] or 0, need)
+  if counts and nt then
+    c = { nt, npt, ne, np, nc }
+    by_field[op.field] = c
+    local w = writes[op.key]
+    if not w then
+      w = {}
+      writes[op.key] = w
+    end
+    w[op.field] = string.format('%.0f %.0f %.0f %.0f %.0f', nt, npt, ne, np, nc)
   end
-  local shown, limit, reset = usage(op.l, c)
   out[#out + 1] = outcome
   out[#out + 1] = value
-  out[#out + 1] = shown
-  out[#out + 1] = limit
-  out[#out + 1] = reset
+  -- The caller shows usage only for what does not fit, and for a look
+  -- without a count (explain): the rest is left out.
+  if outcome ~= 0 or op.n == 0 then
+    local shown, limit, reset = usage(op.l, c[1], c[2], c[3], c[4], c[5])
+    out[#out + 1] = shown
+    out[#out + 1] = limit
+    out[#out + 1] = reset
+  else
+    out[#out + 1] = 0
+    out[#out + 1] = op.l.n
+    out[#out + 1] = 0
+  end
 end
 
-for k, need in pairs(ttl) do
-  if redis.call('PTTL', KEYS[k]) < need then
-    redis.call('PEXPIRE', KEYS[k], need)
+for k, w in pairs(writes) do
+  local args = {}
+  for field, v in pairs(w) do
+    args[#args + 1] = field
+    args[#args + 1] = v
   end
+  redis.call('HSET', KEYS[k], unpack(args))
+  -- Idle after two of its longest windows at most: then the key may go.
+  redis.call('PEXPIRE', KEYS[k], ARGV[1 + k])
 end
 
 return out

@@ -16,8 +16,9 @@ use crate::config::StoreConfig;
 use crate::policy::shared::Unavailable;
 use crate::store::StoreStats;
 use redis::aio::MultiplexedConnection;
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, RedisConnectionInfo};
+use redis::{Client, IntoConnectionInfo, RedisConnectionInfo};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -67,7 +68,9 @@ impl RedisLink {
                 if let Some(password) = &config.password {
                     redis = redis.set_password(password);
                 }
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(redis);
+                let node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(redis)
+                    .set_tcp_settings(no_delay());
                 let client = SentinelClient::build(
                     config.sentinels.clone(),
                     master.clone(),
@@ -81,7 +84,13 @@ impl RedisLink {
                 )
             }
             None => {
-                let client = Client::open(config.url.as_str()).map_err(|e| format!("store.url: {e}"))?;
+                let info = config
+                    .url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| format!("store.url: {e}"))?
+                    .set_tcp_settings(no_delay());
+                let client = Client::open(info).map_err(|e| format!("store.url: {e}"))?;
                 (Connector::Direct(client), redacted(&config.url))
             }
         };
@@ -187,6 +196,14 @@ impl RedisLink {
             Connector::Sentinel(client) => client.lock().await.get_async_connection().await,
         }
     }
+}
+
+/// TCP without Nagle: each decision is one small request that must not wait
+/// for the ACK of the previous one (with Nagle on, a decision that follows
+/// another on the shared connection can wait for the peer's delayed ACK,
+/// up to 40 ms).
+fn no_delay() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
 }
 
 /// Whether an error means the connection is unusable (rather than a

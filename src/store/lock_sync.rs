@@ -23,6 +23,7 @@
 
 use crate::locks::FileLocks;
 use crate::locks::file::LockEntry;
+use crate::policy::shared::BoxFuture;
 use crate::store::StoreStats;
 use crate::store::link::RedisLink;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,9 @@ use tracing::{debug, info, warn};
 /// How often the host looks for changes, here and in the fleet: a lock set
 /// anywhere is enforced everywhere within about twice this.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often, at most, the baseline file is rewritten.
+const BASELINE_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Longest wait for one sync call (not in the mail path).
 const SYNC_TIMEOUT: Duration = Duration::from_secs(2);
@@ -81,7 +85,19 @@ pub struct LockSync {
     local_version: Option<u64>,
     /// A full comparison is due (start, a gap in the log, Redis emptied).
     full: bool,
+    /// Clears the counters of identities about to be unlocked here.
+    forget: ForgetHook,
+    /// Each local entry as last encoded, by identity.
+    encoded: HashMap<String, (Arc<LockEntry>, Value)>,
+    /// The baseline changed since it was last saved, and when that was.
+    baseline_dirty: bool,
+    baseline_saved: Option<std::time::Instant>,
 }
+
+/// Called, and awaited, with the identities the fleet unlocked before the
+/// unlock takes effect here: their counters must be empty by then, or the
+/// attempts that locked them would lock them again at their next message.
+pub type ForgetHook = Box<dyn Fn(Vec<String>) -> BoxFuture<'static, ()> + Send + Sync>;
 
 fn millis(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -111,7 +127,7 @@ pub fn baseline_path(lock_list: &Path) -> PathBuf {
 }
 
 impl LockSync {
-    pub fn new(link: Arc<RedisLink>, locks: Arc<FileLocks>, prefix: &str) -> Self {
+    pub fn new(link: Arc<RedisLink>, locks: Arc<FileLocks>, prefix: &str, forget: ForgetHook) -> Self {
         let baseline_path = baseline_path(locks.path());
         let baseline = match std::fs::read(&baseline_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
@@ -136,6 +152,10 @@ impl LockSync {
             seen_version: 0,
             local_version: None,
             full: true,
+            forget,
+            encoded: HashMap::new(),
+            baseline_dirty: false,
+            baseline_saved: None,
         }
     }
 
@@ -143,13 +163,8 @@ impl LockSync {
         self.link.stats()
     }
 
-    /// Syncs every [`SYNC_INTERVAL`] until `shutdown`; `unlocked` is told of
-    /// identities the fleet unlocked here (to forget their counters).
-    pub async fn run(
-        mut self,
-        unlocked: impl Fn(&[String]) + Send + 'static,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
+    /// Syncs every [`SYNC_INTERVAL`] until `shutdown`.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut tick = tokio::time::interval(SYNC_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,16 +176,16 @@ impl LockSync {
             if !self.link.available() {
                 continue;
             }
-            match self.sync_once().await {
-                Ok(ids) if !ids.is_empty() => unlocked(&ids),
-                Ok(_) => {}
-                Err(e) => debug!("lock sync: {e}"),
+            if let Err(e) = self.sync_once().await {
+                debug!("lock sync: {e}");
             }
+            self.save_baseline_if_due(false);
         }
         // A last push, so locks set just before a stop reach the fleet.
         if self.link.available() {
             let _ = self.sync_once().await;
         }
+        self.save_baseline_if_due(true);
     }
 
     /// One round: pull the fleet's changes, push the host's, write the
@@ -197,11 +212,7 @@ impl LockSync {
         let local_version = self.locks.version();
         let local: HashMap<String, Value> =
             if self.full || self.local_version != Some(local_version) || !candidates.is_empty() {
-                self.locks
-                    .entries()
-                    .iter()
-                    .map(|e| (e.identity.clone(), encode(e)))
-                    .collect()
+                self.local_values()
             } else {
                 return Ok(Vec::new());
             };
@@ -225,11 +236,36 @@ impl LockSync {
         Ok(unlocked)
     }
 
+    /// The host's list as the fleet stores it. An entry is encoded once:
+    /// in a lock storm the list is compared every round, and most of it
+    /// is the same entries as last time (the same `Arc`).
+    fn local_values(&mut self) -> HashMap<String, Value> {
+        let entries = self.locks.entries();
+        let mut cache = HashMap::with_capacity(entries.len());
+        let local = entries
+            .into_iter()
+            .map(|e| {
+                let value = match self.encoded.remove(&e.identity) {
+                    Some((was, value)) if Arc::ptr_eq(&was, &e) => value,
+                    _ => encode(&e),
+                };
+                cache.insert(e.identity.clone(), (e.clone(), value.clone()));
+                (e.identity.clone(), value)
+            })
+            .collect();
+        self.encoded = cache;
+        local
+    }
+
     async fn epoch(&self) -> Result<Option<String>, String> {
         let key = self.epoch_key.clone();
         let fresh = format!("{:x}-{}", millis(SystemTime::now()), std::process::id());
         self.link
             .run(SYNC_TIMEOUT, |mut conn| async move {
+                let epoch: Option<String> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+                if epoch.is_some() {
+                    return Ok(epoch);
+                }
                 // SET NX: the first host after an empty start names the epoch.
                 let _: Option<String> = redis::cmd("SET")
                     .arg(&key)
@@ -421,6 +457,14 @@ impl LockSync {
         }
         let mut unlocked = Vec::new();
         if !apply.is_empty() {
+            let lifted: Vec<String> = apply
+                .iter()
+                .filter(|(id, e)| e.is_none() && local.contains_key(id))
+                .map(|(id, _)| id.clone())
+                .collect();
+            if !lifted.is_empty() {
+                (self.forget)(lifted).await;
+            }
             let locks = self.locks.clone();
             let changes = apply.clone();
             let written = tokio::task::spawn_blocking(move || locks.apply_fleet(&changes))
@@ -447,9 +491,25 @@ impl LockSync {
             );
         }
         if moved {
-            self.save_baseline();
+            self.baseline_dirty = true;
+            self.save_baseline_if_due(false);
         }
         Ok(unlocked)
+    }
+
+    /// Saves the baseline at most every [`BASELINE_SAVE_INTERVAL`] (or
+    /// now, at a stop). A baseline a little behind is harmless: the changes
+    /// it misses are offered to the fleet again at the next start, where the
+    /// merge finds them already there.
+    fn save_baseline_if_due(&mut self, now: bool) {
+        let due = self
+            .baseline_saved
+            .is_none_or(|t| t.elapsed() >= BASELINE_SAVE_INTERVAL);
+        if self.baseline_dirty && (now || due) {
+            self.save_baseline();
+            self.baseline_dirty = false;
+            self.baseline_saved = Some(std::time::Instant::now());
+        }
     }
 
     fn save_baseline(&self) {

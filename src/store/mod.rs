@@ -6,11 +6,13 @@
 //! connection to Redis with its failure handling ([`link`]), the counters
 //! behind the policy's [`SharedCounters`](crate::policy::shared::SharedCounters)
 //! seam ([`counters`]), and the lock list kept in step across hosts
-//! ([`lock_sync`]). See docs/fleet.md.
+//! ([`lock_sync`]). See docs/fleet.md. For the memory backend,
+//! [`state_file`]: the counters saved at a clean stop and read back at start.
 
 pub mod counters;
 pub mod link;
 pub mod lock_sync;
+pub mod state_file;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
