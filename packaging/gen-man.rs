@@ -317,6 +317,9 @@ the incident runbook for a hijacked account, the emergency runbook, the log, rel
 \fIreview.md\fR
 the review desk: releasing locks from a browser, logins, the audit trail
 .TP
+\fIfleet.md\fR
+fleet mode: many MTAs sharing limits and locks on Redis
+.TP
 \fImonitoring.md\fR
 the status listener, its metrics and the incident commands
 .TP
