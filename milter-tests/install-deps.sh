@@ -5,7 +5,8 @@
 # the fleet scenarios (see the Redis section); then Sendmail, unpacked into
 # a private root (see the Sendmail section); then, for the package boot
 # test of milter-tests/package.sh, systemd-nspawn, debootstrap and a cached
-# minimal Debian root (see the last section).
+# minimal Debian root (see the last section); and Chromium with its
+# WebDriver, for the review desk's browser test (see the Chromium section).
 #
 # Idempotent: exits 0 quickly when everything is already there. Must run as
 # root to install anything. Postfix is installed non-interactively ("No
@@ -347,6 +348,43 @@ install_sendmail() {
     say "sendmail unpacked in $SENDMAIL_ROOT ($(head -n1 "$sendmail_stamp"))"
 }
 
+# --------------------------------------------------------------- Chromium
+# For the review desk's browser test (milter-tests/live/desk.rs): headless
+# Chromium driven through chromedriver's WebDriver HTTP API. Debian's
+# packages; no browser download of its own (the machines have no internet
+# but the package mirror). Nothing starts at install.
+chromium_packages=(chromium chromium-driver)
+
+install_chromium() {
+    local missing=() pkg
+    for pkg in "${chromium_packages[@]}"; do
+        installed "$pkg" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        say "already installed: ${chromium_packages[*]}"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        say "must run as root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    local candidate
+    candidate=$(apt-cache policy chromium 2>/dev/null || true)
+    if [[ "$candidate" != *"Candidate: "[0-9]* ]]; then
+        say "apt-get update"
+        apt-get update -q
+    fi
+    say "apt-get install ${missing[*]} (for the review desk's browser test)"
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    for file in /usr/bin/chromium /usr/bin/chromedriver; do
+        if [ ! -x "$file" ]; then
+            say "error: $file is missing after the install" >&2
+            exit 1
+        fi
+    done
+}
+
 # ------------------------------------------------------ package boot test
 # For the boot test of milter-tests/package.sh: systemd-nspawn (package
 # systemd-container) boots a minimal Debian 12 root, made once by
@@ -446,6 +484,7 @@ case "${1:-all}" in
 all)
     install_postfix
     install_redis
+    install_chromium
     install_sendmail
     install_boot_root
     ;;

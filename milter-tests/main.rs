@@ -8,6 +8,7 @@ mod common;
 
 mod crash;
 mod daemon;
+mod desk;
 mod examples;
 mod fleet;
 mod identity;

@@ -41,9 +41,19 @@ async fn start(config: &str) -> Daemon {
 
 /// A plain HTTP/1.0 GET, independent of the CLI's client: (status, body).
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, "")
+}
+
+/// The same with the daemon's local token (empty: none).
+fn http_get_with(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("Authorization: Bearer {token}\r\n")
+    };
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n{auth}\r\n").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
@@ -337,10 +347,13 @@ async fn healthz_says_why_when_the_lock_list_is_corrupt() {
         http_get(d.status, "/healthz") == (200, "ok\n".into())
     })
     .await;
-    // Bad requests get a reason, not a crash.
-    assert_eq!(http_get(d.status, "/api/identities?top=0").0, 400);
-    assert_eq!(http_get(d.status, "/api/report?since=3d").0, 400);
-    assert_eq!(http_get(d.status, "/nowhere").0, 404);
+    // Bad requests get a reason, not a crash (once authenticated: without
+    // the token they get 401 and nothing else).
+    assert_eq!(http_get(d.status, "/api/identities?top=0").0, 401);
+    let token = std::fs::read_to_string(d.dir.path().join("status.token")).unwrap();
+    assert_eq!(http_get_with(d.status, "/api/identities?top=0", token.trim()).0, 400);
+    assert_eq!(http_get_with(d.status, "/api/report?since=3d", token.trim()).0, 400);
+    assert_eq!(http_get_with(d.status, "/nowhere", token.trim()).0, 404);
     assert!(d.process.stop().await.success());
 }
 

@@ -312,7 +312,13 @@ every configuration key, its default and what a reload does with it
 the lock list's format and how to edit it
 .TP
 \fIoperations.md\fR
-the incident runbook for a hijacked account, the log, reload, rollout
+the incident runbook for a hijacked account, the emergency runbook, the log, reload, rollout
+.TP
+\fIreview.md\fR
+the review desk: releasing locks from a browser, logins, the audit trail
+.TP
+\fIfleet.md\fR
+fleet mode: many MTAs sharing limits and locks on Redis
 .TP
 \fImonitoring.md\fR
 the status listener, its metrics and the incident commands

@@ -69,6 +69,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Clear an identity's counters now, without touching its lock (tells the running daemon).
+    Reset {
+        /// The identity whose counters start afresh.
+        identity: String,
+        /// Why (logged in the daemon's audit line).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Print a users-file line (NAME:argon2id hash) for the review desk; the password is read from stdin.
+    Passwd {
+        /// The user name to log in with.
+        user: String,
+    },
     /// Act on an identity's mail already in Postfix's queue.
     Queue {
         #[command(subcommand)]
@@ -117,9 +130,9 @@ pub enum LocksCommand {
         /// The identity, as the milter resolves it (login, address or client address).
         identity: String,
     },
-    /// Lock an identity by hand.
+    /// Lock an identity, a whole domain (@example.com) or a client network (203.0.113.0/24) by hand.
     Add {
-        /// The identity to lock (normalised as the milter does).
+        /// The identity to lock (normalised as the milter does), @domain or network.
         identity: String,
         /// Why (shown to admins, kept in the lock list).
         #[arg(long)]
@@ -131,9 +144,52 @@ pub enum LocksCommand {
         #[arg(long)]
         note: Option<String>,
     },
-    /// Unlock an identity.
+    /// Unlock an identity by deleting its entry (history and earlier-lock count go with it).
     Remove {
         /// The identity to unlock.
         identity: String,
+    },
+    /// Unlock an identity, keeping the entry (lapsed) with who, when and why in its history.
+    Unlock {
+        /// The identity, @domain or network to unlock.
+        identity: String,
+        /// Why (kept in the lock's history).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Set a lock's expiry to a duration from now, or never.
+    Extend {
+        /// The identity, @domain or network whose lock changes.
+        identity: String,
+        /// From now: e.g. 24h or 7d; or never.
+        #[arg(long, value_name = "DURATION|never")]
+        expires: String,
+        /// Why (kept in the lock's history).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Unlock every lock in force that a filter matches (all conditions must hold).
+    UnlockMatching {
+        /// Only locks of this source.
+        #[arg(long, value_parser = ["auto", "manual"])]
+        source: Option<String>,
+        /// Only locks set by this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only locks set within this long (1h) or since this time (RFC 3339).
+        #[arg(long, value_name = "DURATION|TIME")]
+        since: Option<String>,
+        /// Only identities matching this glob (* and ?), e.g. '*@example.com'.
+        #[arg(long, value_name = "GLOB")]
+        identity: Option<String>,
+        /// With no filter: unlock every lock in force.
+        #[arg(long)]
+        all: bool,
+        /// Why (kept in each lock's history).
+        #[arg(long)]
+        reason: String,
+        /// List what would be unlocked, change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }

@@ -13,7 +13,7 @@ use crate::milter::{Reporting, callbacks};
 use crate::notify::{self, Notifier};
 use crate::ops::fleet_top::FleetTop;
 use crate::ops::metrics::Observer;
-use crate::ops::status;
+use crate::ops::{auth, status};
 use crate::policy::saved::SavedCounters;
 use crate::policy::{self, Counters, CurrentPolicy, Policy, snapshot};
 use crate::store::StoreStats;
@@ -196,6 +196,13 @@ pub async fn run(
     ));
     if let Some(addr) = config.status.listen {
         let listener = status::bind(addr).await?;
+        let token_path = auth::token_path(&config);
+        let auth = Arc::new(auth::Auth::new(&token_path)?);
+        info!(token_file = %token_path.display(), "status listener: local token written for the CLI");
+        let forget_counters = {
+            let counters = counters.clone();
+            Arc::new(move |ids: &[String]| forget(&counters, ids)) as status::Forget
+        };
         let mut state = status::State::new(
             current.clone(),
             locks.clone(),
@@ -203,7 +210,9 @@ pub async fn run(
             notifications,
             clock.clone(),
             link.as_ref().map(|l| l.stats().clone()),
-        );
+        )
+        .with_auth(auth)
+        .with_forget(forget_counters);
         if let Some(link) = &link {
             let fleet_top = Arc::new(FleetTop::new(
                 link.clone(),

@@ -24,6 +24,10 @@ const EXIT_CONFIG: u8 = admin::EXIT_CONFIG as u8;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration: it only prints a line for the users file.
+    if let Command::Passwd { user } = &cli.command {
+        return finish(admin::passwd(user));
+    }
     let config = match Config::read(&cli.config) {
         Ok(c) => c,
         Err(e) => {
@@ -45,7 +49,32 @@ fn main() -> ExitCode {
                 note,
             } => admin::add(&config, &identity, &reason, expires.map(|d| d.0), note),
             LocksCommand::Remove { identity } => admin::remove(&config, &identity),
+            LocksCommand::Unlock { identity, reason } => admin::unlock(&config, &identity, &reason),
+            LocksCommand::Extend {
+                identity,
+                expires,
+                reason,
+            } => admin::extend(&config, &identity, &expires, &reason),
+            LocksCommand::UnlockMatching {
+                source,
+                rule,
+                since,
+                identity,
+                all,
+                reason,
+                dry_run,
+            } => {
+                let filter = egress_milter::ops::api::FilterRequest {
+                    source,
+                    rule,
+                    since,
+                    identity,
+                };
+                admin::unlock_matching(&config, &filter, all, &reason, dry_run)
+            }
         },
+        Command::Reset { identity, reason } => status_client::reset(&config, &identity, &reason),
+        Command::Passwd { user } => admin::passwd(&user),
         Command::Top {
             count,
             sort,
@@ -71,6 +100,11 @@ fn main() -> ExitCode {
             queue::run(&config, &identity, action, dry_run, postfix_config.as_deref())
         }
     };
+    finish(result)
+}
+
+/// Prints an admin command's output, or its error, and exits accordingly.
+fn finish(result: Result<String, admin::Failure>) -> ExitCode {
     match result {
         Ok(out) => {
             print!("{out}");

@@ -7,6 +7,7 @@
 //! `EGRESS_MILTER_LIVE=1`, as root, with Postfix installed
 //! (milter-tests/install-deps.sh); otherwise each one says it is skipped.
 
+mod desk;
 mod egress;
 mod fleet;
 mod harness;

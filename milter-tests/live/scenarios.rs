@@ -273,7 +273,7 @@ pub(crate) fn delivery_bound(config: &Config, elapsed: Duration) -> u64 {
 /// Sends up to 7 messages from `login` until it is locked (the seventh,
 /// with the small-limits fixture: 3 accepted, 3 throttled, then the lock
 /// rule trips); returns the outcomes and asserts each step.
-fn push_until_locked(live: &Live, login: &str) -> Vec<SendOutcome> {
+pub(crate) fn push_until_locked(live: &Live, login: &str) -> Vec<SendOutcome> {
     let outcomes = live.submit_many(login, &format!("{}-push", login.replace('@', "-at-")), 7);
     for outcome in &outcomes[..3] {
         assert_accepted(outcome);

@@ -30,6 +30,17 @@ pub fn address(config: &Config) -> Result<SocketAddr, Failure> {
 
 /// `GET path` from the status listener; the body of a 200 answer.
 pub fn get(config: &Config, path: &str) -> Result<String, Failure> {
+    request(config, "GET", path, None)
+}
+
+/// `POST path` with a JSON body; the body of a 200 answer.
+pub fn post(config: &Config, path: &str, body: &str) -> Result<String, Failure> {
+    request(config, "POST", path, Some(body))
+}
+
+/// One request with the local token, which the daemon wrote at start and
+/// only root and the daemon's user can read.
+fn request(config: &Config, method: &str, path: &str, body: Option<&str>) -> Result<String, Failure> {
     let addr = address(config)?;
     let unreachable = |e: std::io::Error| {
         Failure::new(format!(
@@ -39,9 +50,19 @@ pub fn get(config: &Config, path: &str) -> Result<String, Failure> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(unreachable)?;
     stream.set_read_timeout(Some(READ_TIMEOUT)).map_err(unreachable)?;
     stream.set_write_timeout(Some(READ_TIMEOUT)).map_err(unreachable)?;
+    // Read once the daemon is known to listen: then an unreadable token is
+    // the problem to report.
+    let token = crate::ops::auth::read_token(&crate::ops::auth::token_path(config)).map_err(Failure::new)?;
+    let body = body.unwrap_or("");
+    let content = if method == "POST" {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
+    } else {
+        String::new()
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: egress-milter\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: egress-milter\r\nAccept: */*\r\nAuthorization: Bearer {token}\r\nX-Egress-Actor: {}\r\n{content}Connection: close\r\n\r\n{body}",
+        crate::admin::actor_name()
     )
     .map_err(unreachable)?;
     let mut raw = Vec::new();
@@ -50,7 +71,7 @@ pub fn get(config: &Config, path: &str) -> Result<String, Failure> {
         .ok_or_else(|| Failure::new(format!("the status listener at {addr} sent an answer that is not HTTP")))?;
     if status != 200 {
         return Err(Failure::new(format!(
-            "the status listener at {addr} answered {status} to GET {path}: {}",
+            "the status listener at {addr} answered {status} to {method} {path}: {}",
             body.trim()
         )));
     }
@@ -85,6 +106,19 @@ fn parse_response(raw: &[u8]) -> Option<(u16, String)> {
         body = out;
     }
     Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `reset IDENTITY --reason TEXT`: the daemon empties the identity's
+/// counters (here and, in a fleet, on Redis); its lock stays as it is.
+pub fn reset(config: &Config, identity: &str, reason: &str) -> Result<String, Failure> {
+    let request = crate::ops::api::ActionRequest {
+        identity: Some(identity.to_string()),
+        reason: reason.to_string(),
+        ..Default::default()
+    };
+    let body = serde_json::to_string(&request).map_err(|e| Failure::new(format!("cannot encode JSON: {e}")))?;
+    let answer: crate::ops::api::ActionAnswer = decode(&post(config, "/api/actions/reset", &body)?)?;
+    Ok(format!("{}\n", answer.message))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(body: &str) -> Result<T, Failure> {

@@ -10,9 +10,11 @@ pub mod client;
 pub mod queue;
 
 use crate::config::{Config, format_duration};
+use crate::locks::edit::{self, Actor};
 use crate::locks::file::check_lock_dir;
-use crate::locks::file::{self as lockfile, LockEntry, LockList, LockSource, Timestamp};
+use crate::locks::file::{self as lockfile, LockEntry, LockList};
 use crate::locks::lock_normaliser;
+use crate::locks::pattern::normalise_target;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
@@ -72,8 +74,36 @@ pub fn check_config(config: &Config, path: &std::path::Path) -> Result<String, F
 }
 
 fn normalise(config: &Config, identity: &str) -> Result<String, Failure> {
-    crate::config::address::normalise_address(&config.identity, identity.as_bytes())
-        .map_err(|e| Failure::new(format!("\"{identity}\" is not a valid identity: {e}")))
+    normalise_target(&config.identity, identity).map_err(Failure::new)
+}
+
+/// Who runs the CLI, for the lock's history: `SUDO_USER` or `USER`.
+pub fn actor_name() -> String {
+    std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .ok()
+        .filter(|u| !u.is_empty() && u.len() <= 64 && u.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| format!("uid{}", rustix::process::getuid().as_raw()))
+}
+
+fn cli_actor(reason: &str) -> Result<Actor, Failure> {
+    Actor::new(format!("local:{}", actor_name()), reason).map_err(|e| Failure::new(format!("{e} (--reason)")))
+}
+
+/// Applies `change` to the lock list under the writers' lock; its error,
+/// if any, is the command's.
+fn edit_list<T>(config: &Config, change: impl FnOnce(&mut LockList) -> Result<T, String>) -> Result<T, Failure> {
+    let mut outcome = None;
+    lockfile::update(&config.locks.file, &*lock_normaliser(config), |list| {
+        let r = change(list);
+        let changed = r.is_ok();
+        outcome = Some(r);
+        changed
+    })
+    .map_err(Failure::from)?;
+    outcome
+        .unwrap_or_else(|| Err("the lock list was not changed".into()))
+        .map_err(Failure::new)
 }
 
 fn state(entry: &LockEntry, now: SystemTime) -> &'static str {
@@ -181,38 +211,124 @@ pub fn add(
     if reason.trim().is_empty() {
         return Err(Failure::new("a lock needs a reason (--reason)"));
     }
+    let actor = cli_actor(reason)?;
     let now = SystemTime::now();
-    let mut outcome = Ok(());
-    lockfile::update(&config.locks.file, &*lock_normaliser(config), |list| {
-        let previous = match list.get(&id) {
-            Some(e) if e.is_active(now) => {
-                outcome = Err(Failure::new(format!(
-                    "{id} is already locked since {} ({})",
-                    e.locked_at, e.reason
-                )));
-                return false;
-            }
-            Some(e) => e.previous_locks + 1,
-            None => 0,
-        };
-        list.upsert(LockEntry {
-            identity: id.clone(),
-            source: LockSource::Manual,
-            locked_at: Timestamp(now),
-            reason: reason.trim().to_string(),
-            rule: None,
-            previous_locks: previous,
-            expires_at: expires.map(|d| Timestamp(now + d)),
-            note,
-        });
-        true
-    })
-    .map_err(Failure::from)?;
-    outcome?;
+    edit_list(config, |list| edit::lock(list, &id, &actor, expires, note, now))?;
     Ok(format!(
         "locked {id}{}\n",
         expires.map_or(String::new(), |d| format!(" for {}", format_duration(d)))
     ))
+}
+
+/// `locks unlock ID --reason TEXT`: the lock lapses now and keeps its
+/// history (`locks remove` deletes the entry instead).
+pub fn unlock(config: &Config, identity: &str, reason: &str) -> Result<String, Failure> {
+    let id = normalise(config, identity)?;
+    let actor = cli_actor(reason)?;
+    let e = edit_list(config, |list| edit::unlock(list, &id, &actor, SystemTime::now()))?;
+    Ok(format!("unlocked {id} (locked since {}: {})\n", e.locked_at, e.reason))
+}
+
+/// `locks extend ID --expires DURATION|never --reason TEXT`.
+pub fn extend(config: &Config, identity: &str, expires: &str, reason: &str) -> Result<String, Failure> {
+    let id = normalise(config, identity)?;
+    let actor = cli_actor(reason)?;
+    let expires = match expires.trim() {
+        "never" => None,
+        s => Some(
+            s.parse::<crate::config::DurationValue>()
+                .map_err(|e| Failure::new(format!("--expires \"{s}\": {e} (write e.g. 24h, 7d or never)")))?
+                .0,
+        ),
+    };
+    let e = edit_list(config, |list| {
+        edit::extend(list, &id, &actor, expires, SystemTime::now())
+    })?;
+    Ok(format!(
+        "{id} now {}\n",
+        e.expires_at
+            .map_or("stays locked until unlocked".into(), |t| format!("expires {t}"))
+    ))
+}
+
+/// `locks unlock-matching FILTER --reason TEXT [--dry-run]`.
+pub fn unlock_matching(
+    config: &Config,
+    filter: &crate::ops::api::FilterRequest,
+    all: bool,
+    reason: &str,
+    dry_run: bool,
+) -> Result<String, Failure> {
+    let actor = cli_actor(reason)?;
+    let now = SystemTime::now();
+    let filter = crate::ops::desk::filter_of(filter, now).map_err(Failure::new)?;
+    let matched = if dry_run {
+        let list = read_list(config)?;
+        let mut list = list;
+        edit::bulk_unlock(&mut list, &filter, all, &actor, true, now).map_err(Failure::new)?
+    } else {
+        edit_list(config, |list| edit::bulk_unlock(list, &filter, all, &actor, false, now))?
+    };
+    let mut out = String::new();
+    for e in &matched {
+        let _ = writeln!(
+            out,
+            "{}{}  (locked {} by {}: {})",
+            if dry_run { "would unlock " } else { "unlocked " },
+            e.identity,
+            e.locked_at,
+            e.rule.as_deref().unwrap_or(&e.source.to_string()),
+            e.reason
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{} lock(s) {}",
+        matched.len(),
+        if dry_run {
+            "would be unlocked [dry run, nothing changed]"
+        } else {
+            "unlocked"
+        }
+    );
+    Ok(out)
+}
+
+/// `passwd USER`: reads a password from standard input and prints the line
+/// for `status.users_file`.
+pub fn passwd(user: &str) -> Result<String, Failure> {
+    if user.is_empty() || user.len() > 64 || !user.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+        return Err(Failure::new(
+            "a user name is 1 to 64 printable characters without spaces or ':'",
+        ));
+    }
+    let password = read_password()?;
+    if password.chars().count() < 8 {
+        return Err(Failure::new("the password must have at least 8 characters"));
+    }
+    let hash = crate::ops::auth::hash_password(&password).map_err(Failure::new)?;
+    Ok(format!("{user}:{hash}\n"))
+}
+
+/// One line from standard input; on a terminal, asked for without echo.
+fn read_password() -> Result<String, Failure> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        let mut quiet = t.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        let _ = tcsetattr(&stdin, OptionalActions::Now, &quiet);
+        eprint!("password: ");
+    }
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    if let Some(t) = &saved {
+        let _ = tcsetattr(&stdin, OptionalActions::Now, t);
+        eprintln!();
+    }
+    read.map_err(|e| Failure::new(format!("cannot read the password from standard input: {e}")))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
 }
 
 /// `locks remove ID`.

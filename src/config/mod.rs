@@ -372,6 +372,35 @@ pub struct StatusConfig {
     pub max_identities: usize,
     /// Largest number of simultaneous HTTP connections.
     pub max_connections: usize,
+    /// The review desk's users: `name:$argon2id$...` lines, as
+    /// `egress-milter passwd NAME` prints them. Absent: no one logs in with
+    /// a password (the local token and a trusted proxy still work).
+    pub users_file: Option<PathBuf>,
+    /// Where the daemon writes, at start, the random token that the CLI on
+    /// this host sends (`top`, `explain`, `report`, `reset`): readable only
+    /// by the daemon's user and root. Default: `status.token` beside the
+    /// lock list.
+    pub token_file: Option<PathBuf>,
+    /// Reverse proxies (exact addresses) whose `proxy_user_header` names
+    /// the logged-in user. Empty: the header is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The header a trusted proxy sets to the user it authenticated.
+    pub proxy_user_header: String,
+    /// The origin browsers see the desk at behind a proxy, e.g.
+    /// `"https://mail-desk.example.com"`; state-changing requests must come
+    /// from it. Absent: the origin of the request's `Host`.
+    pub public_origin: Option<String>,
+    /// How long a login lasts.
+    pub session_lifetime: DurationValue,
+}
+
+impl StatusConfig {
+    /// The local token's file: `token_file`, or `status.token` beside `lock_list`.
+    pub fn token_path(&self, lock_list: &std::path::Path) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| lock_list.with_file_name("status.token"))
+    }
 }
 
 /// `status.listen`: an IP address and a port, with an error that says so.
@@ -391,6 +420,12 @@ impl Default for StatusConfig {
             allow_non_loopback: false,
             max_identities: 100_000,
             max_connections: 16,
+            users_file: None,
+            token_file: None,
+            trusted_proxies: Vec::new(),
+            proxy_user_header: "X-Remote-User".into(),
+            public_origin: None,
+            session_lifetime: DurationValue(std::time::Duration::from_secs(8 * 3600)),
         }
     }
 }

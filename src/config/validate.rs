@@ -217,7 +217,7 @@ fn status(status: &StatusConfig) -> Result<(), Violation> {
             0..0,
             "status.listen",
             format!(
-                "{addr} is not a loopback address: the status listener has no authentication and shows who sends what; use 127.0.0.1 or ::1 (or set status.allow_non_loopback = true behind a firewall)"
+                "{addr} is not a loopback address: the status listener serves the review desk and aggregate metrics without a login; use 127.0.0.1 or ::1 (or set status.allow_non_loopback = true behind a firewall or a TLS reverse proxy)"
             ),
         );
     }
@@ -226,6 +226,30 @@ fn status(status: &StatusConfig) -> Result<(), Violation> {
     }
     if status.max_connections == 0 {
         return fail(0..0, "status.max_connections", "must be at least 1".into());
+    }
+    let header = &status.proxy_user_header;
+    if header.is_empty()
+        || !header
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return fail(
+            0..0,
+            "status.proxy_user_header",
+            format!("\"{header}\" is not an HTTP header name (letters, digits, - and _)"),
+        );
+    }
+    if let Some(origin) = &status.public_origin
+        && !origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .is_some_and(|host| !host.is_empty() && !host.contains(['/', '?', '#']))
+    {
+        return fail(
+            0..0,
+            "status.public_origin",
+            format!("\"{origin}\" is not an origin: write scheme and host only, e.g. \"https://desk.example.com\""),
+        );
     }
     Ok(())
 }

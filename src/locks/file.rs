@@ -120,6 +120,42 @@ pub struct LockEntry {
     /// Free text for admins.
     #[serde(default)]
     pub note: Option<String>,
+    /// What admins did to this lock and to the identity's earlier locks:
+    /// who, when, why. Absent in files written before it existed, and left
+    /// out when empty, so that an entry without history is written (and
+    /// sent to the fleet) exactly as older versions write it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEvent>,
+}
+
+/// One admin action on a lock, as the lock's history records it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryEvent {
+    pub at: Timestamp,
+    /// `lock`, `unlock`, `extend` or `reset`.
+    pub action: String,
+    /// Who: a user of the review desk (`alice`), `local:USER` for the CLI.
+    pub by: String,
+    pub reason: String,
+    /// What changed, e.g. `expires 2026-11-24T10:00:00Z`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The most history kept per entry: the oldest events go first, so a lock
+/// toggled by a script cannot grow the list without bound.
+pub const MAX_HISTORY: usize = 50;
+
+impl LockEntry {
+    /// Records an admin action, keeping at most [`MAX_HISTORY`] events.
+    pub fn record(&mut self, event: HistoryEvent) {
+        self.history.push(event);
+        if self.history.len() > MAX_HISTORY {
+            let extra = self.history.len() - MAX_HISTORY;
+            self.history.drain(..extra);
+        }
+    }
 }
 
 impl LockEntry {
@@ -276,6 +312,16 @@ fn push_entry(out: &mut String, e: &LockEntry) {
     }
     if let Some(note) = &e.note {
         push_string(out, "note", note);
+    }
+    for h in &e.history {
+        out.push_str("[[lock.history]]\n");
+        push_string(out, "at", &h.at.to_string());
+        push_string(out, "action", &h.action);
+        push_string(out, "by", &h.by);
+        push_string(out, "reason", &h.reason);
+        if let Some(detail) = &h.detail {
+            push_string(out, "detail", detail);
+        }
     }
 }
 
@@ -569,6 +615,7 @@ mod tests {
             previous_locks: 2,
             expires_at: Some(Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_086_400))),
             note: Some("ticket \"#42\"\nsecond line".into()),
+            history: Vec::new(),
         }
     }
 

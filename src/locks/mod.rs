@@ -7,7 +7,9 @@
 //! commits concurrent locks together, with a [`Ticket`] for each lock not yet
 //! on disk; plus a watcher that picks up edits made by hand or by the CLI.
 
+pub mod edit;
 pub mod file;
+pub mod pattern;
 
 use crate::config::Config;
 use crate::config::address::lock_key;
@@ -15,8 +17,10 @@ use dashmap::DashMap;
 use file::{
     self as lockfile, Change, Fingerprint, LockEntry, LockFileError, LockList, LockSource, Snapshot, fingerprint,
 };
+use pattern::Patterns;
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +44,12 @@ pub trait LockStore: Send + Sync + 'static {
     /// already (or there is no lock). A reply that enforces a lock waits for
     /// its ticket, so that no crash forgets a lock that has refused mail.
     fn durability(&self, identity: &str) -> Option<Ticket>;
+
+    /// The lock of a client network (`203.0.113.0/24` in the list) that
+    /// covers the client `ip`, if any: it applies whatever the identity.
+    fn lookup_client(&self, _ip: IpAddr, _now: SystemTime) -> Option<Arc<LockEntry>> {
+        None
+    }
 }
 
 /// A lock on its way to disk (see [`LockStore::durability`]).
@@ -104,6 +114,9 @@ pub struct FileLocks {
     normalise: Normaliser,
     /// The last list read or written successfully.
     active: RwLock<Arc<HashMap<String, Arc<LockEntry>>>>,
+    /// The domain (`@example.com`) and network (`203.0.113.0/24`) locks
+    /// among them, rebuilt with the list.
+    patterns: RwLock<Arc<Patterns>>,
     /// Locks set by the daemon and not yet written to the file. They are
     /// enforced from the moment they are set.
     pending: DashMap<String, Pending>,
@@ -184,6 +197,7 @@ impl FileLocks {
             path: path.to_owned(),
             normalise,
             active: RwLock::new(Arc::new(HashMap::new())),
+            patterns: RwLock::new(Arc::new(Patterns::default())),
             pending: DashMap::new(),
             next_batch: Mutex::new(1),
             progress: watch::Sender::new(Progress::default()),
@@ -216,6 +230,7 @@ impl FileLocks {
             .map(|e| (e.identity.clone(), Arc::new(e)))
             .collect();
         let map = Arc::new(map);
+        self.set_patterns(Patterns::new(map.values()));
         self.version.fetch_add(1, Ordering::Relaxed);
         let old = match self.active.write() {
             Ok(mut active) => std::mem::replace(&mut *active, map.clone()),
@@ -228,6 +243,59 @@ impl FileLocks {
             .count();
         self.stats.added_manual.fetch_add(manual as u64, Ordering::Relaxed);
         old
+    }
+
+    fn set_patterns(&self, patterns: Patterns) {
+        match self.patterns.write() {
+            Ok(mut p) => *p = Arc::new(patterns),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(patterns),
+        }
+    }
+
+    fn patterns(&self) -> Arc<Patterns> {
+        match self.patterns.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Applies an admin's change to the lock list at once: writes pending
+    /// locks first (so that none is written back over the change), edits
+    /// the file under the writers' lock and installs the result. Returns
+    /// `change`'s answer and the identities whose lock the change lifted.
+    /// Blocking: call it off the runtime.
+    pub fn edit<T>(
+        &self,
+        change: impl FnOnce(&mut LockList) -> Result<(T, bool), String>,
+    ) -> Result<(T, Vec<String>), String> {
+        if let Err(e) = self.flush() {
+            return Err(format!("cannot write the pending locks first: {e}"));
+        }
+        let mut snapshot = lock(&self.written);
+        let mut answer = None;
+        let mut error = None;
+        lockfile::update_cached(&self.path, &*self.normalise, &mut snapshot, |list| match change(list) {
+            Ok((t, changed)) => {
+                answer = Some(t);
+                if changed { Change::Edited } else { Change::None }
+            }
+            Err(e) => {
+                error = Some(e);
+                Change::None
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(e) = error {
+            return Err(e);
+        }
+        let Some(written) = snapshot.as_ref() else {
+            return Err("the lock list was not read".into());
+        };
+        *lock(&self.seen) = written.fingerprint;
+        let old = self.install(written.list.clone());
+        let lifted = lifted(&old, &self.active(), SystemTime::now());
+        let answer = answer.ok_or_else(|| "the change was not applied".to_string())?;
+        Ok((answer, lifted))
     }
 
     fn active(&self) -> Arc<HashMap<String, Arc<LockEntry>>> {
@@ -278,6 +346,12 @@ impl FileLocks {
                     None => map.remove(identity),
                 };
             }
+            if changes
+                .iter()
+                .any(|(id, _)| pattern::Target::of(id) != pattern::Target::Identity)
+            {
+                self.set_patterns(Patterns::new(map.values()));
+            }
             self.version.fetch_add(1, Ordering::Relaxed);
         }
         let mut snapshot = lock(&self.written);
@@ -312,7 +386,7 @@ impl FileLocks {
                 self.pending.remove(identity);
             }
         }
-        Ok(before.keys().filter(|k| !new.contains_key(*k)).cloned().collect())
+        Ok(lifted(&before, &new, SystemTime::now()))
     }
 
     /// Number of locks set by the daemon and not yet written.
@@ -347,7 +421,8 @@ impl FileLocks {
                 let old = self.install(list);
                 let new = self.active();
                 let added: Vec<_> = new.keys().filter(|k| !old.contains_key(*k)).cloned().collect();
-                let mut removed: Vec<_> = old.keys().filter(|k| !new.contains_key(*k)).cloned().collect();
+                // Removed, or made to lapse (an unlock that keeps the history).
+                let mut removed = lifted(&old, &new, SystemTime::now());
                 self.stats.corrupt.store(false, Ordering::Relaxed);
                 if !added.is_empty() || !removed.is_empty() || force {
                     info!(
@@ -440,7 +515,7 @@ impl FileLocks {
             // truth now, including any unlocks the watcher has not seen yet.
             let old = self.install(snapshot.list.clone());
             let new = self.active();
-            lock(&self.unlocked_backlog).extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
+            lock(&self.unlocked_backlog).extend(lifted(&old, &new, SystemTime::now()));
         } else {
             self.extend_active(changed.iter().map(|&i| snapshot.list.entries[i].clone()));
         }
@@ -466,8 +541,13 @@ impl FileLocks {
         };
         let map = Arc::make_mut(&mut *active);
         self.version.fetch_add(1, Ordering::Relaxed);
+        let mut patterns = false;
         for e in entries {
+            patterns |= pattern::Target::of(&e.identity) != pattern::Target::Identity;
             map.insert(e.identity.clone(), Arc::new(e));
+        }
+        if patterns {
+            self.set_patterns(Patterns::new(map.values()));
         }
     }
 
@@ -571,7 +651,26 @@ impl LockStore for FileLocks {
             return Some(p.value().entry.clone());
         }
         let active = self.active();
-        active.get(identity).filter(|e| e.is_active(now)).cloned()
+        if let Some(e) = active.get(identity).filter(|e| e.is_active(now)) {
+            return Some(e.clone());
+        }
+        let patterns = self.patterns();
+        if patterns.is_empty() {
+            return None;
+        }
+        if let Some(e) = patterns.domain_lock(identity, now) {
+            return Some(e);
+        }
+        if patterns.has_networks()
+            && let Ok(ip) = identity.parse::<IpAddr>()
+        {
+            return patterns.network_lock(ip, now);
+        }
+        None
+    }
+
+    fn lookup_client(&self, ip: IpAddr, now: SystemTime) -> Option<Arc<LockEntry>> {
+        self.patterns().network_lock(ip, now)
     }
 
     fn lock(&self, entry: LockEntry, now: SystemTime) -> bool {
@@ -739,6 +838,19 @@ fn merge(list: &mut LockList, batch: &[LockEntry]) -> Merged {
     merged
 }
 
+/// The identities whose lock was in force in `old` and is not in `new`:
+/// removed from the list, or made to lapse by an unlock.
+fn lifted(
+    old: &HashMap<String, Arc<LockEntry>>,
+    new: &HashMap<String, Arc<LockEntry>>,
+    now: SystemTime,
+) -> Vec<String> {
+    old.iter()
+        .filter(|(id, e)| e.is_active(now) && new.get(*id).is_none_or(|n| !n.is_active(now)))
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
 /// How many identities a log line names before it says "+N more".
 const SHOWN: usize = 5;
 
@@ -781,6 +893,7 @@ mod tests {
             previous_locks: 0,
             expires_at: None,
             note: None,
+            history: Vec::new(),
         }
     }
 
@@ -1031,5 +1144,29 @@ mod tests {
         .unwrap();
         locks.reload(true);
         assert!(locks.lookup("b@x", now).is_some());
+    }
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    use super::*;
+
+    /// `@domain` and network entries match every identity they cover.
+    #[test]
+    fn domain_and_network_entries_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        std::fs::write(
+            &path,
+            "[[lock]]\nidentity = \"@example.com\"\nsource = \"manual\"\nlocked_at = \"2026-01-01T00:00:00Z\"\nreason = \"r\"\n\n[[lock]]\nidentity = \"203.0.113.0/24\"\nsource = \"manual\"\nlocked_at = \"2026-01-01T00:00:00Z\"\nreason = \"r\"\n",
+        )
+        .unwrap();
+        let locks = FileLocks::open(&path, Arc::new(|s: &str| s.trim().to_lowercase())).unwrap();
+        let now = SystemTime::now();
+        assert!(locks.lookup("dave@example.com", now).is_some());
+        assert!(locks.lookup("dave@example.org", now).is_none());
+        assert!(locks.lookup("203.0.113.9", now).is_some());
+        assert!(locks.lookup_client("203.0.113.9".parse().unwrap(), now).is_some());
+        assert!(locks.lookup_client("203.0.114.9".parse().unwrap(), now).is_none());
     }
 }

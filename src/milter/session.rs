@@ -25,7 +25,7 @@ use crate::policy::identity::{self, Facts, HeaderValues, Identity, Resolution};
 use crate::policy::locked::{LockedStep, Stage, locked_step};
 use crate::policy::reply::{self, Reply, Vars};
 use crate::policy::{Door, Outbound, Plan, Policy, Trip, most_severe};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
@@ -161,7 +161,7 @@ impl Session {
             .policy
             .bounce_uncounted(&identity, message.bounce, Door::of(self.client));
         let plan = message.plan.insert(cx.policy.plan(identity, uncounted));
-        message.lock = cx.lock_in_force(plan);
+        message.lock = cx.lock_in_force(plan, self.client.map(|c| c.ip()));
         if message.lock.is_some() {
             return cx.locked(message, Stage::Mail, false);
         }
@@ -259,9 +259,10 @@ impl Session {
             .policy
             .bounce_uncounted(&identity, message.bounce, Door::of(self.client));
         let mut plan = cx.policy.plan(identity, uncounted);
-        let mut lock = cx.lock_in_force(&plan);
+        let client = self.client.map(|c| c.ip());
+        let mut lock = cx.lock_in_force(&plan, client);
         if let (None, Some(login)) = (&lock, stamper) {
-            match cx.lock_in_force(&login) {
+            match cx.lock_in_force(&login, client) {
                 // The stamping login itself is locked: so is all it submits.
                 Some(login_lock) => {
                     lock = Some(login_lock);
@@ -366,8 +367,8 @@ impl<'a> Decider<'a> {
 
     /// The identity's lock, if it is to be enforced. In dry-run mode a lock
     /// is only logged: nothing is refused, locks included.
-    fn lock_in_force(&self, plan: &Plan) -> Option<Arc<LockEntry>> {
-        let lock = self.policy.lock_of(&plan.identity.value)?;
+    fn lock_in_force(&self, plan: &Plan, client: Option<IpAddr>) -> Option<Arc<LockEntry>> {
+        let lock = self.policy.lock_of_message(&plan.identity.value, client)?;
         if self.policy.enforcing() {
             return Some(lock);
         }
@@ -775,6 +776,7 @@ action = "lock"
                 previous_locks: 0,
                 expires_at: None,
                 note: None,
+                history: Vec::new(),
             };
             assert!(self.locks.lock(entry, now));
         }

@@ -5,7 +5,7 @@
 //! The status API's answers on the wire, shared by the server
 //! ([`super::status`]) and the CLI (`top`, `explain`, `report`, `queue`).
 
-use crate::locks::file::LockEntry;
+use crate::locks::file::{HistoryEvent, LockEntry};
 use crate::ops::activity::{Activity, ReportRow};
 use serde::{Deserialize, Serialize};
 use std::time::SystemTime;
@@ -48,6 +48,9 @@ pub struct LockView {
     pub previous_locks: u32,
     pub expires_at: Option<String>,
     pub note: Option<String>,
+    /// What admins did: who, when, why.
+    #[serde(default)]
+    pub history: Vec<HistoryEvent>,
 }
 
 impl LockView {
@@ -62,8 +65,80 @@ impl LockView {
             previous_locks: e.previous_locks,
             expires_at: e.expires_at.map(|t| t.to_string()),
             note: e.note.clone(),
+            history: e.history.clone(),
         }
     }
+}
+
+/// The answer of `/api/locks`: one page of the locks a filter matches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocksAnswer {
+    /// Entries in the list, and those the filter matches.
+    pub total: usize,
+    pub matched: usize,
+    pub offset: usize,
+    pub limit: usize,
+    pub locks: Vec<LockView>,
+}
+
+/// The answer of `/api/session`: who is logged in and the CSRF token that
+/// state-changing requests carry in `X-CSRF-Token`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SessionAnswer {
+    pub user: String,
+    pub csrf: Option<String>,
+}
+
+/// The body of `POST /api/actions/NAME` (`lock`, `unlock`, `extend`,
+/// `reset`, `bulk-unlock`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// The identity, `@domain` or network (all but `bulk-unlock`).
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Why: required, kept in the lock's history.
+    pub reason: String,
+    /// `lock`, `extend`: a duration from now such as `24h`; absent or
+    /// `never`: no expiry.
+    #[serde(default)]
+    pub expires: Option<String>,
+    #[serde(default)]
+    pub note: Option<String>,
+    /// `bulk-unlock`: which locks.
+    #[serde(default)]
+    pub filter: Option<FilterRequest>,
+    /// `bulk-unlock`: only list what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// `bulk-unlock` without a filter: release every lock.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// A bulk operation's filter on the wire.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRequest {
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// Locked within this long (`1h`) or since this time (RFC 3339).
+    #[serde(default)]
+    pub since: Option<String>,
+    /// A glob over the identity, e.g. `*@example.com`.
+    #[serde(default)]
+    pub identity: Option<String>,
+}
+
+/// What an action did.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ActionAnswer {
+    pub message: String,
+    pub dry_run: bool,
+    /// The locks it changed (or, in a dry run, would change), as they were before.
+    pub locks: Vec<LockView>,
 }
 
 /// One rule's state for one identity.

@@ -6,6 +6,8 @@
 
 pub mod activity;
 pub mod api;
+pub mod auth;
+pub mod desk;
 pub mod fleet_top;
 pub mod metrics;
 pub mod status;

@@ -13,10 +13,15 @@
 //! | `GET /api/identities?top=N&sort=messages\|recipients` | the busiest identities now |
 //! | `GET /api/identities/ID` | every rule's count for ID, its lock and activity |
 //! | `GET /api/report?since=24h` | per-identity totals over the last hours |
+//! | `GET /`, `/api/locks`, `POST /api/actions/*` | the review desk ([`super::desk`]) |
 //!
-//! It is bounded: GET only, headers of at most 8 KiB read within 5 s, each
-//! connection closed after 30 s, at most `status.max_connections` at once
-//! (more are closed at once).
+//! Everything but `/metrics`, `/healthz` and the desk's static files needs
+//! authentication ([`super::auth`]); every state-changing request also a
+//! CSRF token and the desk's origin.
+//!
+//! It is bounded: headers of at most 8 KiB read within 5 s, request bodies
+//! of at most 16 KiB, each connection closed after 30 s, at most
+//! `status.max_connections` at once (more are closed at once).
 
 use crate::clock::Clock;
 use crate::config::{IdentitySource, format_duration};
@@ -24,6 +29,7 @@ use crate::locks::{FileLocks, LockStore};
 use crate::notify;
 use crate::ops::activity::{HISTORY_HOURS, SortBy, merge_top};
 use crate::ops::api::{ExplainAnswer, LockView, ReportAnswer, RuleView, TopAnswer, percent_decode};
+use crate::ops::auth::{Auth, Principal};
 use crate::ops::fleet_top::FleetTop;
 use crate::ops::metrics::{Gauges, Observer, StoreGauges};
 use crate::policy::identity::Identity;
@@ -67,7 +73,15 @@ pub struct State {
     store: Option<Arc<StoreStats>>,
     /// The other hosts' `top` lists, in a fleet.
     fleet_top: Option<Arc<FleetTop>>,
+    /// Who may read and write.
+    pub(crate) auth: Arc<Auth>,
+    /// Gives identities a fresh start (their counters emptied, here and in
+    /// the fleet): after an unlock or a reset.
+    pub(crate) forget: Forget,
 }
+
+/// Empties the counters of the identities given.
+pub type Forget = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 impl State {
     pub fn new(
@@ -88,7 +102,34 @@ impl State {
             max_connections,
             store,
             fleet_top: None,
+            // No token anyone knows until `with_auth`: nothing gets in.
+            auth: Arc::new(Auth::with_token(String::new())),
+            forget: Arc::new(|_: &[String]| {}),
         }
+    }
+
+    /// Authentication, with the local token written at start.
+    pub fn with_auth(mut self, auth: Arc<Auth>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// What to call to forget identities' counters.
+    pub fn with_forget(mut self, forget: Forget) -> Self {
+        self.forget = forget;
+        self
+    }
+
+    pub(crate) fn locks(&self) -> &Arc<FileLocks> {
+        &self.locks
+    }
+
+    pub(crate) fn policy(&self) -> Arc<crate::policy::Policy> {
+        snapshot(&self.current)
+    }
+
+    pub(crate) fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// In a fleet: `top` merges the other hosts' lists.
@@ -135,7 +176,7 @@ pub async fn serve(listener: TcpListener, state: State, stop: impl std::future::
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(answer(&state, &req).await) }
+                async move { Ok::<_, Infallible>(secure(answer(&state, req, peer).await)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -152,9 +193,28 @@ pub async fn serve(listener: TcpListener, state: State, stop: impl std::future::
     }
 }
 
-type Answer = Response<Full<Bytes>>;
+pub(crate) type Answer = Response<Full<Bytes>>;
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
+/// Headers on every answer: no framing (clickjacking of the desk's
+/// buttons), no sniffing, scripts and styles from the daemon only.
+fn secure(mut r: Answer) -> Answer {
+    let h = r.headers_mut();
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    if !h.contains_key("cache-control") {
+        h.insert("cache-control", HeaderValue::from_static("no-store"));
+    }
+    r
+}
+
+pub(crate) fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Answer {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -162,13 +222,13 @@ fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>)
     r
 }
 
-fn text(status: StatusCode, body: impl Into<String>) -> Answer {
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Answer {
     let mut body = body.into();
     body.push('\n');
     reply(status, "text/plain; charset=utf-8", body)
 }
 
-fn json(value: &impl Serialize) -> Answer {
+pub(crate) fn json(value: &impl Serialize) -> Answer {
     match serde_json::to_vec_pretty(value) {
         Ok(mut body) => {
             body.push(b'\n');
@@ -178,30 +238,89 @@ fn json(value: &impl Serialize) -> Answer {
     }
 }
 
-async fn answer(state: &State, req: &Request<Incoming>) -> Answer {
-    if req.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served");
+async fn answer(state: &State, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().clone();
+    // Open to anyone who reaches the listener: aggregates and static files.
+    match (&method, path.as_str()) {
+        (&Method::GET, "/metrics") => return metrics(state),
+        (&Method::GET, "/healthz") => return health(state),
+        (&Method::GET, "/review.js" | "/review.css") => return super::desk::asset(&path),
+        (&Method::POST, "/login") => return super::desk::login(state, req).await,
+        (&Method::POST, "/logout") => return super::desk::logout(state, &req),
+        _ => {}
     }
-    let path = req.uri().path();
-    let query = req.uri().query().unwrap_or("");
+    let config = snapshot(&state.current).config().status.clone();
+    let principal = match state.auth.authenticate(&config, req.headers(), peer.ip()).await {
+        Ok(p) => p,
+        Err(why) if path == "/" && method == Method::GET => return super::desk::login_page(why.as_deref()),
+        Err(why) => {
+            if let Some(why) = &why {
+                warn!(%peer, path = %path, "status listener: request refused: {why}");
+            }
+            return unauthorized(why.as_deref());
+        }
+    };
+    if method == Method::POST {
+        return match path.strip_prefix("/api/actions/") {
+            Some(action) => super::desk::action(state, &principal, action, req, peer).await,
+            None => text(StatusCode::NOT_FOUND, "not found"),
+        };
+    }
+    if method != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and POST are served");
+    }
+    authenticated_get(state, &principal, &path, &query).await
+}
+
+/// 401 with a challenge for basic auth: what the CLI and curl see.
+fn unauthorized(why: Option<&str>) -> Answer {
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        format!(
+            "authentication required: {}; log in on the review desk (/), send HTTP basic auth of a user of status.users_file, or run the CLI as root or the daemon's user (it sends the local token)",
+            why.unwrap_or("no credentials")
+        ),
+    );
+    r.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"egress-milter\", charset=\"UTF-8\""),
+    );
+    r
+}
+
+async fn authenticated_get(state: &State, principal: &Principal, path: &str, query: &str) -> Answer {
     match path {
-        "/metrics" => metrics(state),
-        "/healthz" => health(state),
+        "/" => super::desk::page(),
+        "/api/session" => super::desk::session(principal),
+        "/api/locks" => super::desk::locks(state, query),
         "/api/identities" => top(state, query).await,
         "/api/report" => report(state, query),
-        _ => match path.strip_prefix("/api/identities/") {
-            Some(id) if !id.is_empty() => match percent_decode(id) {
-                Some(id) => explain(state, &id).await,
-                None => text(
-                    StatusCode::BAD_REQUEST,
-                    "the identity is not valid percent-encoded UTF-8",
+        _ => {
+            if let Some(id) = path.strip_prefix("/api/locks/") {
+                return match percent_decode(id) {
+                    Some(id) => super::desk::one_lock(state, &id),
+                    None => text(
+                        StatusCode::BAD_REQUEST,
+                        "the identity is not valid percent-encoded UTF-8",
+                    ),
+                };
+            }
+            match path.strip_prefix("/api/identities/") {
+                Some(id) if !id.is_empty() => match percent_decode(id) {
+                    Some(id) => explain(state, &id).await,
+                    None => text(
+                        StatusCode::BAD_REQUEST,
+                        "the identity is not valid percent-encoded UTF-8",
+                    ),
+                },
+                _ => text(
+                    StatusCode::NOT_FOUND,
+                    "not found; try /, /metrics, /healthz, /api/locks, /api/identities, /api/identities/ID, /api/report",
                 ),
-            },
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "not found; try /metrics, /healthz, /api/identities, /api/identities/ID, /api/report",
-            ),
-        },
+            }
+        }
     }
 }
 
@@ -272,7 +391,7 @@ fn health(state: &State) -> Answer {
     }
 }
 
-fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
         .filter_map(|kv| kv.split_once('='))

@@ -799,6 +799,15 @@ impl Policy {
         self.locks.lookup(identity, self.counters.clock.wall_now())
     }
 
+    /// The lock in force for a message: the identity's own lock (exact, or
+    /// its domain's), else a lock of the client's network.
+    pub fn lock_of_message(&self, identity: &str, client: Option<std::net::IpAddr>) -> Option<Arc<LockEntry>> {
+        let now = self.counters.clock.wall_now();
+        self.locks
+            .lookup(identity, now)
+            .or_else(|| client.and_then(|ip| self.locks.lookup_client(ip, now)))
+    }
+
     /// A ticket for the lock of `identity` if it is not on disk yet (see
     /// [`LockStore::durability`]): a reply that enforces the lock waits for it.
     pub fn lock_durability(&self, identity: &str) -> Option<Ticket> {
@@ -840,6 +849,7 @@ impl Policy {
             previous_locks: 0,
             expires_at: self.config.locks.auto_lock_duration.map(|d| Timestamp(now + d.0)),
             note: None,
+            history: Vec::new(),
         };
         let fresh = self.locks.lock(entry, now);
         self.lock_of(&identity.value).map(|entry| AutoLock { entry, fresh })

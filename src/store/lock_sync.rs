@@ -21,8 +21,8 @@
 //!   file and are pushed when it returns. A Redis that comes back empty (its
 //!   `{locks}:epoch` is gone) is given every host's locks again.
 
-use crate::locks::FileLocks;
 use crate::locks::file::LockEntry;
+use crate::locks::{FileLocks, LockStore};
 use crate::policy::shared::BoxFuture;
 use crate::store::StoreStats;
 use crate::store::link::RedisLink;
@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 /// How often the host looks for changes, here and in the fleet: a lock set
 /// anywhere is enforced everywhere within about twice this.
-pub const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How often, at most, the baseline file is rewritten.
 const BASELINE_SAVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -457,9 +457,12 @@ impl LockSync {
         }
         let mut unlocked = Vec::new();
         if !apply.is_empty() {
+            // Lifted: in force here now, and removed or lapsed in the fleet
+            // (an unlock from the review desk keeps the entry, expired).
+            let now = SystemTime::now();
             let lifted: Vec<String> = apply
                 .iter()
-                .filter(|(id, e)| e.is_none() && local.contains_key(id))
+                .filter(|(id, e)| e.as_ref().is_none_or(|e| !e.is_active(now)) && self.locks.lookup(id, now).is_some())
                 .map(|(id, _)| id.clone())
                 .collect();
             if !lifted.is_empty() {
