@@ -1429,3 +1429,59 @@ fn sighup_applies_a_changed_limit_and_keeps_the_old_one_when_broken() {
     assert_eq!(live.milter.pid(), pid);
     assert_eq!(live.milter.log_lines(&["configuration reloaded"]).len(), 1);
 }
+
+/// The emergency runbook's first command (docs/operations.md, "Take
+/// egress-milter out of the mail path"): with it, Postfix stops asking the
+/// milter at once and a locked account's mail flows; putting the line back
+/// puts the milter back. Run as the runbook says, against this instance.
+#[test]
+fn the_runbook_takes_the_milter_out_of_the_mail_path_in_one_command() {
+    if skip_unless_live() {
+        return;
+    }
+    let live = Live::start(MilterConfig::fixture("small-limits.toml"));
+    let mallory = "mallory@example.com";
+    push_until_locked(&live, mallory);
+    live.milter.wait_for_lock(mallory, WAIT).expect("in the lock list");
+    let postfix = &live.mta.postfix;
+    let milters = postfix.postconf("smtpd_milters").expect("postconf smtpd_milters");
+    assert!(!milters.trim().is_empty(), "the instance has a milter to take out");
+
+    // postconf -e 'smtpd_milters =' 'non_smtpd_milters =' && postfix reload
+    postfix
+        .run("postconf", &["-e", "smtpd_milters =", "non_smtpd_milters ="])
+        .expect("postconf -e");
+    postfix.reload().expect("postfix reload");
+    let delivered = (0..50)
+        .map(|i| format!("runbook-out-{i}"))
+        .find(|subject| {
+            let out = live.send(&live.submission(mallory, &["x@remote.test"], subject));
+            if !out.accepted() {
+                // smtpd processes started before the reload finish their
+                // session with the old settings; a new one has the new.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            out.accepted()
+        })
+        .expect("with the milter out of the path, the locked account's mail is accepted");
+    assert!(
+        crate::egress::poll_until(WAIT, || live.was_delivered(&delivered)),
+        "{delivered} accepted but not delivered"
+    );
+
+    // Back: the milter's lines restored, and the lock holds again.
+    postfix
+        .run("postconf", &["-e", &format!("smtpd_milters = {}", milters.trim())])
+        .expect("postconf -e");
+    postfix.reload().expect("postfix reload");
+    let refused = (0..50)
+        .map(|i| live.send(&live.submission(mallory, &["x@remote.test"], &format!("runbook-back-{i}"))))
+        .inspect(|out| {
+            if out.accepted() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .find(|out| !out.accepted())
+        .expect("with the milter back, the lock holds again");
+    assert_refused(&refused, Stage::RcptTo, 550, "5.7.1", &locked_text(mallory));
+}
