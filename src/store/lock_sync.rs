@@ -232,7 +232,10 @@ impl LockSync {
         );
         let unlocked = self.merge(&ids, &local, &fleet).await?;
         self.full = false;
-        self.local_version = Some(self.locks.version());
+        // The version read before the list: a lock set while this round ran
+        // moves it on, and the next round compares again. (Our own writes
+        // move it too, which costs one comparison that finds nothing.)
+        self.local_version = Some(local_version);
         Ok(unlocked)
     }
 
