@@ -104,10 +104,20 @@ fn millis(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// An entry as the fleet stores it.
+/// An entry as the fleet stores it. The time in front is `locked_at` in
+/// whole seconds (as milliseconds), the precision the lock list file and
+/// the JSON keep: an entry read back from either encodes to the same value.
+/// (With the milliseconds of a lock just set, the host that set it and a
+/// host that read it from the fleet encoded one lock two ways, and pushed
+/// their versions over each other every round.)
 pub fn encode(entry: &LockEntry) -> Value {
     let json = serde_json::to_string(entry).unwrap_or_default();
-    format!("{} {json}", millis(entry.locked_at.0))
+    let secs = entry
+        .locked_at
+        .0
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{} {json}", secs * 1000)
 }
 
 fn decode(value: &str) -> Option<LockEntry> {
@@ -527,5 +537,34 @@ impl LockSync {
         if let Err(e) = result {
             warn!(file = %self.baseline_path.display(), "cannot save the fleet baseline (after a restart, this host's locks are offered to the fleet again): {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locks::file::{LockSource, Timestamp};
+
+    #[test]
+    fn an_entry_read_back_encodes_to_the_same_value() {
+        let entry = LockEntry {
+            identity: "mallory@example.com".into(),
+            source: LockSource::Auto,
+            // A lock set just now: sub-second precision.
+            locked_at: Timestamp(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_638_338_123)),
+            reason: "rule \"lock\" exceeded".into(),
+            rule: Some("lock".into()),
+            previous_locks: 2,
+            expires_at: Some(Timestamp(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_724_738_456),
+            )),
+            note: Some("n".into()),
+            history: Vec::new(),
+        };
+        let value = encode(&entry);
+        assert!(value.starts_with("1764638338000 "), "{value}");
+        let back = decode(&value).expect("decodes");
+        assert_eq!(encode(&back), value);
+        assert_eq!(locked_at_of(&value), 1_764_638_338_000);
     }
 }
