@@ -385,3 +385,44 @@ async fn the_merge_rule_keeps_the_later_lock_and_unlocks_only_what_was_seen() {
     assert_eq!(redis.cli(&["GET", "m:{locks}:version"]).trim(), "3");
     assert_eq!(redis.cli(&["XLEN", "m:{locks}:log"]).trim(), "3");
 }
+
+/// A host whose lock list does not parse (an edit gone wrong) cannot take
+/// the fleet's locks into its file; when the admin fixes the file, the
+/// fleet's locks are written into it, and the fix is not taken for an
+/// unlock of them anywhere.
+#[tokio::test]
+async fn a_corrupt_lock_list_on_one_host_loses_no_fleet_lock() {
+    let Some(redis) = RedisServer::start() else { return };
+    let config = lock_config(&redis, "corrupt:");
+    let (a, b) = (Milter::spawn(&config).await, Milter::spawn(&config).await);
+    let good = std::fs::read_to_string(&b.lock_path).unwrap_or_default();
+    std::fs::write(&b.lock_path, "[[lock]]\nidentity = \"broken\n").unwrap();
+    trip_lock(&a, "spammer@example.com").await;
+    // B cannot write it, and keeps retrying; A has it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        a.lock_list()
+            .entries
+            .iter()
+            .any(|e| e.identity == "spammer@example.com")
+    );
+    // The admin puts the last good file back.
+    std::fs::write(&b.lock_path, good).unwrap();
+    until_listed(&b, "spammer@example.com", PROPAGATION).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        a.lock_list()
+            .entries
+            .iter()
+            .any(|e| e.identity == "spammer@example.com"),
+        "the fix on B unlocked nothing on A"
+    );
+    assert!(
+        redis
+            .cli(&["HKEYS", "corrupt:{locks}:entries"])
+            .contains("spammer@example.com")
+    );
+    assert!(refused_as_locked(
+        &Mta::send(b.addr, &Msg::from_user("spammer@example.com")).await
+    ));
+}

@@ -355,7 +355,7 @@ impl FileLocks {
             self.version.fetch_add(1, Ordering::Relaxed);
         }
         let mut snapshot = lock(&self.written);
-        lockfile::update_cached(&self.path, &*self.normalise, &mut snapshot, |list| {
+        let written = lockfile::update_cached(&self.path, &*self.normalise, &mut snapshot, |list| {
             for (identity, entry) in changes {
                 let at = list.entries.iter().position(|e| e.identity == *identity);
                 match (at, entry) {
@@ -368,7 +368,21 @@ impl FileLocks {
                 }
             }
             Change::Edited
-        })?;
+        });
+        if let Err(e) = written {
+            // The file (corrupt, read-only, full disk) is what this host
+            // agreed with the fleet on: put back what it says, so that the
+            // fleet's changes are applied again once it can be written, and
+            // an admin's fix of it is not taken for unlocks of them.
+            let mut active = match self.active.write() {
+                Ok(a) => a,
+                Err(p) => p.into_inner(),
+            };
+            *active = before;
+            self.set_patterns(Patterns::new(active.values()));
+            self.version.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let Some(written) = snapshot.as_ref() else {
             return Ok(Vec::new());
         };

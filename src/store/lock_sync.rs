@@ -38,6 +38,9 @@ use tracing::{debug, info, warn};
 /// anywhere is enforced everywhere within about twice this.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The pause after the lock list could not be written.
+const WRITE_FAILED_PAUSE: Duration = Duration::from_secs(1);
+
 /// How often, at most, the baseline file is rewritten.
 const BASELINE_SAVE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -89,6 +92,8 @@ pub struct LockSync {
     forget: ForgetHook,
     /// Each local entry as last encoded, by identity.
     encoded: HashMap<String, (Arc<LockEntry>, Value)>,
+    /// No round before this (the lock list could not be written).
+    pause_until: Option<std::time::Instant>,
     /// The baseline changed since it was last saved, and when that was.
     baseline_dirty: bool,
     baseline_saved: Option<std::time::Instant>,
@@ -164,6 +169,7 @@ impl LockSync {
             full: true,
             forget,
             encoded: HashMap::new(),
+            pause_until: None,
             baseline_dirty: false,
             baseline_saved: None,
         }
@@ -183,7 +189,7 @@ impl LockSync {
                 _ = tick.tick() => {}
                 () = &mut shutdown => break,
             }
-            if !self.link.available() {
+            if !self.link.available() || self.pause_until.is_some_and(|t| std::time::Instant::now() < t) {
                 continue;
             }
             if let Err(e) = self.sync_once().await {
@@ -441,6 +447,9 @@ impl LockSync {
         }
         let mut apply = Vec::new();
         let mut moved = false;
+        // The baseline of what is applied, as it was: put back if the file
+        // cannot be written.
+        let mut agreed_before: Vec<(String, Option<Value>)> = Vec::new();
         for id in ids {
             let fleet_now = match outcome.remove(id) {
                 Some(v) => v,
@@ -461,6 +470,7 @@ impl LockSync {
                     None => None,
                 };
                 apply.push((id.clone(), entry));
+                agreed_before.push((id.clone(), self.baseline.locks.get(id).cloned()));
             }
             moved |= self.baseline.locks.get(id) != fleet_now.as_ref();
             match fleet_now {
@@ -489,9 +499,23 @@ impl LockSync {
             match written {
                 Ok(ids) => unlocked = ids,
                 Err(e) => {
-                    // Enforced from memory meanwhile? Not these: the file is
-                    // the view. Try again next round.
+                    // The file is this host's view and its agreement with
+                    // the fleet: until it can be written, the baseline stays
+                    // what the file says, and the fleet's changes are taken
+                    // again (a full comparison, once a second at most).
+                    for (id, value) in agreed_before {
+                        match value {
+                            Some(v) => self.baseline.locks.insert(id, v),
+                            None => self.baseline.locks.remove(&id),
+                        };
+                    }
                     self.full = true;
+                    self.pause_until = Some(std::time::Instant::now() + WRITE_FAILED_PAUSE);
+                    warn!(
+                        file = %self.locks.path().display(),
+                        changes = apply.len(),
+                        "the fleet's lock changes cannot be written to the lock list, retrying in 1s (locks set here are still enforced and shared): {e}"
+                    );
                     return Err(format!("cannot write the fleet's lock changes to the lock list: {e}"));
                 }
             }
