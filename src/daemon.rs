@@ -92,15 +92,9 @@ fn forget(counters: &Arc<Counters>, ids: &[String]) {
     for id in ids {
         counters.forget(id);
     }
-    if let Some(shared) = counters.shared().cloned() {
-        let ids = ids.to_vec();
-        tokio::spawn(async move {
-            for id in &ids {
-                if let Err(e) = shared.forget(id, policy::shared_group_of(id)).await {
-                    warn!(identity = %id, "cannot clear the identity's counters on Redis: {e}");
-                }
-            }
-        });
+    if counters.shared().is_some() {
+        let (counters, ids) = (counters.clone(), ids.to_vec());
+        tokio::spawn(async move { forget_shared(&counters, &ids).await });
     }
 }
 
@@ -110,11 +104,15 @@ async fn forget_now(counters: &Arc<Counters>, ids: &[String]) {
     for id in ids {
         counters.forget(id);
     }
-    if let Some(shared) = counters.shared() {
-        for id in ids {
-            if let Err(e) = shared.forget(id, policy::shared_group_of(id)).await {
-                warn!(identity = %id, "cannot clear the identity's counters on Redis: {e}");
-            }
+    forget_shared(counters, ids).await;
+}
+
+/// Empties the identities' own buckets on Redis, if the counters are shared.
+async fn forget_shared(counters: &Counters, ids: &[String]) {
+    let Some(shared) = counters.shared() else { return };
+    for id in ids {
+        if let Err(e) = shared.forget(id, policy::shared_group_of(id)).await {
+            warn!(identity = %id, "cannot clear the identity's counters on Redis: {e}");
         }
     }
 }

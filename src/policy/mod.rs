@@ -930,11 +930,14 @@ impl Policy {
 /// The group of an identity's buckets in a shared store (see
 /// [`SharedOp::group`]): its domain, or the identity when it has none.
 pub fn shared_group(identity: &Identity) -> &str {
-    identity.domain().unwrap_or(&identity.value)
+    shared_group_of(&identity.value)
 }
 
 /// [`shared_group`] of a normalised identity known only by its value (an
-/// unlock): the part after the last `@`, or the whole value.
+/// unlock): the part after the last `@`, or the whole value. One definition
+/// for both, so that an unlock clears the very keys the decisions counted
+/// in. (A client address has no `@`: its group is itself, as
+/// [`Identity::domain`] has it.)
 pub fn shared_group_of(identity: &str) -> &str {
     match identity.rsplit_once('@') {
         Some((_, domain)) if !domain.is_empty() => domain,
