@@ -13,7 +13,7 @@ use egress_milter::locks::FileLocks;
 use egress_milter::policy::identity::Identity;
 use egress_milter::policy::limiter::{Cell, Limit, Outcome};
 use egress_milter::policy::shared::{OpKind, SharedCounters, SharedOp};
-use egress_milter::policy::{Counters, Plan, Policy, Trip};
+use egress_milter::policy::{Counters, Demand, Plan, Policy, Trip};
 use egress_milter::store::StoreStats;
 use egress_milter::store::counters::RedisCounters;
 use egress_milter::store::link::RedisLink;
@@ -204,17 +204,19 @@ rates = { "per-user" = "10/1m" }
         let user = users[rng.below(users.len() as u64) as usize];
         let rcpts = 1 + rng.below(4) as u32;
         let (p1, p2): (Plan, Plan) = (memory.plan(id(user), false), on_redis.plan(id(user), false));
-        let mut a = memory.check(&[&p1], (1, 0), (1, 0)).await;
-        let mut b = on_redis.check(&[&p2], (1, 0), (1, 0)).await;
+        let (mail, rcpt) = (Demand::volume(1, 0), Demand::volume(0, rcpts));
+        let mut a = memory.check(&[&p1], &mail, &mail).await;
+        let mut b = on_redis.check(&[&p2], &mail, &mail).await;
         assert_eq!(verdicts(&a), verdicts(&b), "step {step}: MAIL of {user}");
         if a.is_empty() {
-            a = memory.check(&[&p1], (0, rcpts), (0, rcpts)).await;
-            b = on_redis.check(&[&p2], (0, rcpts), (0, rcpts)).await;
+            a = memory.check(&[&p1], &rcpt, &rcpt).await;
+            b = on_redis.check(&[&p2], &rcpt, &rcpt).await;
             assert_eq!(verdicts(&a), verdicts(&b), "step {step}: RCPT of {user}");
         }
         if a.is_empty() {
-            a = memory.commit_all(&[&p1], rcpts).await;
-            b = on_redis.commit_all(&[&p2], rcpts).await;
+            let message = Demand::volume(1, rcpts);
+            a = memory.commit_all(&[&p1], &message).await;
+            b = on_redis.commit_all(&[&p2], &message).await;
             assert_eq!(verdicts(&a), verdicts(&b), "step {step}: end of message of {user}");
             if a.is_empty() {
                 *counted.entry(user).or_default() += 1;
@@ -255,7 +257,7 @@ action = "tempfail"
         Counters::with_shared(clock.clone(), Arc::new(redis_counters(&redis, "tags:", &clock))),
     );
     let plan = policy.plan(id("x}{@example.net"), false);
-    assert!(policy.commit_all(&[&plan], 1).await.is_empty());
+    assert!(policy.commit_all(&[&plan], &Demand::volume(1, 1)).await.is_empty());
     let mut keys: Vec<String> = redis
         .cli(&["--scan", "--pattern", "tags:*"])
         .lines()

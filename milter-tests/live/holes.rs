@@ -222,6 +222,9 @@ fn inbound_mail_through_the_quick_start_wiring_is_never_refused_or_locked() {
         let sent = match rule.count {
             Counted::Messages => inbound_messages,
             Counted::Recipients => inbound_recipients,
+            // Rules of shape, not volume: inbound mail reaches no rule at
+            // all, which the volume rules show.
+            _ => continue,
         };
         assert!(
             sent > rule.rate.count.get() as usize,

@@ -195,6 +195,7 @@ pub fn render_top(answer: &TopAnswer, addr: SocketAddr) -> String {
             "RCPTS/1h",
             "REFUSED/1h",
             "HELD/1h",
+            "BOUNCED/1h",
             "LOCKED",
         ]
         .map(String::from)
@@ -210,6 +211,7 @@ pub fn render_top(answer: &TopAnswer, addr: SocketAddr) -> String {
             a.last_hour.recipients.to_string(),
             refused(&a.last_hour).to_string(),
             a.last_hour.held.to_string(),
+            a.last_hour.bounced.to_string(),
             yes_no(a.locked),
         ]);
     }
@@ -317,13 +319,14 @@ fn explain_activity(out: &mut String, activity: Option<&Activity>) {
     for (name, c) in [("last 1m", &a.last_minute), ("last 1h", &a.last_hour)] {
         let _ = writeln!(
             out,
-            "{:<12}{} messages, {} recipients accepted; {} tempfailed, {} rejected, {} held",
+            "{:<12}{} messages, {} recipients accepted; {} tempfailed, {} rejected, {} held; {} bounced",
             format!("{name}:"),
             c.messages,
             c.recipients,
             c.tempfailed,
             c.rejected,
-            c.held
+            c.held,
+            c.bounced
         );
     }
     if !a.queue_ids.is_empty() {
@@ -380,6 +383,7 @@ pub fn report(config: &Config, since: &str, csv: bool, json: bool) -> Result<Str
         "tempfailed",
         "rejected",
         "held",
+        "bounced",
         "locked",
     ];
     let rows = answer.rows.iter().map(|r| {
@@ -391,6 +395,7 @@ pub fn report(config: &Config, since: &str, csv: bool, json: bool) -> Result<Str
             r.counts.tempfailed.to_string(),
             r.counts.rejected.to_string(),
             r.counts.held.to_string(),
+            r.counts.bounced.to_string(),
             yes_no(r.locked),
         ]
     });

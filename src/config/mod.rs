@@ -177,6 +177,9 @@ pub struct LimitsConfig {
     /// always counted when it comes from a SASL login, an identity header or
     /// a client in `[scope] networks`).
     pub count_bounces: bool,
+    /// Accepted messages remembered (queue id and identity) so that the
+    /// MTA's bounces can be charged to the identity that sent the mail.
+    pub max_tracked_messages: usize,
 }
 
 impl Default for LimitsConfig {
@@ -186,6 +189,7 @@ impl Default for LimitsConfig {
             eviction_interval: DurationValue(Duration::from_secs(60)),
             max_recipients_per_message: 100,
             count_bounces: false,
+            max_tracked_messages: 200_000,
         }
     }
 }
@@ -238,6 +242,10 @@ pub struct RuleConfig {
     /// Count as the action says, but only log what it would do.
     #[serde(default)]
     pub dry_run: bool,
+    /// Bounces only: act only when the bounces are at least this share of
+    /// the recipients the identity's accepted mail had in the window.
+    #[serde(default)]
+    pub min_ratio: Option<Ratio>,
 }
 
 fn default_counted() -> Counted {
@@ -262,6 +270,11 @@ pub struct OverrideConfig {
     /// Rule name to the rate that replaces the rule's own.
     #[serde(default)]
     pub rates: BTreeMap<Spanned<String>, Rate>,
+    /// Domains the identity (or every identity of the domain) may send as,
+    /// besides its own (and its subdomains): `foreign-senders` rules do not
+    /// count them. `"*"`: any.
+    #[serde(default)]
+    pub sender_domains: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

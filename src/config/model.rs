@@ -250,6 +250,28 @@ impl fmt::Display for Action {
 pub enum Counted {
     Messages,
     Recipients,
+    /// Different recipient addresses.
+    DistinctRecipients,
+    /// Different domains of the recipients.
+    DistinctRecipientDomains,
+    /// Different client addresses (IPv6: networks of `client_ipv6_prefix`).
+    DistinctClientAddresses,
+    /// Recipients of the identity's mail that the MTA's bounces report as
+    /// failed.
+    Bounces,
+    /// Messages whose envelope sender or `From:` is at a domain the
+    /// identity may not send as.
+    ForeignSenders,
+}
+
+impl Counted {
+    /// Counts different values (a set per identity), not a quantity.
+    pub fn is_distinct(self) -> bool {
+        matches!(
+            self,
+            Counted::DistinctRecipients | Counted::DistinctRecipientDomains | Counted::DistinctClientAddresses
+        )
+    }
 }
 
 impl fmt::Display for Counted {
@@ -257,9 +279,57 @@ impl fmt::Display for Counted {
         f.write_str(match self {
             Counted::Messages => "messages",
             Counted::Recipients => "recipients",
+            Counted::DistinctRecipients => "distinct-recipients",
+            Counted::DistinctRecipientDomains => "distinct-recipient-domains",
+            Counted::DistinctClientAddresses => "distinct-client-addresses",
+            Counted::Bounces => "bounces",
+            Counted::ForeignSenders => "foreign-senders",
         })
     }
 }
+
+/// A share, written `"20%"`: at least 0.1% and at most 100%, kept in
+/// tenths of a percent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ratio {
+    pub per_mille: u32,
+}
+
+impl Ratio {
+    /// Whether `part / whole` reaches this share (a `whole` of 0 always does).
+    pub fn reached(self, part: u32, whole: u32) -> bool {
+        u64::from(part) * 1000 >= u64::from(self.per_mille) * u64::from(whole)
+    }
+}
+
+impl FromStr for Ratio {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let number = s
+            .trim()
+            .strip_suffix('%')
+            .ok_or("expected a percentage, e.g. \"20%\"")?
+            .trim();
+        let percent: f64 = number.parse().map_err(|_| "expected a percentage, e.g. \"20%\"")?;
+        if !(0.1..=100.0).contains(&percent) {
+            return Err("a percentage from 0.1% to 100%".into());
+        }
+        Ok(Ratio {
+            per_mille: (percent * 10.0).round() as u32,
+        })
+    }
+}
+
+impl fmt::Display for Ratio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.per_mille.is_multiple_of(10) {
+            write!(f, "{}%", self.per_mille / 10)
+        } else {
+            write!(f, "{}.{}%", self.per_mille / 10, self.per_mille % 10)
+        }
+    }
+}
+deserialize_from_str!(Ratio, "percentage");
 
 /// Whose traffic a rule counts together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]

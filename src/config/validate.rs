@@ -7,7 +7,7 @@
 //! fault.
 
 use super::{
-    Action, Config, IdentityConfig, LimitsConfig, LocksConfig, RepliesConfig, RuleConfig, Scope, StatusConfig,
+    Action, Config, Counted, IdentityConfig, LimitsConfig, LocksConfig, RepliesConfig, RuleConfig, Scope, StatusConfig,
     StoreBackend, StoreConfig, address, format_duration,
 };
 use std::collections::HashSet;
@@ -293,6 +293,20 @@ fn rules(rules: &[RuleConfig]) -> Result<(), Violation> {
                 ),
             );
         }
+        if rule.burst.is_some() && rule.count.is_distinct() {
+            return fail(
+                rule.name.span(),
+                &format!("rule[{i}].burst"),
+                format!("a {} rule counts different values, not a rate: it has no burst", rule.count),
+            );
+        }
+        if rule.min_ratio.is_some() && rule.count != Counted::Bounces {
+            return fail(
+                rule.name.span(),
+                &format!("rule[{i}].min_ratio"),
+                "only a rule with count = \"bounces\" has a ratio (to the recipients it sent)".into(),
+            );
+        }
         if rule.action == Action::Lock && rule.per != Scope::Identity {
             return fail(
                     rule.name.span(),
@@ -321,15 +335,28 @@ fn overrides(config: &Config) -> Result<(), Violation> {
         if !targets.insert(target.clone()) {
             return fail(span, &key, format!("{target} already has an override; merge the two"));
         }
-        if over.exempt && !over.rates.is_empty() {
-            return fail(span, &key, "an exempt override cannot also set rates".into());
-        }
-        if !over.exempt && over.rates.is_empty() {
+        if over.exempt && !(over.rates.is_empty() && over.sender_domains.is_empty()) {
             return fail(
                 span,
                 &key,
-                "set \"exempt = true\" or at least one entry in \"rates\"".into(),
+                "an exempt override cannot also set rates or sender_domains: no rule applies to it".into(),
             );
+        }
+        if !over.exempt && over.rates.is_empty() && over.sender_domains.is_empty() {
+            return fail(
+                span,
+                &key,
+                "set \"exempt = true\", or at least one entry in \"rates\" or \"sender_domains\"".into(),
+            );
+        }
+        for (j, domain) in over.sender_domains.iter().enumerate() {
+            if domain != "*" && !is_domain_name(domain) {
+                return fail(
+                    span.clone(),
+                    &format!("{key}.sender_domains[{j}]"),
+                    format!("\"{domain}\" is not a domain name (write \"example.com\", without \"@\"), nor \"*\""),
+                );
+            }
         }
         for rule_name in over.rates.keys() {
             let rate_key = format!("override[{i}].rates.{}", rule_name.get_ref());
@@ -380,11 +407,7 @@ fn locks(locks: &LocksConfig) -> Result<(), Violation> {
         }
     }
     for (i, domain) in locks.local_domains.iter().enumerate() {
-        let d = domain.trim_end_matches('.');
-        let label_ok = |l: &str| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80)
-        };
-        if d.is_empty() || d.len() > 253 || !d.split('.').all(label_ok) {
+        if !is_domain_name(domain) {
             return fail(
                 0..0,
                 &format!("locks.local_domains[{i}]"),
@@ -393,6 +416,14 @@ fn locks(locks: &LocksConfig) -> Result<(), Violation> {
         }
     }
     Ok(())
+}
+
+/// Whether `domain` is a domain name (labels of letters, digits and '-').
+fn is_domain_name(domain: &str) -> bool {
+    let d = domain.trim_end_matches('.');
+    let label_ok =
+        |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80);
+    !d.is_empty() && d.len() <= 253 && d.split('.').all(label_ok)
 }
 
 /// `[store]`: a backend this build has, and a state file of its own.

@@ -38,6 +38,8 @@ pub struct Connection {
     session: Session,
     /// The MTA was asked not to wait for a reply to each header.
     noreply_header: bool,
+    /// The MTA may be told to skip the rest of a body.
+    skip: bool,
     /// Time spent deciding in the current transaction's stages so far.
     decided: Duration,
 }
@@ -45,7 +47,8 @@ pub struct Connection {
 /// The callbacks of every connection: each one takes the policy current
 /// when it starts, and reports to `reporting`.
 pub fn make_callbacks(current: CurrentPolicy, reporting: Reporting) -> Callbacks<Connection> {
-    let (c1, c2, c3, c4, c5, c6) = (
+    let (c1, c2, c3, c4, c5, c6, c7) = (
+        current.clone(),
         current.clone(),
         current.clone(),
         current.clone(),
@@ -62,6 +65,7 @@ pub fn make_callbacks(current: CurrentPolicy, reporting: Reporting) -> Callbacks
         .on_rcpt(move |cx, args| Box::pin(handle_rcpt(c3.clone(), cx, args)))
         .on_header(move |cx, name, value| Box::pin(handle_header(c4.clone(), cx, name, value)))
         .on_eoh(move |cx| Box::pin(handle_eoh(c5.clone(), cx)))
+        .on_body(move |cx, chunk| Box::pin(handle_body(c7.clone(), cx, chunk)))
         .on_eom(move |cx| Box::pin(handle_eom(c6.clone(), cx)))
         .on_abort(|cx| Box::pin(handle_abort(cx)))
 }
@@ -109,14 +113,24 @@ async fn handle_negotiate(
     if !session.needs_headers() && opts.contains(ProtoOpts::NO_HEADER | ProtoOpts::NO_EOH) {
         cx.requested_opts |= ProtoOpts::NO_HEADER | ProtoOpts::NO_EOH;
     }
+    // Bodies are read only for the MTA's bounces, while bounce rules exist;
+    // every other body is skipped after its first chunk (or, where the MTA
+    // cannot skip, read and dropped).
+    if !session.needs_body() && opts.contains(ProtoOpts::NO_BODY) {
+        cx.requested_opts |= ProtoOpts::NO_BODY;
+    } else if opts.contains(ProtoOpts::SKIP) {
+        cx.requested_opts |= ProtoOpts::SKIP;
+    }
     // One list per stage; it replaces the MTA's own list for that stage.
     cx.requested_macros.insert(MacroStage::Mail, c"i {auth_authen}".into());
     for stage in [MacroStage::Rcpt, MacroStage::Eoh, MacroStage::Eom] {
         cx.requested_macros.insert(stage, c"i".into());
     }
+    let skip = cx.requested_opts.contains(ProtoOpts::SKIP);
     cx.data = Some(Connection {
         session,
         noreply_header,
+        skip,
         decided: Duration::ZERO,
     });
     Status::Continue
@@ -180,6 +194,15 @@ async fn handle_eoh(current: CurrentPolicy, cx: &mut Context<Connection>) -> Sta
         pending.written(&queue_id).await;
     }
     answer(&mut cx.reply, verdict)
+}
+
+async fn handle_body(current: CurrentPolicy, cx: &mut Context<Connection>, chunk: bytes::Bytes) -> Status {
+    let conn = connection!(current, cx);
+    if conn.session.body(&chunk) || !conn.skip {
+        Status::Continue
+    } else {
+        Status::Skip
+    }
 }
 
 async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> Status {

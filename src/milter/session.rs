@@ -24,7 +24,8 @@ use crate::ops::metrics::{RULE_CONFLICT, RULE_HOLD_LIMIT, RULE_LOCKED, RULE_MAX_
 use crate::policy::identity::{self, Facts, HeaderValues, Identity, Resolution};
 use crate::policy::locked::{LockedStep, Stage, locked_step};
 use crate::policy::reply::{self, Reply, Vars};
-use crate::policy::{Door, Outbound, Plan, Policy, Trip, most_severe};
+use crate::policy::bounce::{self, MAX_REPORT_BYTES};
+use crate::policy::{Demand, Door, Outbound, Plan, Policy, RecipientValue, Trip, most_severe};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::{debug, info, warn};
@@ -34,6 +35,15 @@ use tracing::{debug, info, warn};
 /// most this many of them); any other recipient, or one past the cap, means
 /// the message is not to support addresses only.
 const MAX_PENDING_RECIPIENTS: usize = 100;
+
+/// Largest number of recipients of one message whose values are kept for
+/// the distinct-recipient rules; the rest of a bigger message counts in the
+/// volume rules only (`limits.max_recipients_per_message` is 100 by default).
+const MAX_RECIPIENT_VALUES: usize = 1000;
+
+/// Largest number of `From:` domains kept per message for the
+/// foreign-sender rules; more make the message foreign.
+const MAX_FROM_DOMAINS: usize = 8;
 
 /// What the milter should answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +98,19 @@ struct Message {
     /// Envelope and headers (bounded) for an ARF report; only while
     /// `notify.arf_to` is set.
     sample: Option<Sample>,
+    /// The accepted recipients' values for the distinct rules (bounded by
+    /// [`MAX_RECIPIENT_VALUES`]); only while such rules exist.
+    recipient_values: Vec<RecipientValue>,
+    /// The domains of the `From:` header, while foreign-sender rules exist
+    /// (bounded by [`MAX_FROM_DOMAINS`]); `from_overflow`: there were more.
+    from_domains: Vec<String>,
+    from_overflow: bool,
+    /// Sent as a domain the identity may not use (known at the end of the
+    /// headers).
+    foreign: bool,
+    /// The MTA's own bounce, while bounce rules exist: the message as
+    /// received (bounded by [`MAX_REPORT_BYTES`]), to read its report.
+    bounce_text: Option<Vec<u8>>,
 }
 
 impl Session {
@@ -111,7 +134,16 @@ impl Session {
     /// Whether any identity source reads headers, or ARF reports need a
     /// sample message's headers.
     pub fn needs_headers(&self) -> bool {
-        header_sources(&self.policy).next().is_some() || self.policy.config().notify.arf_enabled()
+        header_sources(&self.policy).next().is_some()
+            || self.policy.config().notify.arf_enabled()
+            || self.policy.counts_foreign_senders()
+            || self.policy.counts_bounces()
+    }
+
+    /// Whether message bodies are read: only those of the MTA's own bounces,
+    /// and only while bounce rules exist.
+    pub fn needs_body(&self) -> bool {
+        self.policy.counts_bounces()
     }
 
     pub fn connect(&mut self, client: Option<SocketAddr>) {
@@ -125,10 +157,15 @@ impl Session {
         let outbound = self.policy.outbound(auth.is_some(), self.client);
         let sample = (outbound.is_some() && self.policy.config().notify.arf_enabled())
             .then(|| Sample::new(from, self.client.map(|c| c.ip()), std::time::SystemTime::now()));
+        let bounce = identity::is_null_sender(from);
+        // The MTA's own bounces come in through the local door, with the
+        // null sender; their report is read at the end (see `eom`).
+        let bounce_text = (bounce && Door::of(self.client) == Door::LocalSubmission && self.policy.counts_bounces())
+            .then(Vec::new);
         let message = self.message.insert(Message {
             outbound,
             envelope_from: from.to_vec(),
-            bounce: identity::is_null_sender(from),
+            bounce,
             auth: auth.map(<[u8]>::to_vec),
             headers: HeaderValues::default(),
             plan: None,
@@ -139,6 +176,11 @@ impl Session {
             pending_recipients: Vec::new(),
             pending_not_support: false,
             sample,
+            recipient_values: Vec::new(),
+            from_domains: Vec::new(),
+            from_overflow: false,
+            foreign: false,
+            bounce_text,
         });
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         if outbound.is_none() {
@@ -165,7 +207,12 @@ impl Session {
         if message.lock.is_some() {
             return cx.locked(message, Stage::Mail, false);
         }
-        let trips = cx.policy.check(&[plan], (1, 0), (1, 0)).await;
+        let demand = Demand {
+            messages: 1,
+            client: self.client.map(|c| cx.policy.client_value(c.ip())),
+            ..Demand::default()
+        };
+        let trips = cx.policy.check(&[plan], &demand, &demand).await;
         cx.act(message, trips, Stage::Mail)
     }
 
@@ -182,6 +229,8 @@ impl Session {
         if cap > 0 && message.recipients >= cap {
             return cx.too_many_recipients(message, rcpt, cap);
         }
+        let value = (cx.policy.counts_distinct_recipients() && message.recipient_values.len() < MAX_RECIPIENT_VALUES)
+            .then(|| cx.policy.recipient_value(rcpt));
         let Some(plan) = &message.plan else {
             // Identity pending until the headers: remember what is needed to
             // tell, should it be locked, whether it writes to support only.
@@ -191,6 +240,7 @@ impl Session {
                 message.pending_not_support = true;
             }
             message.recipients += 1;
+            message.recipient_values.extend(value);
             return Verdict::Continue;
         };
         if message.lock.is_some() {
@@ -202,20 +252,50 @@ impl Session {
             }
             return verdict;
         }
-        let trips = cx.policy.check(&[plan], (0, 1), (0, message.recipients + 1)).await;
+        let this: Vec<RecipientValue> = value.into_iter().collect();
+        let with_this: Vec<RecipientValue> = message.recipient_values.iter().chain(&this).copied().collect();
+        let attempt = Demand {
+            recipients: 1,
+            recipient_values: &this,
+            ..Demand::default()
+        };
+        let peek = Demand {
+            recipients: message.recipients + 1,
+            recipient_values: &with_this,
+            ..Demand::default()
+        };
+        let trips = cx.policy.check(&[plan], &attempt, &peek).await;
         let verdict = cx.act(message, trips, Stage::Rcpt);
         if verdict == Verdict::Continue {
             message.recipients += 1;
             message.support_only = false;
+            message.recipient_values.extend(this);
         }
         verdict
     }
 
-    /// One header; only identity headers are kept, and the sample's.
+    /// One header; only identity headers are kept, the sample's, the
+    /// `From:` domains for the foreign-sender rules, and a bounce's.
     pub fn header(&mut self, name: &[u8], value: &[u8]) {
         let policy = &self.policy;
         if let Some(sample) = self.message.as_mut().and_then(|m| m.sample.as_mut()) {
             sample.header(name, value);
+        }
+        if let Some(text) = self.message.as_mut().and_then(|m| m.bounce_text.as_mut()) {
+            append_bounded(text, &[name, b": ", value, b"\r\n"]);
+        }
+        if let Some(message) = self.message.as_mut()
+            && message.outbound.is_some()
+            && name.eq_ignore_ascii_case(b"From")
+            && policy.counts_foreign_senders()
+        {
+            for domain in from_domains(value) {
+                if message.from_domains.len() < MAX_FROM_DOMAINS {
+                    message.from_domains.push(domain);
+                } else {
+                    message.from_overflow = true;
+                }
+            }
         }
         if let Some(message) = self.message.as_mut()
             && message.plan.is_none()
@@ -234,8 +314,22 @@ impl Session {
         let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
         };
-        if message.plan.is_some() {
-            return Verdict::Continue;
+        if let Some(text) = message.bounce_text.as_mut() {
+            append_bounded(text, &[b"\r\n"]);
+        }
+        if let Some(plan) = &message.plan {
+            // Known since MAIL: only the foreign-sender rules are left to ask.
+            message.foreign = cx.policy.is_foreign_sender(&plan.identity, &message.envelope_from, &message.from_domains)
+                || (message.from_overflow && cx.policy.counts_foreign_senders());
+            if message.lock.is_some() || !message.foreign {
+                return Verdict::Continue;
+            }
+            let demand = Demand {
+                foreign: true,
+                ..Demand::default()
+            };
+            let trips = cx.policy.check(&[plan], &demand, &demand).await;
+            return cx.act(message, trips, Stage::Eoh);
         }
         let facts = Facts {
             auth: message.auth.as_deref(),
@@ -280,16 +374,37 @@ impl Session {
                     .all(|r| cx.policy.may_write_while_locked(&plan.identity, r));
             return cx.locked(message, Stage::Eoh, message.support_only);
         }
+        message.foreign = cx.policy.is_foreign_sender(&plan.identity, &message.envelope_from, &message.from_domains)
+            || (message.from_overflow && cx.policy.counts_foreign_senders());
         let plans: Vec<&Plan> = std::iter::once(&*plan).chain(message.stamper.as_ref()).collect();
-        let weights = (1, message.recipients);
-        let trips = cx.policy.check(&plans, weights, weights).await;
+        let demand = Demand {
+            messages: 1,
+            recipients: message.recipients,
+            recipient_values: &message.recipient_values,
+            client: self.client.map(|c| cx.policy.client_value(c.ip())),
+            foreign: message.foreign,
+        };
+        let trips = cx.policy.check(&plans, &demand, &demand).await;
         message.support_only = false;
         cx.act(message, trips, Stage::Eoh)
+    }
+
+    /// A chunk of the body; returns whether more is wanted (only the
+    /// MTA's bounces are read, up to [`MAX_REPORT_BYTES`]).
+    pub fn body(&mut self, chunk: &[u8]) -> bool {
+        let Some(text) = self.message.as_mut().and_then(|m| m.bounce_text.as_mut()) else {
+            return false;
+        };
+        append_bounded(text, &[chunk]);
+        text.len() < MAX_REPORT_BYTES
     }
 
     /// End of message: hold a locked identity's mail, or count the message.
     pub async fn eom(&mut self, queue_id: &str) -> Verdict {
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
+        if let Some(text) = self.message.as_mut().and_then(|m| m.bounce_text.take()) {
+            cx.charge_bounce(&text).await;
+        }
         let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
         };
@@ -301,11 +416,19 @@ impl Session {
             return cx.locked(message, Stage::Eom, message.support_only);
         }
         let plans: Vec<&Plan> = std::iter::once(plan).chain(message.stamper.as_ref()).collect();
-        let trips = cx.policy.commit_all(&plans, message.recipients).await;
+        let demand = Demand {
+            messages: 1,
+            recipients: message.recipients,
+            recipient_values: &message.recipient_values,
+            client: self.client.map(|c| cx.policy.client_value(c.ip())),
+            foreign: message.foreign,
+        };
+        let trips = cx.policy.commit_all(&plans, &demand).await;
         let verdict = cx.act(message, trips, Stage::Eom);
         if verdict == Verdict::Continue
             && let Some(plan) = &message.plan
         {
+            cx.policy.record_sent(queue_id, &plan.identity);
             info!(
                 queue_id,
                 identity = %plan.identity,
@@ -355,6 +478,55 @@ impl<'a> Decider<'a> {
             reporting,
             queue_id,
         }
+    }
+
+    /// Reads the report of one of the MTA's bounces and charges its failed
+    /// recipients to the identity that sent the message it reports. Only a
+    /// bounce the MTA made itself is believed: one that came in with the
+    /// sendmail command (a local user's, stamped by Postfix's pickup) names
+    /// whatever its author chose.
+    async fn charge_bounce(&self, text: &[u8]) {
+        if bounce::submitted_by_local_user(text) {
+            debug!(queue_id = self.queue_id, "null-sender mail from a local user, not the MTA's bounce: not read");
+            return;
+        }
+        let Some(report) = bounce::parse(text) else {
+            debug!(queue_id = self.queue_id, "bounce without failed recipients or queue id: nothing to charge");
+            return;
+        };
+        let Some(identity) = self.policy.sender_of(&report.queue_id) else {
+            info!(queue_id = self.queue_id, bounced = %report.queue_id, failed = report.failed, "bounce of a message this milter did not count (or forgot): charged to no one");
+            self.reporting.observer.bounce(None, report.failed);
+            return;
+        };
+        self.reporting.observer.bounce(Some(&identity.value), report.failed);
+        let plan = self.policy.plan(identity, false);
+        let trips = self.policy.charge_bounces(&plan, &report).await;
+        info!(queue_id = self.queue_id, identity = %plan.identity, bounced = %report.queue_id, failed = report.failed, "bounce charged");
+        for trip in trips.iter().filter(|t| t.dry_run) {
+            self.not_enforced(&plan.identity, trip, Stage::Eom, "");
+        }
+        let Some(worst) = most_severe(&trips) else {
+            return;
+        };
+        if worst.action != Action::Lock || !self.policy.enforcing() {
+            // A throttle refuses the identity's next messages while it
+            // stays over the rule (asked at MAIL); nothing to do now.
+            if worst.action == Action::Log || !self.policy.enforcing() {
+                self.not_enforced(&plan.identity, worst, Stage::Eom, "");
+            } else {
+                info!(queue_id = self.queue_id, identity = %plan.identity, rule = %worst.rule, count = worst.usage.used, limit = worst.usage.limit, "bounce rule exceeded: the identity's next messages are refused");
+            }
+            return;
+        }
+        let Some(lock) = self.policy.auto_lock(&plan.identity, worst, &report.queue_id) else {
+            return;
+        };
+        if lock.fresh {
+            warn!(queue_id = self.queue_id, identity = %plan.identity, source = %plan.identity.source, rule = %worst.rule, count = worst.usage.used, limit = worst.usage.limit, window = %format_duration(worst.rate.window), "identity locked");
+        }
+        self.reporting
+            .new_lock(self.policy.config(), &lock, &plan.identity, worst, &report.queue_id, None);
     }
 
     fn resolve(&self, facts: &Facts<'_>) -> Resolution {
@@ -690,6 +862,32 @@ fn header_sources(policy: &Policy) -> impl Iterator<Item = &IdentitySource> {
         .get_ref()
         .iter()
         .filter(|s| matches!(s, IdentitySource::Header(_)))
+}
+
+/// Appends `parts` to `text`, keeping at most [`MAX_REPORT_BYTES`].
+fn append_bounded(text: &mut Vec<u8>, parts: &[&[u8]]) {
+    for part in parts {
+        let room = MAX_REPORT_BYTES.saturating_sub(text.len());
+        text.extend_from_slice(&part[..part.len().min(room)]);
+    }
+}
+
+/// The domains of the addresses of a `From:` header value, lowercased.
+fn from_domains(value: &[u8]) -> Vec<String> {
+    let mut buf = Vec::with_capacity(value.len().min(4096) + 10);
+    buf.extend_from_slice(b"From: ");
+    buf.extend_from_slice(&value[..value.len().min(4096)]);
+    buf.extend_from_slice(b"\r\n\r\n");
+    let Some(parsed) = mail_parser::MessageParser::new().parse_headers(&buf) else {
+        return Vec::new();
+    };
+    let Some(from) = parsed.from() else {
+        return Vec::new();
+    };
+    from.iter()
+        .filter_map(|a| a.address())
+        .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d.trim_end_matches('.').to_lowercase()))
+        .collect()
 }
 
 /// The identity of a message no source could identify: all such messages

@@ -127,6 +127,9 @@ pub struct Observer {
     seen: AtomicU64,
     /// Transactions outside `[scope]`, passed untouched.
     out_of_scope: AtomicU64,
+    /// Failed recipients in the MTA's bounces, charged to an identity or not.
+    bounces_charged: AtomicU64,
+    bounces_uncharged: AtomicU64,
     accepted: AtomicU64,
     recipients: AtomicU64,
     rules: DashMap<Box<str>, RuleCounters>,
@@ -168,6 +171,8 @@ impl Observer {
             activity: ActivityRegistry::new(clock, cap),
             seen: AtomicU64::new(0),
             out_of_scope: AtomicU64::new(0),
+            bounces_charged: AtomicU64::new(0),
+            bounces_uncharged: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             recipients: AtomicU64::new(0),
             rules: DashMap::new(),
@@ -248,6 +253,23 @@ impl Observer {
                 Refusal::Hold { recipients } => Event::Held { recipients },
             };
             self.activity.record(identity, event, queue_id);
+        }
+    }
+
+    /// One of the MTA's bounces reported `failed` recipients of a message
+    /// of `identity` (`None`: of a message it did not count).
+    pub fn bounce(&self, identity: Option<&str>, failed: u32) {
+        if !self.enabled {
+            return;
+        }
+        let counter = if identity.is_some() {
+            &self.bounces_charged
+        } else {
+            &self.bounces_uncharged
+        };
+        counter.fetch_add(u64::from(failed), Ordering::Relaxed);
+        if let Some(identity) = identity {
+            self.activity.record(identity, Event::Bounced { failed }, "");
         }
     }
 
@@ -350,6 +372,18 @@ impl Collector for Exposition {
             "messages_out_of_scope",
             "Transactions outside [scope] (not authenticated, not local, not from scope.networks or identity.trusted_networks: inbound mail), passed untouched and counted nowhere else.",
             load(&o.out_of_scope),
+        )?;
+        counter(
+            &mut e,
+            "bounced_recipients_charged",
+            "Failed recipients in the MTA's bounces (internal_mail_filter_classes = bounce) charged to the identity that sent the message.",
+            load(&o.bounces_charged),
+        )?;
+        counter(
+            &mut e,
+            "bounced_recipients_uncharged",
+            "Failed recipients in the MTA's bounces of messages this milter did not count or no longer remembers (limits.max_tracked_messages).",
+            load(&o.bounces_uncharged),
         )?;
         counter(
             &mut e,

@@ -440,7 +440,7 @@ pub trait RateBuckets: Send + Sync {
 
 /// A hasher for keys that are already uniformly distributed hashes.
 #[derive(Default)]
-struct PreHashed(u64);
+pub(crate) struct PreHashed(u64);
 
 impl Hasher for PreHashed {
     fn finish(&self) -> u64 {

@@ -8,19 +8,25 @@
 
 pub mod identity;
 pub mod limiter;
+pub mod distinct;
+pub mod bounce;
 pub mod locked;
 pub mod reply;
 pub mod saved;
+pub mod sent;
 pub mod shared;
 
 use crate::clock::Clock;
 use crate::config::address::{domain_key, lock_key};
-use crate::config::{Action, Config, Counted, IdentitySource, Mode, Network, Rate, Scope, format_duration};
+use crate::config::{Action, Config, Counted, IdentitySource, Mode, Network, Rate, Ratio, Scope, format_duration};
 use crate::locks::file::{LockEntry, LockSource, Timestamp};
 use crate::locks::{LockStore, Ticket};
+use crate::policy::bounce::BounceReport;
+use crate::policy::distinct::DistinctSets;
 use crate::policy::identity::Identity;
 use crate::policy::limiter::{BucketKey, KeyedLimiter, Limit, OVERFLOW_KEY, Outcome, RateBuckets, Usage, bucket_key};
 pub use crate::policy::saved::{HashKey, SavedCounters};
+use crate::policy::sent::SentLog;
 use crate::policy::shared::{OpAnswer, OpKind, SharedCounters, SharedOp};
 use siphasher::sip::SipHasher13;
 use std::collections::HashMap;
@@ -49,8 +55,12 @@ pub struct Counters {
     /// Limiters by what they count, so a reload keeps the counts of every
     /// rule whose definition did not change.
     registry: Mutex<HashMap<LimiterId, Arc<dyn RateBuckets>>>,
+    /// The sets of the rules counting distinct values, by definition.
+    distinct_registry: Mutex<HashMap<LimiterId, Arc<DistinctSets>>>,
     /// Makes the counters of one rate: in memory by default.
     factory: BucketsFactory,
+    /// Who sent each recently accepted message, to charge its bounces.
+    sent: Mutex<Arc<SentLog>>,
     /// The fleet's counters (`backend = "redis"`); the in-memory ones are
     /// then the fallback while it is unavailable, at the degraded limits.
     shared: Option<Arc<dyn SharedCounters>>,
@@ -96,6 +106,30 @@ impl LimiterId {
     }
 }
 
+/// What a rule measures with: rate buckets, or sets of distinct values
+/// (always in this process, also in a fleet).
+#[derive(Clone)]
+enum Meter {
+    Rate(Counter),
+    Distinct(Arc<DistinctSets>),
+}
+
+impl Meter {
+    fn route(&self, key: BucketKey, cap: usize) -> BucketKey {
+        match self {
+            Meter::Rate(c) => c.local.route(key, cap),
+            Meter::Distinct(d) => d.route(key, cap),
+        }
+    }
+
+    fn usage(&self, key: BucketKey) -> Usage {
+        match self {
+            Meter::Rate(c) => c.local.usage(key),
+            Meter::Distinct(d) => d.usage(key),
+        }
+    }
+}
+
 /// A rule's counter: the in-memory buckets and its name and limit in the
 /// shared store, if there is one.
 #[derive(Clone)]
@@ -134,7 +168,9 @@ impl Counters {
             hash_key,
             stripes: (0..COMMIT_STRIPES).map(|_| Mutex::new(())).collect(),
             registry: Mutex::new(HashMap::new()),
+            distinct_registry: Mutex::new(HashMap::new()),
             factory,
+            sent: Mutex::new(Arc::new(SentLog::new(0))),
             shared: None,
         })
     }
@@ -172,19 +208,37 @@ impl Counters {
         for limiter in lock(&self.registry).values() {
             limiter.forget(key);
         }
+        for sets in lock(&self.distinct_registry).values() {
+            sets.forget(key);
+        }
     }
 
     /// Forgets idle buckets in every limiter; returns (removed, still tracked).
     pub fn evict_idle(&self) -> (usize, usize) {
         let limiters: Vec<_> = lock(&self.registry).values().cloned().collect();
-        let removed = limiters.iter().map(|l| l.evict_idle()).sum();
-        let tracked = limiters.iter().map(|l| l.tracked()).max().unwrap_or(0);
+        let sets: Vec<_> = lock(&self.distinct_registry).values().cloned().collect();
+        let removed = limiters.iter().map(|l| l.evict_idle()).sum::<usize>()
+            + sets.iter().map(|s| s.evict_idle()).sum::<usize>();
+        let tracked = limiters
+            .iter()
+            .map(|l| l.tracked())
+            .chain(sets.iter().map(|s| s.tracked()))
+            .max()
+            .unwrap_or(0);
         (removed, tracked)
     }
 }
 
 /// The registry name of the `locks.hold_limit` counter.
 const HOLD_RULE: &str = "(hold)";
+
+/// The registry name of the recipients a `min_ratio` rule compares its
+/// bounces with, followed by the rule's name.
+const SENT_TALLY_RULE: &str = "(sent)";
+
+/// The count of a sent-recipients tally: far above any real volume, so
+/// that it never refuses and only counts.
+const SENT_TALLY_COUNT: u32 = 10_000_000;
 
 /// A count divided among the hosts of a fleet, at least 1.
 fn divided(n: NonZeroU32, by: u32) -> NonZeroU32 {
@@ -203,14 +257,19 @@ struct CompiledRule {
     /// Counts as `action` says, only logs what it would do.
     dry_run: bool,
     rate: Rate,
-    counter: Counter,
+    meter: Meter,
+    /// Bounces with `min_ratio`: the share, and the recipients accepted
+    /// from the identity in the rule's window.
+    ratio: Option<(Ratio, Counter)>,
 }
 
 #[derive(Default)]
 struct CompiledOverride {
     exempt: bool,
     /// Rule index to the override's rate and counter.
-    rates: HashMap<usize, (Rate, Counter)>,
+    rates: HashMap<usize, (Rate, Meter)>,
+    /// Domains its identities may send as besides their own (`"*"`: any).
+    sender_domains: Vec<String>,
 }
 
 /// The policy of one configuration; rebuilt on reload, sharing [`Counters`].
@@ -347,13 +406,71 @@ pub struct Plan {
 
 struct PlanEntry {
     rule: usize,
-    /// Lock rules count attempts (see [`Policy::attempt`]); the others count
-    /// accepted mail.
-    counts_attempts: bool,
+    role: Role,
     rate: Rate,
-    counter: Counter,
-    /// The bucket in the in-memory counters.
+    meter: Meter,
+    /// The bucket (or set) in the in-memory counters.
     key: BucketKey,
+}
+
+/// What a plan entry is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// The rule's own count: exceeding it trips the rule. Lock rules count
+    /// attempts (see [`Policy::check`]); the others count accepted mail.
+    Limit { counts_attempts: bool },
+    /// The recipients of accepted mail in the window of a bounce rule with
+    /// `min_ratio`; it never trips.
+    SentTally,
+}
+
+/// What one decision point asks of the rules: how much mail, and what is
+/// new about it for the rules that count something other than volume.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Demand<'a> {
+    pub messages: u32,
+    pub recipients: u32,
+    /// The recipients, for the distinct-recipient rules (see
+    /// [`Policy::recipient_value`]); may be fewer than `recipients` if the
+    /// caller keeps a bounded number.
+    pub recipient_values: &'a [RecipientValue],
+    /// The client address, for the distinct-client rules (see
+    /// [`Policy::client_value`]); used when `messages` is not 0.
+    pub client: Option<u64>,
+    /// The message is sent as a domain its identity may not use (see
+    /// [`Policy::is_foreign_sender`]).
+    pub foreign: bool,
+}
+
+impl Demand<'_> {
+    /// `messages` messages with `recipients` recipients and nothing else known.
+    pub fn volume(messages: u32, recipients: u32) -> Demand<'static> {
+        Demand {
+            messages,
+            recipients,
+            ..Demand::default()
+        }
+    }
+}
+
+/// A recipient as the distinct sets see it: keyed hashes of its address
+/// and of its domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecipientValue {
+    pub address: u64,
+    pub domain: u64,
+}
+
+/// One operation of a decision point on one plan entry.
+#[derive(Clone)]
+struct Op<'p> {
+    plan: &'p Plan,
+    entry: &'p PlanEntry,
+    /// How much is asked of a rate bucket (for a set: how many values).
+    n: u32,
+    /// The values asked of a set.
+    values: Vec<u64>,
+    kind: OpKind,
 }
 
 /// The state of one rule for one identity, for `explain`.
@@ -366,6 +483,10 @@ pub struct RuleState {
     pub rate: Rate,
     /// `None` when the rule does not apply (exempt, no domain, bounce).
     pub usage: Option<Usage>,
+    /// A bounce rule's `min_ratio`, and the recipients accepted in its
+    /// window that the bounces are compared with.
+    pub min_ratio: Option<Ratio>,
+    pub sent: Option<u32>,
 }
 
 impl Policy {
@@ -399,28 +520,61 @@ impl Policy {
                 limit: Limit::new(rate.count, rate.window, id.burst),
             }
         };
+        let mut distinct_registry = lock(&counters.distinct_registry);
+        let mut next_distinct = HashMap::new();
+        // Sets of distinct values are kept per host, also in a fleet, and
+        // their limits are not divided (see docs/detection.md).
+        let mut meter = |id: LimiterId, rate: Rate, limiter: &mut dyn FnMut(LimiterId, Rate) -> Counter| {
+            if !id.count.is_distinct() {
+                return Meter::Rate(limiter(id, rate));
+            }
+            let sets = distinct_registry
+                .remove(&id)
+                .or_else(|| next_distinct.get(&id).cloned())
+                .unwrap_or_else(|| Arc::new(DistinctSets::new(rate.count.get(), rate.window, counters.clock.clone())));
+            next_distinct.insert(id, sets.clone());
+            Meter::Distinct(sets)
+        };
         let rules: Vec<CompiledRule> = config
             .rules
             .iter()
-            .map(|r| CompiledRule {
-                name: r.name.get_ref().clone(),
-                count: r.count,
-                per: r.per,
-                action: r.action,
-                dry_run: r.dry_run,
-                rate: r.rate,
-                counter: limiter(
-                    LimiterId {
-                        rule: r.name.get_ref().clone(),
-                        count: r.count,
+            .map(|r| {
+                let id = LimiterId {
+                    rule: r.name.get_ref().clone(),
+                    count: r.count,
+                    per: r.per,
+                    rate: r.rate,
+                    burst: r.burst,
+                    variant: None,
+                    divisor: 1,
+                };
+                let ratio = r.min_ratio.map(|ratio| {
+                    let window = r.rate.window;
+                    let tally = Rate {
+                        count: NonZeroU32::new(SENT_TALLY_COUNT).unwrap_or(NonZeroU32::MAX),
+                        window,
+                    };
+                    let id = LimiterId {
+                        rule: format!("{SENT_TALLY_RULE}{}", r.name.get_ref()),
+                        count: Counted::Recipients,
                         per: r.per,
-                        rate: r.rate,
-                        burst: r.burst,
+                        rate: tally,
+                        burst: None,
                         variant: None,
                         divisor: 1,
-                    },
-                    r.rate,
-                ),
+                    };
+                    (ratio, limiter(id, tally))
+                });
+                CompiledRule {
+                    name: r.name.get_ref().clone(),
+                    count: r.count,
+                    per: r.per,
+                    action: r.action,
+                    dry_run: r.dry_run,
+                    rate: r.rate,
+                    meter: meter(id, r.rate, &mut limiter),
+                    ratio,
+                }
             })
             .collect();
         let mut identity_overrides = HashMap::new();
@@ -434,6 +588,7 @@ impl Policy {
             };
             let mut compiled = CompiledOverride {
                 exempt: over.exempt,
+                sender_domains: over.sender_domains.iter().map(|d| domain_key(d)).collect(),
                 ..Default::default()
             };
             for (name, rate) in &over.rates {
@@ -450,7 +605,7 @@ impl Policy {
                     variant: Some(target.clone()),
                     divisor: 1,
                 };
-                compiled.rates.insert(idx, (*rate, limiter(id, *rate)));
+                compiled.rates.insert(idx, (*rate, meter(id, *rate, &mut limiter)));
             }
             map.insert(target, compiled);
         }
@@ -470,6 +625,14 @@ impl Policy {
         .local;
         *registry = next_registry;
         drop(registry);
+        *distinct_registry = next_distinct;
+        drop(distinct_registry);
+        {
+            let mut sent = lock(&counters.sent);
+            if sent.capacity() != config.limits.max_tracked_messages {
+                *sent = Arc::new(SentLog::new(config.limits.max_tracked_messages));
+            }
+        }
         let mut shared_ttl = [Duration::ZERO; 2];
         let rates = config.rules.iter().map(|r| (r.per, r.rate)).chain(
             config
@@ -563,11 +726,9 @@ impl Policy {
         let stripe_key = domain_key.unwrap_or(identity_key);
         let stripe = usize::try_from(stripe_key % COMMIT_STRIPES as u64).unwrap_or(0);
         let mut entries = Vec::with_capacity(self.rules.len());
+        let cap = self.config.limits.max_tracked_identities;
         if !uncounted {
-            let overrides = [
-                self.identity_overrides.get(&identity.value),
-                domain.and_then(|d| self.domain_overrides.get(d)),
-            ];
+            let overrides = self.overrides_of(&identity);
             'rules: for (idx, rule) in self.rules.iter().enumerate() {
                 let key = match rule.per {
                     Scope::Identity => identity_key,
@@ -576,24 +737,35 @@ impl Policy {
                         None => continue,
                     },
                 };
-                let mut chosen = (rule.rate, &rule.counter);
+                let mut chosen = (rule.rate, &rule.meter);
                 for over in overrides.iter().flatten() {
                     if over.exempt {
                         continue 'rules;
                     }
-                    if let Some((rate, counter)) = over.rates.get(&idx) {
-                        chosen = (*rate, counter);
+                    if let Some((rate, meter)) = over.rates.get(&idx) {
+                        chosen = (*rate, meter);
                         break;
                     }
                 }
-                let (rate, counter) = chosen;
+                let (rate, meter) = chosen;
                 entries.push(PlanEntry {
                     rule: idx,
-                    counts_attempts: rule.action == Action::Lock,
+                    role: Role::Limit {
+                        counts_attempts: rule.action == Action::Lock && rule.count != Counted::Bounces,
+                    },
                     rate,
-                    key: counter.local.route(key, self.config.limits.max_tracked_identities),
-                    counter: counter.clone(),
+                    key: meter.route(key, cap),
+                    meter: meter.clone(),
                 });
+                if let Some((_, tally)) = &rule.ratio {
+                    entries.push(PlanEntry {
+                        rule: idx,
+                        role: Role::SentTally,
+                        rate,
+                        key: tally.local.route(key, cap),
+                        meter: Meter::Rate(tally.clone()),
+                    });
+                }
             }
         }
         Plan {
@@ -603,7 +775,18 @@ impl Policy {
         }
     }
 
+    /// The identity's own override and its domain's, in that order.
+    fn overrides_of(&self, identity: &Identity) -> [Option<&CompiledOverride>; 2] {
+        [
+            self.identity_overrides.get(&identity.value),
+            identity.domain().and_then(|d| self.domain_overrides.get(d)),
+        ]
+    }
+
     fn trip(&self, plan: &Plan, entry: &PlanEntry, answer: OpAnswer, requested: u32) -> Option<Trip> {
+        if entry.role == Role::SentTally {
+            return None;
+        }
         let retry_in = match answer.outcome {
             Outcome::Allowed { .. } => return None,
             Outcome::Denied { retry_in } => Some(retry_in),
@@ -640,24 +823,141 @@ impl Policy {
         })
     }
 
-    fn weight(&self, entry: &PlanEntry, messages: u32, recipients: u32) -> u32 {
+    /// What `demand` asks of the rate bucket of `entry`, at a decision point
+    /// before the end of the message (`commit` false) or at its end.
+    fn weight(&self, entry: &PlanEntry, demand: &Demand<'_>, kind: OpKind) -> u32 {
+        if entry.role == Role::SentTally {
+            // Counted with the message; asked (for nothing) beside a bounce
+            // rule, whose ratio needs it.
+            return match kind {
+                OpKind::Commit { .. } => demand.recipients,
+                _ => 0,
+            };
+        }
         match self.rules[entry.rule].count {
-            Counted::Messages => messages,
-            Counted::Recipients => recipients,
+            Counted::Messages => demand.messages,
+            Counted::Recipients => demand.recipients,
+            Counted::ForeignSenders => u32::from(demand.foreign),
+            // A bounce rule is counted by the MTA's bounces only
+            // (`Policy::charge_bounces`); a message asks whether its
+            // identity is over the rule.
+            Counted::Bounces => u32::from(kind == OpKind::Peek && demand.messages > 0),
+            Counted::DistinctRecipients | Counted::DistinctRecipientDomains | Counted::DistinctClientAddresses => 0,
+        }
+    }
+
+    /// The values `demand` uses in the sets of a distinct rule.
+    fn values(&self, entry: &PlanEntry, demand: &Demand<'_>) -> Vec<u64> {
+        match self.rules[entry.rule].count {
+            Counted::DistinctRecipients => demand.recipient_values.iter().map(|r| r.address).collect(),
+            Counted::DistinctRecipientDomains => demand.recipient_values.iter().map(|r| r.domain).collect(),
+            Counted::DistinctClientAddresses => demand
+                .client
+                .filter(|_| demand.messages > 0)
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
         }
     }
 
     /// Whether exceeding the rule of `entry` refuses the message.
     fn blocks(&self, entry: &PlanEntry) -> bool {
         let rule = &self.rules[entry.rule];
-        self.enforcing() && rule.action > Action::Log && !rule.dry_run
+        entry.role != Role::SentTally && self.enforcing() && rule.action > Action::Log && !rule.dry_run
+    }
+
+    /// What recipient `rcpt` (as in RCPT TO) adds to the distinct sets.
+    pub fn recipient_value(&self, rcpt: &[u8]) -> RecipientValue {
+        let text = String::from_utf8_lossy(rcpt);
+        let address = text.trim().trim_start_matches('<').trim_end_matches('>').to_lowercase();
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        RecipientValue {
+            address: self.counters.key(&format!("r:{address}")),
+            domain: self.counters.key(&format!("d:{domain}")),
+        }
+    }
+
+    /// What a message from `client` adds to the sets of client addresses.
+    pub fn client_value(&self, client: std::net::IpAddr) -> u64 {
+        let key = identity::client_key(client, self.config.identity.client_ipv6_prefix);
+        self.counters.key(&format!("c:{key}"))
+    }
+
+    /// Whether any rule counts messages sent as a foreign domain (so the
+    /// `From:` header is needed).
+    pub fn counts_foreign_senders(&self) -> bool {
+        self.rules.iter().any(|r| r.count == Counted::ForeignSenders)
+    }
+
+    /// Whether any rule counts distinct recipients or recipient domains.
+    pub fn counts_distinct_recipients(&self) -> bool {
+        self.rules.iter().any(|r| {
+            matches!(
+                r.count,
+                Counted::DistinctRecipients | Counted::DistinctRecipientDomains
+            )
+        })
+    }
+
+    /// Remembers who sent the accepted message `queue_id`, while bounce
+    /// rules exist (see [`SentLog`]).
+    pub fn record_sent(&self, queue_id: &str, identity: &Identity) {
+        if self.counts_bounces() {
+            let sent = lock(&self.counters.sent).clone();
+            sent.record(queue_id, identity, self.counters.clock.monotonic_nanos());
+        }
+    }
+
+    /// Who sent the message `queue_id`, if this milter accepted it lately.
+    pub fn sender_of(&self, queue_id: &str) -> Option<Identity> {
+        let sent = lock(&self.counters.sent).clone();
+        sent.sender(queue_id, self.counters.clock.monotonic_nanos())
+    }
+
+    /// Whether any rule counts bounces (so the MTA's bounces are read).
+    pub fn counts_bounces(&self) -> bool {
+        self.rules.iter().any(|r| r.count == Counted::Bounces)
+    }
+
+    /// Whether a message of `identity` with envelope sender `envelope_from`
+    /// and `From:` domains `from_domains` is sent as a domain the identity
+    /// may not use: one other than its own (or a subdomain of it) and the
+    /// `sender_domains` of its overrides. An identity without a domain (a
+    /// client address, a local user) has no foreign domains; nor does the
+    /// null sender.
+    pub fn is_foreign_sender(&self, identity: &Identity, envelope_from: &[u8], from_domains: &[String]) -> bool {
+        if !self.counts_foreign_senders() {
+            return false;
+        }
+        let Some(own) = identity.domain() else {
+            return false;
+        };
+        let extra: Vec<&str> = self
+            .overrides_of(identity)
+            .iter()
+            .flatten()
+            .flat_map(|o| o.sender_domains.iter().map(String::as_str))
+            .collect();
+        if extra.contains(&"*") {
+            return false;
+        }
+        let allowed = |domain: &str| {
+            std::iter::once(own)
+                .chain(extra.iter().copied())
+                .any(|a| domain == a || domain.strip_suffix(a).is_some_and(|head| head.ends_with('.')))
+        };
+        let envelope = (!identity::is_null_sender(envelope_from))
+            .then(|| crate::config::address::normalise_address(&self.config.identity, envelope_from).ok())
+            .flatten()
+            .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_string()));
+        envelope.iter().chain(from_domains).any(|d| !allowed(d))
     }
 
     /// One decision point before the end of the message: counts an attempt
-    /// of `attempt` (messages, recipients) against the lock rules, whether
-    /// the mail is then accepted or refused, and asks whether `peek` more
-    /// would exceed a rule counting accepted mail (counting nothing there).
-    /// Returns the rules exceeded.
+    /// of `attempt` against the lock rules, whether the mail is then
+    /// accepted or refused, and asks whether `peek` more would exceed a rule
+    /// counting accepted mail (counting nothing there). Returns the rules
+    /// exceeded.
     ///
     /// Throttling rules count only accepted mail, so a throttled user's
     /// retries never eat their quota. Lock rules measure what an identity
@@ -665,107 +965,273 @@ impl Policy {
     /// a rate no person retries at, and that demand is what locks it. This is
     /// what makes "throttle at N, lock at a multiple of N" work: accepted
     /// mail alone can never exceed the throttle.
-    pub async fn check(&self, plans: &[&Plan], attempt: (u32, u32), peek: (u32, u32)) -> Vec<Trip> {
+    pub async fn check(&self, plans: &[&Plan], attempt: &Demand<'_>, peek: &Demand<'_>) -> Vec<Trip> {
         let mut ops = Vec::new();
         for plan in plans {
-            for counts_attempts in [true, false] {
-                let ((m, r), kind) = if counts_attempts {
+            for e in &plan.entries {
+                let counts_attempts = matches!(e.role, Role::Limit { counts_attempts: true });
+                let (demand, kind) = if counts_attempts {
                     (attempt, OpKind::Count)
                 } else {
                     (peek, OpKind::Peek)
                 };
-                for e in plan.entries.iter().filter(|e| e.counts_attempts == counts_attempts) {
-                    let n = self.weight(e, m, r);
-                    if n > 0 {
-                        ops.push((*plan, e, n, kind));
-                    }
+                let op = self.op(plan, e, demand, kind);
+                // A tally is asked for nothing, beside its bounce rule only.
+                let wanted = match e.role {
+                    Role::SentTally => peek.messages > 0,
+                    Role::Limit { .. } => op.n > 0 || !op.values.is_empty(),
+                };
+                if wanted {
+                    ops.push(op);
                 }
             }
         }
-        if let Some(answers) = self.shared_apply(&ops).await {
-            return self.trips(&ops, &answers);
-        }
-        let answers: Vec<OpAnswer> = ops
-            .iter()
-            .map(|(_, e, n, kind)| {
-                let local = &e.counter.local;
-                let outcome = match kind {
-                    OpKind::Peek => local.peek(e.key, *n),
-                    _ => local.commit(e.key, *n),
-                };
-                OpAnswer {
-                    outcome,
-                    usage: local.usage(e.key),
-                }
-            })
-            .collect();
+        let answers = self.apply(&ops, false).await;
         self.trips(&ops, &answers)
     }
 
-    /// Counts one accepted message with `recipients` recipients against the
-    /// rules counting accepted mail, under every identity it is counted
-    /// under (a header identity and the login that stamped it), unless one
-    /// that refuses would be exceeded: then nothing is counted and the trips
-    /// are returned. Trips of `log` rules (and every trip in dry-run mode)
-    /// do not stop the count; the rules that still fit count the message.
-    pub async fn commit_all(&self, plans: &[&Plan], recipients: u32) -> Vec<Trip> {
-        let ops: Vec<_> = plans
-            .iter()
-            .flat_map(|p| p.entries.iter().filter(|e| !e.counts_attempts).map(move |e| (*p, e)))
-            .map(|(p, e)| {
-                (
-                    p,
-                    e,
-                    self.weight(e, 1, recipients),
-                    OpKind::Commit { blocks: self.blocks(e) },
-                )
-            })
-            .filter(|(_, _, n, _)| *n > 0)
-            .collect();
-        if let Some(answers) = self.shared_apply(&ops).await {
-            return self.trips(&ops, &answers);
-        }
-        // Stripes taken in order, so two messages cannot wait on each other.
-        let mut stripes: Vec<usize> = plans.iter().map(|p| p.stripe).collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let _serial: Vec<_> = stripes.iter().map(|&i| lock(&self.counters.stripes[i])).collect();
-        let peeked: Vec<OpAnswer> = ops
-            .iter()
-            .map(|(_, e, n, _)| OpAnswer {
-                outcome: e.counter.local.peek(e.key, *n),
-                usage: e.counter.local.usage(e.key),
-            })
-            .collect();
-        let blocked = ops
-            .iter()
-            .zip(&peeked)
-            .any(|((_, _, _, kind), a)| *kind == OpKind::Commit { blocks: true } && !a.outcome.is_allowed());
-        if !blocked {
-            for (_, e, n, _) in &ops {
-                e.counter.local.commit(e.key, *n);
+    fn op<'p>(&self, plan: &'p Plan, entry: &'p PlanEntry, demand: &Demand<'_>, kind: OpKind) -> Op<'p> {
+        match entry.meter {
+            Meter::Rate(_) => Op {
+                plan,
+                entry,
+                n: self.weight(entry, demand, kind),
+                values: Vec::new(),
+                kind,
+            },
+            Meter::Distinct(_) => {
+                let values = self.values(entry, demand);
+                Op {
+                    plan,
+                    entry,
+                    n: u32::try_from(values.len()).unwrap_or(u32::MAX),
+                    values,
+                    kind,
+                }
             }
         }
-        self.trips(&ops, &peeked)
     }
 
-    fn trips(&self, ops: &[(&Plan, &PlanEntry, u32, OpKind)], answers: &[OpAnswer]) -> Vec<Trip> {
+    /// Counts one accepted message (`demand`: one message, its recipients,
+    /// whether it is sent as a foreign domain) against the rules counting
+    /// accepted mail, under every identity it is counted under (a header
+    /// identity and the login that stamped it), unless one that refuses
+    /// would be exceeded: then nothing is counted and the trips are
+    /// returned. Trips of `log` rules (and every trip in dry-run mode) do
+    /// not stop the count; the rules that still fit count the message.
+    pub async fn commit_all(&self, plans: &[&Plan], demand: &Demand<'_>) -> Vec<Trip> {
+        let ops: Vec<Op<'_>> = plans
+            .iter()
+            .flat_map(|p| {
+                p.entries
+                    .iter()
+                    .filter(|e| !matches!(e.role, Role::Limit { counts_attempts: true }))
+                    .map(move |e| (*p, e))
+            })
+            .map(|(p, e)| self.op(p, e, demand, OpKind::Commit { blocks: self.blocks(e) }))
+            .filter(|op| op.n > 0)
+            .collect();
+        let answers = self.apply(&ops, true).await;
+        self.trips(&ops, &answers)
+    }
+
+    /// Answers every operation of one decision point: the rate buckets on
+    /// the shared store if there is one and it answers, else in memory; the
+    /// distinct sets in memory. With `commit`, nothing is counted if an
+    /// operation that blocks does not fit.
+    async fn apply(&self, ops: &[Op<'_>], commit: bool) -> Vec<OpAnswer> {
+        let blocked = |answers: &[OpAnswer]| {
+            ops.iter()
+                .zip(answers)
+                .any(|(op, a)| op.kind == (OpKind::Commit { blocks: true }) && !a.outcome.is_allowed())
+        };
+        // The sets first, as a peek when committing: a set that blocks
+        // stops the whole commit before anything is counted.
+        let distinct = |op: &Op<'_>, kind: OpKind| -> Option<OpAnswer> {
+            let Meter::Distinct(sets) = &op.entry.meter else {
+                return None;
+            };
+            let outcome = match kind {
+                OpKind::Peek | OpKind::Commit { .. } => sets.peek(op.entry.key, &op.values),
+                OpKind::Count => sets.commit(op.entry.key, &op.values),
+            };
+            Some(OpAnswer {
+                outcome,
+                usage: sets.usage(op.entry.key),
+            })
+        };
+        let set_answers: Vec<Option<OpAnswer>> = ops.iter().map(|op| distinct(op, op.kind)).collect();
+        let sets_block = ops
+            .iter()
+            .zip(&set_answers)
+            .any(|(op, a)| op.kind == (OpKind::Commit { blocks: true }) && a.is_some_and(|a| !a.outcome.is_allowed()));
+        let rate_ops: Vec<&Op<'_>> = ops.iter().filter(|op| matches!(op.entry.meter, Meter::Rate(_))).collect();
+        let rate_answers = if commit && sets_block {
+            // Refused: say where each rate bucket stands, count nothing.
+            rate_ops.iter().map(|op| self.local_answer(op, OpKind::Peek)).collect()
+        } else if let Some(answers) = self.shared_apply(&rate_ops).await {
+            answers
+        } else if commit {
+            // Stripes taken in order, so two messages cannot wait on each other.
+            let mut stripes: Vec<usize> = rate_ops.iter().map(|op| op.plan.stripe).collect();
+            stripes.sort_unstable();
+            stripes.dedup();
+            let _serial: Vec<_> = stripes.iter().map(|&i| lock(&self.counters.stripes[i])).collect();
+            let peeked: Vec<OpAnswer> = rate_ops.iter().map(|op| self.local_answer(op, OpKind::Peek)).collect();
+            let kinds: Vec<OpKind> = rate_ops.iter().map(|op| op.kind).collect();
+            let stop = kinds
+                .iter()
+                .zip(&peeked)
+                .any(|(k, a)| *k == (OpKind::Commit { blocks: true }) && !a.outcome.is_allowed());
+            if !stop {
+                for op in &rate_ops {
+                    self.local_answer(op, OpKind::Count);
+                }
+            }
+            peeked
+        } else {
+            rate_ops.iter().map(|op| self.local_answer(op, op.kind)).collect()
+        };
+        let mut rate_answers = rate_answers.into_iter();
+        let answers: Vec<OpAnswer> = set_answers
+            .into_iter()
+            .map(|a| {
+                a.or_else(|| rate_answers.next()).unwrap_or(OpAnswer {
+                    outcome: Outcome::Allowed { remaining: 0 },
+                    usage: Usage {
+                        used: 0,
+                        limit: 0,
+                        reset_in: Duration::ZERO,
+                    },
+                })
+            })
+            .collect();
+        if commit && !sets_block && !blocked(&answers) {
+            for op in ops {
+                if let Meter::Distinct(sets) = &op.entry.meter {
+                    sets.commit(op.entry.key, &op.values);
+                }
+            }
+        }
+        answers
+    }
+
+    /// One rate operation on the in-memory buckets; `Count` commits.
+    fn local_answer(&self, op: &Op<'_>, kind: OpKind) -> OpAnswer {
+        let Meter::Rate(counter) = &op.entry.meter else {
+            return OpAnswer {
+                outcome: Outcome::Allowed { remaining: 0 },
+                usage: op.entry.meter.usage(op.entry.key),
+            };
+        };
+        let local = &counter.local;
+        let outcome = match kind {
+            OpKind::Peek | OpKind::Commit { .. } => local.peek(op.entry.key, op.n),
+            OpKind::Count => local.commit(op.entry.key, op.n),
+        };
+        OpAnswer {
+            outcome,
+            usage: local.usage(op.entry.key),
+        }
+    }
+
+    fn trips(&self, ops: &[Op<'_>], answers: &[OpAnswer]) -> Vec<Trip> {
         ops.iter()
             .zip(answers)
-            .filter_map(|((plan, e, n, _), a)| self.trip(plan, e, *a, *n))
+            .filter_map(|(op, a)| {
+                let trip = self.trip(op.plan, op.entry, *a, op.n)?;
+                self.ratio_reached(op, a, ops, answers).then_some(trip)
+            })
             .collect()
     }
 
+    /// For a bounce rule with `min_ratio`: whether its bounces are at least
+    /// that share of the recipients accepted in the window (its tally is
+    /// among the same operations). Any other rule: true.
+    fn ratio_reached(&self, op: &Op<'_>, answer: &OpAnswer, ops: &[Op<'_>], answers: &[OpAnswer]) -> bool {
+        let Some((ratio, _)) = &self.rules[op.entry.rule].ratio else {
+            return true;
+        };
+        let sent = ops.iter().zip(answers).find(|(o, _)| {
+            o.entry.role == Role::SentTally && o.entry.rule == op.entry.rule && std::ptr::eq(o.plan, op.plan)
+        });
+        let sent = sent.map_or(0, |(_, a)| a.usage.used);
+        ratio.reached(answer.usage.used, sent)
+    }
+
+    /// Charges a bounce to the identity that sent the message it reports:
+    /// its failed recipients count against the bounce rules (all of them,
+    /// so that a full rule stays full until its window moves on). Returns
+    /// the rules now exceeded, ratio included: lock rules lock at once; the
+    /// others refuse the identity's next messages while it stays over.
+    pub async fn charge_bounces(&self, plan: &Plan, report: &BounceReport) -> Vec<Trip> {
+        let mut ops: Vec<Op<'_>> = Vec::new();
+        for e in &plan.entries {
+            let bounces = self.rules[e.rule].count == Counted::Bounces;
+            match e.role {
+                Role::Limit { .. } if bounces => ops.push(Op {
+                    plan,
+                    entry: e,
+                    n: report.failed,
+                    values: Vec::new(),
+                    kind: OpKind::Count,
+                }),
+                Role::SentTally => ops.push(Op {
+                    plan,
+                    entry: e,
+                    n: 0,
+                    values: Vec::new(),
+                    kind: OpKind::Peek,
+                }),
+                Role::Limit { .. } => {}
+            }
+        }
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let mut answers = self.apply(&ops, false).await;
+        // What did not fit fills the rule up to its count.
+        let fill: Vec<(usize, Op<'_>)> = ops
+            .iter()
+            .zip(&answers)
+            .enumerate()
+            .filter(|(_, (op, a))| op.kind == OpKind::Count && !a.outcome.is_allowed())
+            .filter_map(|(i, (op, a))| {
+                let room = a.usage.limit.saturating_sub(a.usage.used).min(op.n);
+                (room > 0).then(|| {
+                    (
+                        i,
+                        Op {
+                            plan,
+                            entry: op.entry,
+                            n: room,
+                            values: Vec::new(),
+                            kind: OpKind::Count,
+                        },
+                    )
+                })
+            })
+            .collect();
+        if !fill.is_empty() {
+            let fill_ops: Vec<Op<'_>> = fill.iter().map(|(_, op)| op.clone()).collect();
+            self.apply(&fill_ops, false).await;
+            for (i, op) in &fill {
+                answers[*i].usage.used = answers[*i].usage.used.saturating_add(op.n);
+            }
+        }
+        self.trips(&ops, &answers)
+    }
+
     /// Asks the shared counters, if there are any and they answer.
-    async fn shared_apply(&self, ops: &[(&Plan, &PlanEntry, u32, OpKind)]) -> Option<Vec<OpAnswer>> {
+    async fn shared_apply(&self, ops: &[&Op<'_>]) -> Option<Vec<OpAnswer>> {
         let shared = self.counters.shared.as_ref()?;
+        if ops.is_empty() {
+            return Some(Vec::new());
+        }
         if !shared.available() {
             return None;
         }
-        let ops: Vec<SharedOp> = ops
-            .iter()
-            .map(|(plan, e, n, kind)| self.shared_op(plan, e, *n, *kind))
-            .collect();
+        let ops: Vec<SharedOp> = ops.iter().filter_map(|op| self.shared_op(op)).collect();
         match shared.apply(&ops).await {
             Ok(answers) if answers.len() == ops.len() => Some(answers),
             // The store logs and counts its failures; here mail goes on
@@ -774,24 +1240,27 @@ impl Policy {
         }
     }
 
-    fn shared_op(&self, plan: &Plan, e: &PlanEntry, n: u32, kind: OpKind) -> SharedOp {
-        let identity = &plan.identity;
-        let domain = self.rules[e.rule].per == Scope::Domain;
+    fn shared_op(&self, op: &Op<'_>) -> Option<SharedOp> {
+        let Meter::Rate(counter) = &op.entry.meter else {
+            return None;
+        };
+        let identity = &op.plan.identity;
+        let domain = self.rules[op.entry.rule].per == Scope::Domain;
         let subject = if domain {
             identity.domain().unwrap_or_default()
         } else {
             &identity.value
         };
-        SharedOp {
+        Some(SharedOp {
             subject: subject.to_string(),
             domain,
             group: shared_group(identity).to_string(),
-            counter: e.counter.shared_name.to_string(),
-            limit: e.counter.limit,
-            n,
-            kind,
+            counter: counter.shared_name.to_string(),
+            limit: counter.limit,
+            n: op.n,
+            kind: op.kind,
             ttl: self.shared_ttl[usize::from(domain)],
-        }
+        })
     }
 
     /// The lock in force for an identity.
@@ -900,27 +1369,49 @@ impl Policy {
     /// fleet's counters when they are shared and answer.
     pub async fn explain(&self, identity: Identity) -> Vec<RuleState> {
         let plan = self.plan(identity, false);
-        let ops: Vec<_> = plan.entries.iter().map(|e| (&plan, e, 0, OpKind::Peek)).collect();
-        let answers = match self.shared_apply(&ops).await {
-            Some(answers) => answers.into_iter().map(|a| a.usage).collect(),
-            None => plan
-                .entries
-                .iter()
-                .map(|e| e.counter.local.usage(e.key))
-                .collect::<Vec<_>>(),
-        };
+        let ops: Vec<Op<'_>> = plan
+            .entries
+            .iter()
+            .map(|entry| Op {
+                plan: &plan,
+                entry,
+                n: 0,
+                values: Vec::new(),
+                kind: OpKind::Peek,
+            })
+            .collect();
+        let rate_ops: Vec<&Op<'_>> = ops.iter().filter(|op| matches!(op.entry.meter, Meter::Rate(_))).collect();
+        let mut shared = self.shared_apply(&rate_ops).await.map(Vec::into_iter);
+        let usages: Vec<Usage> = plan
+            .entries
+            .iter()
+            .map(|e| match (&e.meter, shared.as_mut()) {
+                (Meter::Rate(_), Some(answers)) => answers.next().map_or_else(|| e.meter.usage(e.key), |a| a.usage),
+                _ => e.meter.usage(e.key),
+            })
+            .collect();
         self.rules
             .iter()
             .enumerate()
             .map(|(idx, rule)| {
-                let entry = plan.entries.iter().position(|e| e.rule == idx);
+                let entry = plan
+                    .entries
+                    .iter()
+                    .position(|e| e.rule == idx && matches!(e.role, Role::Limit { .. }));
+                let sent = plan
+                    .entries
+                    .iter()
+                    .position(|e| e.rule == idx && e.role == Role::SentTally)
+                    .map(|i| usages[i].used);
                 RuleState {
                     rule: rule.name.clone(),
                     counted: rule.count,
                     scope: rule.per,
                     action: rule.action,
                     rate: entry.map_or(rule.rate, |i| plan.entries[i].rate),
-                    usage: entry.map(|i| answers[i]),
+                    usage: entry.map(|i| usages[i]),
+                    min_ratio: rule.ratio.as_ref().map(|(r, _)| *r),
+                    sent,
                 }
             })
             .collect()
@@ -959,15 +1450,15 @@ mod tests {
     /// The decisions of the milter's stages, one question at a time.
     impl Policy {
         pub(crate) fn peek(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
-            block_on(self.check(&[plan], (0, 0), (messages, recipients)))
+            block_on(self.check(&[plan], &Demand::default(), &Demand::volume(messages, recipients)))
         }
 
         pub(crate) fn attempt(&self, plan: &Plan, messages: u32, recipients: u32) -> Vec<Trip> {
-            block_on(self.check(&[plan], (messages, recipients), (0, 0)))
+            block_on(self.check(&[plan], &Demand::volume(messages, recipients), &Demand::default()))
         }
 
         pub(crate) fn commit(&self, plan: &Plan, recipients: u32) -> Vec<Trip> {
-            block_on(self.commit_all(&[plan], recipients))
+            block_on(self.commit_all(&[plan], &Demand::volume(1, recipients)))
         }
     }
     use crate::locks::FileLocks;
