@@ -297,7 +297,10 @@ fn rules(rules: &[RuleConfig]) -> Result<(), Violation> {
             return fail(
                 rule.name.span(),
                 &format!("rule[{i}].burst"),
-                format!("a {} rule counts different values, not a rate: it has no burst", rule.count),
+                format!(
+                    "a {} rule counts different values, not a rate: it has no burst",
+                    rule.count
+                ),
             );
         }
         if rule.min_ratio.is_some() && rule.count != Counted::Bounces {
@@ -421,8 +424,9 @@ fn locks(locks: &LocksConfig) -> Result<(), Violation> {
 /// Whether `domain` is a domain name (labels of letters, digits and '-').
 fn is_domain_name(domain: &str) -> bool {
     let d = domain.trim_end_matches('.');
-    let label_ok =
-        |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80);
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80)
+    };
     !d.is_empty() && d.len() <= 253 && d.split('.').all(label_ok)
 }
 

@@ -21,10 +21,10 @@ use crate::config::{Action, IdentitySource, ReplySpec, format_duration};
 use crate::locks::file::LockEntry;
 use crate::notify::Sample;
 use crate::ops::metrics::{RULE_CONFLICT, RULE_HOLD_LIMIT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
+use crate::policy::bounce::{self, MAX_REPORT_BYTES};
 use crate::policy::identity::{self, Facts, HeaderValues, Identity, Resolution};
 use crate::policy::locked::{LockedStep, Stage, locked_step};
 use crate::policy::reply::{self, Reply, Vars};
-use crate::policy::bounce::{self, MAX_REPORT_BYTES};
 use crate::policy::{Demand, Door, Outbound, Plan, Policy, RecipientValue, Trip, most_severe};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -160,8 +160,8 @@ impl Session {
         let bounce = identity::is_null_sender(from);
         // The MTA's own bounces come in through the local door, with the
         // null sender; their report is read at the end (see `eom`).
-        let bounce_text = (bounce && Door::of(self.client) == Door::LocalSubmission && self.policy.counts_bounces())
-            .then(Vec::new);
+        let bounce_text =
+            (bounce && Door::of(self.client) == Door::LocalSubmission && self.policy.counts_bounces()).then(Vec::new);
         let message = self.message.insert(Message {
             outbound,
             envelope_from: from.to_vec(),
@@ -319,8 +319,10 @@ impl Session {
         }
         if let Some(plan) = &message.plan {
             // Known since MAIL: only the foreign-sender rules are left to ask.
-            message.foreign = cx.policy.is_foreign_sender(&plan.identity, &message.envelope_from, &message.from_domains)
-                || (message.from_overflow && cx.policy.counts_foreign_senders());
+            message.foreign =
+                cx.policy
+                    .is_foreign_sender(&plan.identity, &message.envelope_from, &message.from_domains)
+                    || (message.from_overflow && cx.policy.counts_foreign_senders());
             if message.lock.is_some() || !message.foreign {
                 return Verdict::Continue;
             }
@@ -374,7 +376,9 @@ impl Session {
                     .all(|r| cx.policy.may_write_while_locked(&plan.identity, r));
             return cx.locked(message, Stage::Eoh, message.support_only);
         }
-        message.foreign = cx.policy.is_foreign_sender(&plan.identity, &message.envelope_from, &message.from_domains)
+        message.foreign = cx
+            .policy
+            .is_foreign_sender(&plan.identity, &message.envelope_from, &message.from_domains)
             || (message.from_overflow && cx.policy.counts_foreign_senders());
         let plans: Vec<&Plan> = std::iter::once(&*plan).chain(message.stamper.as_ref()).collect();
         let demand = Demand {
@@ -487,11 +491,17 @@ impl<'a> Decider<'a> {
     /// whatever its author chose.
     async fn charge_bounce(&self, text: &[u8]) {
         if bounce::submitted_by_local_user(text) {
-            debug!(queue_id = self.queue_id, "null-sender mail from a local user, not the MTA's bounce: not read");
+            debug!(
+                queue_id = self.queue_id,
+                "null-sender mail from a local user, not the MTA's bounce: not read"
+            );
             return;
         }
         let Some(report) = bounce::parse(text) else {
-            debug!(queue_id = self.queue_id, "bounce without failed recipients or queue id: nothing to charge");
+            debug!(
+                queue_id = self.queue_id,
+                "bounce without failed recipients or queue id: nothing to charge"
+            );
             return;
         };
         let Some(identity) = self.policy.sender_of(&report.queue_id) else {
@@ -525,8 +535,14 @@ impl<'a> Decider<'a> {
         if lock.fresh {
             warn!(queue_id = self.queue_id, identity = %plan.identity, source = %plan.identity.source, rule = %worst.rule, count = worst.usage.used, limit = worst.usage.limit, window = %format_duration(worst.rate.window), "identity locked");
         }
-        self.reporting
-            .new_lock(self.policy.config(), &lock, &plan.identity, worst, &report.queue_id, None);
+        self.reporting.new_lock(
+            self.policy.config(),
+            &lock,
+            &plan.identity,
+            worst,
+            &report.queue_id,
+            None,
+        );
     }
 
     fn resolve(&self, facts: &Facts<'_>) -> Resolution {

@@ -189,7 +189,10 @@ From: alice@example.com\r
     fn a_delay_notice_or_a_plain_message_reports_nothing() {
         let delayed = POSTFIX_BOUNCE.replace("Action: failed\r\nStatus: 5", "Action: delayed\r\nStatus: 4");
         assert_eq!(parse(delayed.as_bytes()), None);
-        assert_eq!(parse(b"Subject: hi\r\n\r\nAction: failed\r\nX-Postfix-Queue-ID: 4XyA0a1b2cz9sBp\r\n"), None);
+        assert_eq!(
+            parse(b"Subject: hi\r\n\r\nAction: failed\r\nX-Postfix-Queue-ID: 4XyA0a1b2cz9sBp\r\n"),
+            None
+        );
     }
 
     #[test]

@@ -205,7 +205,10 @@ mod tests {
 
     fn sets(limit: u32, window_s: u64) -> (DistinctSets, Clock) {
         let clock = Clock::manual();
-        (DistinctSets::new(limit, Duration::from_secs(window_s), clock.clone()), clock)
+        (
+            DistinctSets::new(limit, Duration::from_secs(window_s), clock.clone()),
+            clock,
+        )
     }
 
     #[test]
@@ -225,9 +228,12 @@ mod tests {
         s.commit(1, &[10]);
         clock.advance(Duration::from_secs(10));
         s.commit(1, &[11, 12]);
-        assert_eq!(s.peek(1, &[13]), Outcome::Denied {
-            retry_in: Duration::from_secs(50)
-        });
+        assert_eq!(
+            s.peek(1, &[13]),
+            Outcome::Denied {
+                retry_in: Duration::from_secs(50)
+            }
+        );
         assert!(s.peek(1, &[11]).is_allowed(), "a known value always fits");
         assert!(!s.commit(1, &[13]).is_allowed());
         assert_eq!(s.usage(1).used, 3, "the refused value is not stored");

@@ -6,10 +6,10 @@
 //! message or recipient fits, counting accepted mail, and automatic locking.
 //! It knows nothing of the milter protocol.
 
+pub mod bounce;
+pub mod distinct;
 pub mod identity;
 pub mod limiter;
-pub mod distinct;
-pub mod bounce;
 pub mod locked;
 pub mod reply;
 pub mod saved;
@@ -217,8 +217,8 @@ impl Counters {
     pub fn evict_idle(&self) -> (usize, usize) {
         let limiters: Vec<_> = lock(&self.registry).values().cloned().collect();
         let sets: Vec<_> = lock(&self.distinct_registry).values().cloned().collect();
-        let removed = limiters.iter().map(|l| l.evict_idle()).sum::<usize>()
-            + sets.iter().map(|s| s.evict_idle()).sum::<usize>();
+        let removed =
+            limiters.iter().map(|l| l.evict_idle()).sum::<usize>() + sets.iter().map(|s| s.evict_idle()).sum::<usize>();
         let tracked = limiters
             .iter()
             .map(|l| l.tracked())
@@ -851,11 +851,7 @@ impl Policy {
         match self.rules[entry.rule].count {
             Counted::DistinctRecipients => demand.recipient_values.iter().map(|r| r.address).collect(),
             Counted::DistinctRecipientDomains => demand.recipient_values.iter().map(|r| r.domain).collect(),
-            Counted::DistinctClientAddresses => demand
-                .client
-                .filter(|_| demand.messages > 0)
-                .into_iter()
-                .collect(),
+            Counted::DistinctClientAddresses => demand.client.filter(|_| demand.messages > 0).into_iter().collect(),
             _ => Vec::new(),
         }
     }
@@ -891,12 +887,9 @@ impl Policy {
 
     /// Whether any rule counts distinct recipients or recipient domains.
     pub fn counts_distinct_recipients(&self) -> bool {
-        self.rules.iter().any(|r| {
-            matches!(
-                r.count,
-                Counted::DistinctRecipients | Counted::DistinctRecipientDomains
-            )
-        })
+        self.rules
+            .iter()
+            .any(|r| matches!(r.count, Counted::DistinctRecipients | Counted::DistinctRecipientDomains))
     }
 
     /// Remembers who sent the accepted message `queue_id`, while bounce
@@ -1065,7 +1058,10 @@ impl Policy {
             .iter()
             .zip(&set_answers)
             .any(|(op, a)| op.kind == (OpKind::Commit { blocks: true }) && a.is_some_and(|a| !a.outcome.is_allowed()));
-        let rate_ops: Vec<&Op<'_>> = ops.iter().filter(|op| matches!(op.entry.meter, Meter::Rate(_))).collect();
+        let rate_ops: Vec<&Op<'_>> = ops
+            .iter()
+            .filter(|op| matches!(op.entry.meter, Meter::Rate(_)))
+            .collect();
         let rate_answers = if commit && sets_block {
             // Refused: say where each rate bucket stands, count nothing.
             rate_ops.iter().map(|op| self.local_answer(op, OpKind::Peek)).collect()
@@ -1380,7 +1376,10 @@ impl Policy {
                 kind: OpKind::Peek,
             })
             .collect();
-        let rate_ops: Vec<&Op<'_>> = ops.iter().filter(|op| matches!(op.entry.meter, Meter::Rate(_))).collect();
+        let rate_ops: Vec<&Op<'_>> = ops
+            .iter()
+            .filter(|op| matches!(op.entry.meter, Meter::Rate(_)))
+            .collect();
         let mut shared = self.shared_apply(&rate_ops).await.map(Vec::into_iter);
         let usages: Vec<Usage> = plan
             .entries
@@ -1860,5 +1859,386 @@ rates = {{ per-minute = \"1/1m\" }}
         assert!(p.may_write_while_locked(&who, b"<help@desk.example>"));
         assert!(!p.may_write_while_locked(&who, b"<postmaster@victim.example>"));
         assert!(!p.may_write_while_locked(&who, b"<alice@x.org>"));
+    }
+
+    fn rcpts(p: &Policy, addresses: &[&str]) -> Vec<RecipientValue> {
+        addresses.iter().map(|a| p.recipient_value(a.as_bytes())).collect()
+    }
+
+    /// One message through the stages as the session asks them: MAIL, each
+    /// RCPT, end of message. Returns the most severe action, if any.
+    fn send(p: &Policy, plan: &Plan, client: &str, to: &[&str], foreign: bool) -> Option<Action> {
+        let client = Some(p.client_value(client.parse().unwrap()));
+        let mail = Demand {
+            messages: 1,
+            client,
+            ..Demand::default()
+        };
+        let trips = block_on(p.check(&[plan], &mail, &mail));
+        if let Some(t) = most_severe(&trips) {
+            return Some(t.action);
+        }
+        let mut accepted: Vec<RecipientValue> = Vec::new();
+        for r in rcpts(p, to) {
+            let with: Vec<_> = accepted.iter().copied().chain([r]).collect();
+            let attempt = Demand {
+                recipients: 1,
+                recipient_values: &[r],
+                ..Demand::default()
+            };
+            let peek = Demand {
+                recipients: with.len() as u32,
+                recipient_values: &with,
+                ..Demand::default()
+            };
+            let trips = block_on(p.check(&[plan], &attempt, &peek));
+            if let Some(t) = most_severe(&trips) {
+                return Some(t.action);
+            }
+            accepted.push(r);
+        }
+        if foreign {
+            let d = Demand {
+                foreign: true,
+                ..Demand::default()
+            };
+            if let Some(t) = most_severe(&block_on(p.check(&[plan], &d, &d))) {
+                return Some(t.action);
+            }
+        }
+        let message = Demand {
+            messages: 1,
+            recipients: accepted.len() as u32,
+            recipient_values: &accepted,
+            client,
+            foreign,
+        };
+        most_severe(&block_on(p.commit_all(&[plan], &message))).map(|t| t.action)
+    }
+
+    #[test]
+    fn distinct_recipient_domains_throttle_and_lock_new_domains_only() {
+        let f = fixture(
+            r#"
+[[rule]]
+name = "domains"
+count = "distinct-recipient-domains"
+rate = "3/1h"
+action = "tempfail"
+
+[[rule]]
+name = "lock-domains"
+count = "distinct-recipient-domains"
+rate = "5/1h"
+action = "lock"
+"#,
+        );
+        let p = &f.policy;
+        let plan = p.plan(id("a@x.org"), false);
+        for _ in 0..20 {
+            assert_eq!(
+                send(p, &plan, "192.0.2.1", &["b@one.example", "c@ONE.example"], false),
+                None
+            );
+        }
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["x@two.example", "y@three.example"], false),
+            None
+        );
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["z@four.example"], false),
+            Some(Action::Tempfail),
+            "a fourth domain in the hour"
+        );
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["q@one.example"], false),
+            None,
+            "old correspondents still flow"
+        );
+        // The throttle counts accepted mail; the lock rule counts every attempt.
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["z@five.example"], false),
+            Some(Action::Tempfail)
+        );
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["z@six.example"], false),
+            Some(Action::Lock)
+        );
+        let state = block_on(p.explain(id("a@x.org")));
+        assert_eq!(state[0].usage.unwrap().used, 3);
+        assert_eq!(state[1].usage.unwrap().used, 5);
+        f.clock.advance(Duration::from_secs(3601));
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["z@seven.example"], false),
+            None,
+            "the window moved on"
+        );
+    }
+
+    #[test]
+    fn distinct_recipients_count_addresses_and_a_refused_message_counts_none() {
+        let f = fixture(
+            r#"
+[[rule]]
+name = "rcpts"
+count = "distinct-recipients"
+rate = "4/1d"
+action = "reject"
+"#,
+        );
+        let p = &f.policy;
+        let plan = p.plan(id("a@x.org"), false);
+        assert_eq!(
+            send(
+                p,
+                &plan,
+                "192.0.2.1",
+                &["1@a.example", "2@a.example", "3@a.example"],
+                false
+            ),
+            None
+        );
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["4@a.example", "5@a.example"], false),
+            Some(Action::Reject),
+            "the fifth address, at its RCPT"
+        );
+        assert_eq!(
+            block_on(p.explain(id("a@x.org")))[0].usage.unwrap().used,
+            3,
+            "the refused message counted nothing"
+        );
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["<1@A.example>", "4@a.example"], false),
+            None
+        );
+    }
+
+    #[test]
+    fn one_login_from_many_client_addresses_is_locked() {
+        let f = fixture(
+            r#"
+[identity]
+client_ipv6_prefix = 64
+
+[[rule]]
+name = "clients"
+count = "distinct-client-addresses"
+rate = "3/1h"
+action = "lock"
+"#,
+        );
+        let p = &f.policy;
+        let plan = p.plan(id("a@x.org"), false);
+        for client in ["192.0.2.1", "192.0.2.1", "2001:db8::1", "2001:db8::2", "198.51.100.7"] {
+            assert_eq!(send(p, &plan, client, &["b@y.example"], false), None, "{client}");
+        }
+        assert_eq!(
+            send(p, &plan, "203.0.113.9", &["b@y.example"], false),
+            Some(Action::Lock)
+        );
+        let other = p.plan(id("b@x.org"), false);
+        assert_eq!(
+            send(p, &other, "203.0.113.9", &["b@y.example"], false),
+            None,
+            "counted per login"
+        );
+    }
+
+    #[test]
+    fn foreign_senders_are_the_domains_an_identity_may_not_use() {
+        let f = fixture(
+            r#"
+[[rule]]
+name = "foreign"
+count = "foreign-senders"
+rate = "2/1d"
+action = "reject"
+
+[[override]]
+identity = "crm@x.org"
+sender_domains = ["shop.example"]
+
+[[override]]
+domain = "relay.example"
+sender_domains = ["*"]
+"#,
+        );
+        let p = &f.policy;
+        let alice = id("alice@x.org");
+        let foreign = |who: &Identity, env: &str, from: &[&str]| {
+            let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
+            p.is_foreign_sender(who, env.as_bytes(), &from)
+        };
+        assert!(!foreign(&alice, "<alice@x.org>", &["x.org"]));
+        assert!(
+            !foreign(&alice, "<alice@mail.x.org>", &["lists.x.org"]),
+            "subdomains are its own"
+        );
+        assert!(!foreign(&alice, "<>", &[]), "the null sender is no domain");
+        assert!(foreign(&alice, "<ceo@bank.example>", &["x.org"]));
+        assert!(
+            foreign(&alice, "<alice@x.org>", &["bank.example"]),
+            "the From: header counts too"
+        );
+        assert!(foreign(&alice, "<alice@evilx.org>", &[]), "a suffix is not a subdomain");
+        assert!(!foreign(&id("crm@x.org"), "<crm@shop.example>", &["shop.example"]));
+        assert!(
+            foreign(&id("other@x.org"), "<crm@shop.example>", &[]),
+            "the override is crm's alone"
+        );
+        assert!(!foreign(
+            &id("gw@relay.example"),
+            "<anyone@any.example>",
+            &["any.example"]
+        ));
+        let ip = Identity {
+            value: "192.0.2.1".into(),
+            source: IdentitySource::ClientAddress,
+        };
+        assert!(
+            !foreign(&ip, "<a@b.example>", &[]),
+            "no domain of its own, nothing to compare"
+        );
+        let plan = p.plan(alice, false);
+        assert_eq!(send(p, &plan, "192.0.2.1", &["b@y.example"], true), None);
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["b@y.example"], false),
+            None,
+            "own mail is not counted"
+        );
+        assert_eq!(send(p, &plan, "192.0.2.1", &["b@y.example"], true), None);
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["b@y.example"], true),
+            Some(Action::Reject)
+        );
+        assert_eq!(send(p, &plan, "192.0.2.1", &["b@y.example"], false), None);
+    }
+
+    const BOUNCES: &str = r#"
+[[rule]]
+name = "bounces"
+count = "bounces"
+rate = "5/1h"
+action = "tempfail"
+
+[[rule]]
+name = "bounce-ratio"
+count = "bounces"
+rate = "3/1h"
+min_ratio = "30%"
+action = "lock"
+"#;
+
+    fn bounce(p: &Policy, plan: &Plan, failed: u32) -> Vec<Trip> {
+        let report = BounceReport {
+            queue_id: "Q".into(),
+            failed,
+        };
+        block_on(p.charge_bounces(plan, &report))
+    }
+
+    #[test]
+    fn bounces_over_the_ratio_lock_and_a_big_sender_is_judged_by_its_share() {
+        let f = fixture(BOUNCES);
+        let p = &f.policy;
+        // 20 recipients sent, 2 bounced (10%): under both rules.
+        let big = p.plan(id("big@x.org"), false);
+        let to: Vec<String> = (0..20).map(|i| format!("u{i}@y.example")).collect();
+        let to: Vec<&str> = to.iter().map(String::as_str).collect();
+        assert_eq!(send(p, &big, "192.0.2.1", &to, false), None);
+        assert!(bounce(p, &big, 2).is_empty());
+        // 2 more (4 of 20 = 20%): the count rule of 3 is exceeded, the
+        // ratio is not: no lock.
+        let trips = bounce(p, &big, 2);
+        assert_eq!(trips.len(), 0, "{trips:?}");
+        let state = block_on(p.explain(id("big@x.org")));
+        assert_eq!(state[1].sent, Some(20));
+        assert_eq!(state[1].min_ratio.map(|r| r.to_string()), Some("30%".into()));
+        // A small sender: 5 sent, 3 bounced (60%): locked.
+        let small = p.plan(id("small@x.org"), false);
+        assert_eq!(send(p, &small, "192.0.2.1", &to[..5], false), None);
+        assert!(bounce(p, &small, 2).is_empty());
+        let trips = bounce(p, &small, 1);
+        assert_eq!(trips.iter().map(|t| t.action).max(), None, "3 of 3 fits the rule");
+        let trips = bounce(p, &small, 1);
+        assert_eq!(most_severe(&trips).map(|t| t.action), Some(Action::Lock), "{trips:?}");
+    }
+
+    #[test]
+    fn a_bounce_rule_fills_up_and_refuses_the_next_message() {
+        let f = fixture(BOUNCES);
+        let p = &f.policy;
+        let plan = p.plan(id("a@x.org"), false);
+        assert_eq!(send(p, &plan, "192.0.2.1", &["b@y.example"], false), None);
+        // One bounce of 7 failed recipients: more than the count of 5, so the
+        // rule fills to 5 and stays full.
+        let trips = bounce(p, &plan, 7);
+        let over = trips.iter().find(|t| t.rule == "bounces").unwrap();
+        assert_eq!(over.usage.used, 5);
+        assert_eq!(
+            send(p, &plan, "192.0.2.1", &["b@y.example"], false),
+            Some(Action::Lock),
+            "7 of 1 sent"
+        );
+        let calm =
+            fixture("[[rule]]\nname = \"bounces\"\ncount = \"bounces\"\nrate = \"5/1h\"\naction = \"tempfail\"\n");
+        let plan = calm.policy.plan(id("a@x.org"), false);
+        bounce(&calm.policy, &plan, 9);
+        assert_eq!(
+            send(&calm.policy, &plan, "192.0.2.1", &["b@y.example"], false),
+            Some(Action::Tempfail)
+        );
+        calm.clock.advance(Duration::from_secs(3601));
+        assert_eq!(send(&calm.policy, &plan, "192.0.2.1", &["b@y.example"], false), None);
+    }
+
+    #[test]
+    fn bounces_are_charged_by_queue_id_to_the_sender_only() {
+        let f = fixture(BOUNCES);
+        let p = &f.policy;
+        p.record_sent("4ABCDEF", &id("a@x.org"));
+        assert_eq!(p.sender_of("4ABCDEF").map(|i| i.value), Some("a@x.org".into()));
+        assert_eq!(p.sender_of("4OTHER"), None);
+        let off = fixture(ESCALATION);
+        off.policy.record_sent("4ABCDEF", &id("a@x.org"));
+        assert_eq!(
+            off.policy.sender_of("4ABCDEF"),
+            None,
+            "remembered only while bounce rules exist"
+        );
+    }
+
+    #[test]
+    fn new_signal_rules_are_checked_when_loaded() {
+        for (bad, why) in [
+            (
+                "count = \"distinct-recipients\"\nrate = \"5/1h\"\nburst = 2",
+                "has no burst",
+            ),
+            (
+                "count = \"messages\"\nrate = \"5/1h\"\nmin_ratio = \"20%\"",
+                "only a rule with count",
+            ),
+            (
+                "count = \"bounces\"\nrate = \"5/1h\"\nmin_ratio = \"120%\"",
+                "0.1% to 100%",
+            ),
+            (
+                "count = \"bounces\"\nrate = \"5/1h\"\nmin_ratio = \"0.2\"",
+                "percentage",
+            ),
+        ] {
+            let text = format!("[[rule]]\nname = \"r\"\naction = \"lock\"\n{bad}\n");
+            let err = Config::parse(&text, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let err = Config::parse(
+            "[[override]]\nidentity = \"a@x.org\"\nsender_domains = [\"@x\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("override[0].sender_domains[0]"), "{err}");
     }
 }

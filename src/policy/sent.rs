@@ -100,7 +100,11 @@ impl SentLog {
 impl Inner {
     fn expire(&mut self, now: u64) {
         let max_age = u64::try_from(MAX_AGE.as_nanos()).unwrap_or(u64::MAX);
-        while self.order.front().is_some_and(|(_, at)| now.saturating_sub(*at) > max_age) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, at)| now.saturating_sub(*at) > max_age)
+        {
             self.pop_oldest();
         }
     }
