@@ -346,3 +346,65 @@ fn queue_hold_and_release() {
     assert!(postfix.wait_queue_empty(WAIT).expect("postqueue"));
     postfix.flush().expect("postqueue -f");
 }
+
+/// A recipient the sink does not know is refused with 550 5.1.1, and
+/// Postfix bounces it: the sender gets a DSN from the null sender naming
+/// the address and the status, while the other recipient gets the message.
+#[test]
+fn unknown_recipient_at_the_sink_bounces_to_the_sender() {
+    if skip_unless_live() {
+        return;
+    }
+    let mta = LiveMta::start(|o| o.user("alice@example.com", "alice-secret"));
+    let postfix = &mta.postfix;
+    let outcome = send_message(
+        &Envelope::new(
+            postfix.submission_port(),
+            "alice@example.com",
+            &["carol@remote.test", "unknown-dave@remote.test"],
+        )
+        .auth("alice@example.com", "alice-secret"),
+    )
+    .expect("submission conversation");
+    assert!(outcome.accepted(), "{}", outcome.transcript);
+
+    assert!(
+        mta.sink.wait_for_count(2, WAIT),
+        "sink got {} of 2 messages (the message and the DSN)\n{}",
+        mta.sink.count(),
+        postfix.log_tail(30)
+    );
+    assert!(
+        postfix.wait_queue_empty(WAIT).expect("postqueue"),
+        "{:?}",
+        postfix.queue()
+    );
+    let messages = mta.sink.messages();
+    let delivered: Vec<_> = messages.iter().filter(|m| m.mail_from == "alice@example.com").collect();
+    assert_eq!(delivered.len(), 1, "{messages:#?}");
+    assert_eq!(delivered[0].rcpt_to, ["carol@remote.test"]);
+    let dsns: Vec<_> = messages.iter().filter(|m| m.mail_from.is_empty()).collect();
+    assert_eq!(dsns.len(), 1, "{messages:#?}");
+    assert_eq!(dsns[0].rcpt_to, ["alice@example.com"]);
+    assert!(
+        dsns[0]
+            .header("Content-Type")
+            .is_some_and(|c| c.contains("multipart/report") && c.contains("delivery-status")),
+        "{:?}",
+        dsns[0].header("Content-Type")
+    );
+    let text = dsns[0].text();
+    assert!(
+        text.contains("Final-Recipient: rfc822; unknown-dave@remote.test"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.1"), "{text}");
+    assert_eq!(mta.sink.refused_unknown(), 1);
+    assert!(
+        postfix
+            .log()
+            .contains("status=bounced (host 127.0.0.1[127.0.0.1] said: 550 5.1.1"),
+        "{}",
+        postfix.log_tail(20)
+    );
+}

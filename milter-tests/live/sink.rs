@@ -7,6 +7,14 @@
 //! memory: envelope sender, recipients and content. Tests ask for
 //! [`SmtpSink::messages`] or wait with [`SmtpSink::wait_for_count`].
 //!
+//! It plays the internet's mailboxes too: a recipient that does not exist
+//! (by default any whose local part starts with `unknown`, see
+//! [`UnknownUsers`]) is refused at RCPT with
+//! `550 5.1.1 <addr>: Recipient address rejected: User unknown`, as a real
+//! destination refuses a stale address. Postfix then bounces that recipient
+//! and sends a delivery status notification (a DSN, from `<>`) to the
+//! message's sender, which comes back to the sink like any other mail.
+//!
 //! It speaks the ESMTP that Postfix's smtp client uses: EHLO (advertising
 //! PIPELINING, 8BITMIME, SMTPUTF8, SIZE, ENHANCEDSTATUSCODES), HELO, MAIL
 //! with parameters, RCPT, DATA with dot-unstuffing, RSET, NOOP, VRFY, QUIT.
@@ -38,6 +46,58 @@ const MAX_COMMAND_LINE: usize = 4096;
 const POLL: Duration = Duration::from_millis(200);
 /// The name the sink gives itself.
 pub const SINK_HOSTNAME: &str = "sink.egress-test.invalid";
+/// The local-part prefix of the recipients the sink refuses by default.
+pub const UNKNOWN_PREFIX: &str = "unknown";
+
+/// The recipients the sink has no mailbox for: refused at RCPT with
+/// `550 5.1.1 ... User unknown`. A recipient is unknown when its local part
+/// starts with one of the prefixes, or when it is one of the addresses
+/// (both compared without regard to case).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownUsers {
+    local_part_prefixes: Vec<String>,
+    addresses: Vec<String>,
+}
+
+impl Default for UnknownUsers {
+    /// Every local part starting with [`UNKNOWN_PREFIX`].
+    fn default() -> Self {
+        UnknownUsers::none().local_part_prefix(UNKNOWN_PREFIX)
+    }
+}
+
+impl UnknownUsers {
+    /// Every recipient exists.
+    pub fn none() -> UnknownUsers {
+        UnknownUsers {
+            local_part_prefixes: Vec::new(),
+            addresses: Vec::new(),
+        }
+    }
+
+    /// Also refuses every local part starting with `prefix`.
+    pub fn local_part_prefix(mut self, prefix: &str) -> UnknownUsers {
+        self.local_part_prefixes.push(prefix.to_ascii_lowercase());
+        self
+    }
+
+    /// Also refuses `address`.
+    pub fn address(mut self, address: &str) -> UnknownUsers {
+        self.addresses.push(address.to_ascii_lowercase());
+        self
+    }
+
+    /// Whether the sink has no mailbox for `address`.
+    pub fn contains(&self, address: &str) -> bool {
+        let address = address.to_ascii_lowercase();
+        let local_part = address.rsplit_once('@').map_or(address.as_str(), |(local, _)| local);
+        self.addresses.contains(&address)
+            || self
+                .local_part_prefixes
+                .iter()
+                .any(|p| local_part.starts_with(p.as_str()))
+    }
+}
 
 /// A message the sink received.
 #[derive(Clone, Debug)]
@@ -119,6 +179,10 @@ struct Shared {
     record_dir: Mutex<Option<PathBuf>>,
     /// Messages written there so far (file names never repeat).
     recorded: AtomicUsize,
+    /// The recipients refused with 550 5.1.1.
+    unknown_users: Mutex<UnknownUsers>,
+    /// How many recipients were refused as unknown so far.
+    refused_unknown: AtomicUsize,
 }
 
 impl Shared {
@@ -148,6 +212,13 @@ impl Shared {
         if let Err(err) = std::fs::write(&path, file) {
             eprintln!("smtp sink: cannot record a message in {}: {err}", path.display());
         }
+    }
+
+    fn is_unknown(&self, address: &str) -> bool {
+        self.unknown_users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(address)
     }
 
     fn lock_messages(&self) -> MutexGuard<'_, Vec<ReceivedMessage>> {
@@ -242,6 +313,17 @@ impl SmtpSink {
     /// Forgets every message received so far.
     pub fn clear(&self) {
         self.shared.lock_messages().clear();
+    }
+
+    /// From now on refuses these recipients with `550 5.1.1` (instead of
+    /// the default, [`UnknownUsers::default`]).
+    pub fn set_unknown_users(&self, users: UnknownUsers) {
+        *self.shared.unknown_users.lock().unwrap_or_else(|p| p.into_inner()) = users;
+    }
+
+    /// How many recipients were refused as unknown users so far.
+    pub fn refused_unknown(&self) -> usize {
+        self.shared.refused_unknown.load(Ordering::SeqCst)
     }
 }
 
@@ -405,6 +487,13 @@ fn serve(stream: TcpStream, shared: &Shared) -> io::Result<()> {
                     .and_then(|_| parse_path(&arg[3..]));
                 match path {
                     _ if mail_from.is_none() => reply(&mut writer, "503 5.5.1 need MAIL command\r\n")?,
+                    Some(path) if shared.is_unknown(&path) => {
+                        shared.refused_unknown.fetch_add(1, Ordering::SeqCst);
+                        reply(
+                            &mut writer,
+                            &format!("550 5.1.1 <{path}>: Recipient address rejected: User unknown\r\n"),
+                        )?;
+                    }
                     Some(path) => {
                         rcpt_to.push(path);
                         reply(&mut writer, "250 2.1.5 Ok\r\n")?;
@@ -488,7 +577,7 @@ fn read_data(reader: &mut BufReader<TcpStream>, shared: &Shared) -> io::Result<O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::smtp::{Envelope, SmtpClient, build_message, send_message};
+    use crate::smtp::{Envelope, SmtpClient, Stage, build_message, send_message};
 
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -593,6 +682,73 @@ mod tests {
         );
         assert_eq!(client.noop().expect("NOOP").code, 250);
         assert_eq!(client.quit().expect("QUIT").code, 221);
+    }
+
+    #[test]
+    fn refuses_unknown_users_with_5_1_1_and_keeps_the_others() {
+        let sink = SmtpSink::start().expect("start the sink");
+        let outcome = send_message(&Envelope::new(
+            sink.port(),
+            "list@example.org",
+            &[
+                "member@remote.test",
+                "Unknown-old.member@remote.test",
+                "other@remote.test",
+            ],
+        ))
+        .expect("talk to the sink");
+        assert!(outcome.accepted(), "{}", outcome.transcript);
+        let refusal = outcome
+            .rcpt_reply("Unknown-old.member@remote.test")
+            .expect("a reply to the unknown recipient");
+        assert_eq!(
+            (refusal.code, refusal.enhanced.as_deref()),
+            (550, Some("5.1.1")),
+            "{refusal}"
+        );
+        assert_eq!(
+            refusal.text(),
+            "<Unknown-old.member@remote.test>: Recipient address rejected: User unknown"
+        );
+        assert_eq!(
+            outcome.accepted_recipients(),
+            ["member@remote.test", "other@remote.test"]
+        );
+        assert!(sink.wait_for_count(1, WAIT));
+        assert_eq!(sink.messages()[0].rcpt_to, ["member@remote.test", "other@remote.test"]);
+        assert_eq!(sink.refused_unknown(), 1);
+
+        // Only unknown recipients: nothing to deliver, DATA is refused.
+        let outcome = send_message(&Envelope::new(sink.port(), "a@example.org", &["unknown@remote.test"]))
+            .expect("talk to the sink");
+        assert_eq!(outcome.refused_at(), Some(Stage::RcptTo), "{}", outcome.transcript);
+        assert_eq!(sink.refused_unknown(), 2);
+        assert_eq!(sink.count(), 1);
+    }
+
+    #[test]
+    fn the_unknown_users_can_be_chosen() {
+        let users = UnknownUsers::none()
+            .address("Gone@Remote.test")
+            .local_part_prefix("stale-");
+        assert!(users.contains("gone@remote.test"));
+        assert!(users.contains("STALE-1@elsewhere.test"));
+        assert!(!users.contains("unknown@remote.test"));
+        assert!(!users.contains("gone@other.test"));
+        assert!(!users.contains("not-stale-1@remote.test"));
+        assert!(UnknownUsers::default().contains("unknown7@x.test"));
+        assert!(!UnknownUsers::default().contains("x@unknown.test"));
+
+        let sink = SmtpSink::start().expect("start the sink");
+        sink.set_unknown_users(users);
+        let mut client = SmtpClient::connect(sink.port(), None).expect("connect");
+        assert_eq!(client.ehlo("client.test").expect("EHLO").code, 250);
+        assert_eq!(client.mail_from("a@example.org").expect("MAIL").code, 250);
+        assert_eq!(client.rcpt_to("gone@remote.test").expect("RCPT").code, 550);
+        assert_eq!(client.rcpt_to("stale-2@remote.test").expect("RCPT").code, 550);
+        assert_eq!(client.rcpt_to("unknown@remote.test").expect("RCPT").code, 250);
+        assert_eq!(client.quit().expect("QUIT").code, 221);
+        assert_eq!(sink.refused_unknown(), 2);
     }
 
     #[test]
