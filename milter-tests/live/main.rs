@@ -21,6 +21,7 @@ mod redis;
 mod scenarios;
 mod sendmail;
 mod sendmail_scenarios;
+mod signals;
 mod sink;
 mod smtp;
 

@@ -294,6 +294,23 @@ pub fn render_explain(answer: &ExplainAnswer) -> String {
     } else {
         out.push_str(&table(&rows));
     }
+    for r in answer.rules.iter().filter(|r| r.applies) {
+        if let (Some(min), Some(sent)) = (&r.min_ratio, r.sent) {
+            let bounced = r.count.unwrap_or(0);
+            let share = if sent == 0 {
+                "no recipients sent".to_string()
+            } else {
+                format!("{:.1}%", f64::from(bounced) * 100.0 / f64::from(sent))
+            };
+            let _ = writeln!(
+                out,
+                "{}: {bounced} bounced of {sent} recipients sent in {} ({share}); acts at {min} and over {}",
+                r.rule,
+                r.window,
+                r.limit.unwrap_or(0)
+            );
+        }
+    }
     out
 }
 

@@ -157,6 +157,12 @@ pub struct RuleView {
     pub window_secs: u64,
     pub reset_in: Option<String>,
     pub reset_in_secs: Option<u64>,
+    /// A bounce rule with `min_ratio`: the share it acts at, and the
+    /// recipients accepted in its window that the bounces are compared with.
+    #[serde(default)]
+    pub min_ratio: Option<String>,
+    #[serde(default)]
+    pub sent: Option<u32>,
 }
 
 /// The answer of `/api/identities/IDENTITY`: what `explain` shows.
@@ -224,6 +230,8 @@ mod tests {
                 window_secs: 60,
                 reset_in: Some("24s".into()),
                 reset_in_secs: Some(24),
+                min_ratio: None,
+                sent: None,
             }],
             lock: None,
             activity: None,

@@ -502,6 +502,8 @@ async fn explain(state: &State, raw: &str) -> Answer {
             window_secs: r.rate.window.as_secs(),
             reset_in: r.usage.map(|u| format_duration(u.reset_in)),
             reset_in_secs: r.usage.map(|u| u.reset_in.as_secs()),
+            min_ratio: r.min_ratio.map(|m| m.to_string()),
+            sent: r.sent,
         })
         .collect();
     json(&ExplainAnswer {
