@@ -192,7 +192,7 @@ async fn metrics_and_tools_follow_the_traffic_exactly() {
     let row = table.lines().find(|l| l.starts_with("alice@example.com")).unwrap();
     assert_eq!(
         row.split_whitespace().collect::<Vec<_>>(),
-        ["alice@example.com", "3", "6", "1", "3", "6", "1", "0", "no"]
+        ["alice@example.com", "3", "6", "1", "3", "6", "1", "0", "0", "no"]
     );
 
     // explain: every rule with its count and limit.
@@ -230,11 +230,11 @@ async fn metrics_and_tools_follow_the_traffic_exactly() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "domain,identity,messages,recipients,tempfailed,rejected,held,locked"
+        "domain,identity,messages,recipients,tempfailed,rejected,held,bounced,locked"
     );
     assert_eq!(lines.len(), 1 + 41);
-    assert!(lines.contains(&"example.com,alice@example.com,3,6,1,0,0,no"), "{csv}");
-    assert!(lines.contains(&"example.org,load7@example.org,1,1,0,0,0,no"), "{csv}");
+    assert!(lines.contains(&"example.com,alice@example.com,3,6,1,0,0,0,no"), "{csv}");
+    assert!(lines.contains(&"example.org,load7@example.org,1,1,0,0,0,0,no"), "{csv}");
     assert!(d.process.stop().await.success());
 }
 

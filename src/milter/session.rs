@@ -75,7 +75,6 @@ struct Message {
     /// passed untouched at every stage.
     outbound: Option<Outbound>,
     envelope_from: Vec<u8>,
-    bounce: bool,
     auth: Option<Vec<u8>>,
     headers: HeaderValues,
     /// Set once the identity is known.
@@ -111,6 +110,24 @@ struct Message {
     /// The MTA's own bounce, while bounce rules exist: the message as
     /// received (bounded by [`MAX_REPORT_BYTES`]), to read its report.
     bounce_text: Option<Vec<u8>>,
+    /// Null-sender mail from the local door: the MTA's own notice (bounce,
+    /// delay, postmaster notice) unless its first `Received:` header is the
+    /// stamp Postfix's pickup puts on what a local user submits; decided at
+    /// the end of the headers (see [`MtaNotice`]).
+    notice: MtaNotice,
+}
+
+/// Whether null-sender mail from the local door is the MTA's own notice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MtaNotice {
+    /// Not null-sender mail from the local door (or `count_bounces`).
+    No,
+    /// No `Received:` header seen yet.
+    Pending,
+    /// The first `Received:` header is not pickup's: the MTA wrote it.
+    Unstamped,
+    /// Pickup's stamp: a local user submitted it with the sendmail command.
+    Stamped,
 }
 
 impl Session {
@@ -134,7 +151,10 @@ impl Session {
     /// Whether any identity source reads headers, or ARF reports need a
     /// sample message's headers.
     pub fn needs_headers(&self) -> bool {
-        header_sources(&self.policy).next().is_some()
+        // The local door's null-sender mail is told apart by its headers.
+        let config = self.policy.config();
+        (config.scope.local && !config.limits.count_bounces)
+            || header_sources(&self.policy).next().is_some()
             || self.policy.config().notify.arf_enabled()
             || self.policy.counts_foreign_senders()
             || self.policy.counts_bounces()
@@ -160,12 +180,16 @@ impl Session {
         let bounce = identity::is_null_sender(from);
         // The MTA's own bounces come in through the local door, with the
         // null sender; their report is read at the end (see `eom`).
-        let bounce_text =
-            (bounce && Door::of(self.client) == Door::LocalSubmission && self.policy.counts_bounces()).then(Vec::new);
+        let local_null = bounce && Door::of(self.client) == Door::LocalSubmission;
+        let bounce_text = (local_null && self.policy.counts_bounces()).then(Vec::new);
+        let notice = if local_null && !self.policy.config().limits.count_bounces {
+            MtaNotice::Pending
+        } else {
+            MtaNotice::No
+        };
         let message = self.message.insert(Message {
             outbound,
             envelope_from: from.to_vec(),
-            bounce,
             auth: auth.map(<[u8]>::to_vec),
             headers: HeaderValues::default(),
             plan: None,
@@ -181,11 +205,16 @@ impl Session {
             from_overflow: false,
             foreign: false,
             bounce_text,
+            notice,
         });
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         if outbound.is_none() {
             cx.reporting.observer.out_of_scope();
             debug!(queue_id, client = ?self.client, "not outbound mail ([scope]): passed untouched");
+            return Verdict::Continue;
+        }
+        if message.notice == MtaNotice::Pending {
+            // Who wrote it is known only from its headers.
             return Verdict::Continue;
         }
         let facts = Facts {
@@ -199,10 +228,7 @@ impl Session {
             Resolution::Unidentified => unidentified(),
             Resolution::Pending | Resolution::Conflict { .. } => return Verdict::Continue,
         };
-        let uncounted = cx
-            .policy
-            .bounce_uncounted(&identity, message.bounce, Door::of(self.client));
-        let plan = message.plan.insert(cx.policy.plan(identity, uncounted));
+        let plan = message.plan.insert(cx.policy.plan(identity, false));
         message.lock = cx.lock_in_force(plan, self.client.map(|c| c.ip()));
         if message.lock.is_some() {
             return cx.locked(message, Stage::Mail, false);
@@ -285,6 +311,16 @@ impl Session {
             append_bounded(text, &[name, b": ", value, b"\r\n"]);
         }
         if let Some(message) = self.message.as_mut()
+            && message.notice == MtaNotice::Pending
+            && name.eq_ignore_ascii_case(b"Received")
+        {
+            message.notice = if bounce::is_pickup_stamp(value) {
+                MtaNotice::Stamped
+            } else {
+                MtaNotice::Unstamped
+            };
+        }
+        if let Some(message) = self.message.as_mut()
             && message.outbound.is_some()
             && name.eq_ignore_ascii_case(b"From")
             && policy.counts_foreign_senders()
@@ -316,6 +352,14 @@ impl Session {
         };
         if let Some(text) = message.bounce_text.as_mut() {
             append_bounded(text, &[b"\r\n"]);
+        }
+        if matches!(message.notice, MtaNotice::Pending | MtaNotice::Unstamped) {
+            // The MTA's own bounce or notice: never counted, never refused
+            // (refusing it would lose the news of a failed delivery). Its
+            // report, if any, is read at the end of the message.
+            debug!(queue_id, "the MTA's own null-sender notice: passed untouched");
+            message.outbound = None;
+            return Verdict::Continue;
         }
         if let Some(plan) = &message.plan {
             // Known since MAIL: only the foreign-sender rules are left to ask.
@@ -351,10 +395,7 @@ impl Session {
             .flatten()
             .map(|login| cx.policy.plan(login, false));
         let pending = std::mem::take(&mut message.pending_recipients);
-        let uncounted = cx
-            .policy
-            .bounce_uncounted(&identity, message.bounce, Door::of(self.client));
-        let mut plan = cx.policy.plan(identity, uncounted);
+        let mut plan = cx.policy.plan(identity, false);
         let client = self.client.map(|c| c.ip());
         let mut lock = cx.lock_in_force(&plan, client);
         if let (None, Some(login)) = (&lock, stamper) {
@@ -406,7 +447,10 @@ impl Session {
     /// End of message: hold a locked identity's mail, or count the message.
     pub async fn eom(&mut self, queue_id: &str) -> Verdict {
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
-        if let Some(text) = self.message.as_mut().and_then(|m| m.bounce_text.take()) {
+        if let Some(message) = self.message.as_mut()
+            && let Some(text) = message.bounce_text.take()
+            && message.notice != MtaNotice::Stamped
+        {
             cx.charge_bounce(&text).await;
         }
         let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
@@ -1067,6 +1111,65 @@ action = "lock"
         assert_eq!(block_on(s.rcpt(b"<victim@example.net>", "Q")), Verdict::Continue);
         assert_eq!(block_on(s.eoh("Q")), Verdict::Continue);
         assert!(matches!(block_on(s.eom("Q")), Verdict::Hold { .. }));
+    }
+
+    /// Null-sender mail from the local door (127.0.0.1 port 0, Postfix's
+    /// non_smtpd_milters) through MAIL, RCPT, the headers and the end.
+    fn local_null_sender(f: &Fixture, headers: &[(&str, &str)]) -> Verdict {
+        let mut s = Session::new(f.policy.clone(), Reporting::none());
+        s.connect(Some(SocketAddr::new("127.0.0.1".parse().unwrap(), 0)));
+        for v in [
+            block_on(s.mail(b"<>", None, "Q")),
+            block_on(s.rcpt(b"<alice@example.com>", "Q")),
+        ] {
+            if v != Verdict::Continue {
+                return v;
+            }
+        }
+        for (name, value) in headers {
+            s.header(name.as_bytes(), value.as_bytes());
+        }
+        match block_on(s.eoh("Q")) {
+            Verdict::Continue => block_on(s.eom("Q")),
+            v => v,
+        }
+    }
+
+    #[test]
+    fn the_mtas_own_notices_pass_untouched_and_a_local_users_null_sender_mail_counts() {
+        let f = fixture("");
+        let bounce = [
+            (
+                "Received",
+                "by mta.example.net (Postfix)\r\n\tid 4XyZ; Mon, 1 Dec 2026 10:00:00 +0000",
+            ),
+            ("From", "MAILER-DAEMON@mta.example.net (Mail Delivery System)"),
+        ];
+        let by_user = [(
+            "Received",
+            "by mta.example.net (Postfix, from userid 1001)\r\n\tid 4XyZ; Mon, 1 Dec 2026 10:00:00 +0000",
+        )];
+        // The client address of the local door is locked (say, by a script
+        // that sent under it): the MTA's own bounces still pass, uncounted.
+        f.lock("127.0.0.1");
+        for _ in 0..20 {
+            assert_eq!(local_null_sender(&f, &bounce), Verdict::Continue);
+            assert_eq!(
+                local_null_sender(&f, &[]),
+                Verdict::Continue,
+                "no Received header: the MTA's"
+            );
+        }
+        // The same from a local user (pickup's stamp on top, even with a
+        // forged "(Postfix)" line below it) is that user's mail: refused
+        // as the locked client address.
+        let mut forged = by_user.to_vec();
+        forged.extend_from_slice(&bounce);
+        assert!(refused_with(&local_null_sender(&f, &forged), "550"));
+        let g = fixture("");
+        let results: Vec<_> = (0..3).map(|_| local_null_sender(&g, &by_user)).collect();
+        assert_eq!(results[..2], [Verdict::Continue, Verdict::Continue]);
+        assert!(refused_with(&results[2], "451"), "counted: {results:?}");
     }
 
     #[test]

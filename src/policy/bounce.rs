@@ -24,6 +24,14 @@ pub struct BounceReport {
     pub failed: u32,
 }
 
+/// Whether a `Received:` header value is the stamp Postfix's pickup puts
+/// on mail a local user submits: `by HOST (Postfix, from userid N)`.
+pub fn is_pickup_stamp(value: &[u8]) -> bool {
+    value.windows(PICKUP_STAMP.len()).any(|w| w == PICKUP_STAMP)
+}
+
+const PICKUP_STAMP: &[u8] = b"(Postfix, from userid";
+
 /// Whether a message came in with the sendmail command: Postfix's pickup
 /// puts `Received: by HOST (Postfix, from userid N)` on top of it. The
 /// MTA's own bounces (written by its bounce daemon) never carry that.
@@ -39,7 +47,7 @@ pub fn submitted_by_local_user(message: &[u8]) -> bool {
             let raw = message
                 .get(h.offset_start as usize..h.offset_end as usize)
                 .unwrap_or_default();
-            String::from_utf8_lossy(raw).contains("(Postfix, from userid")
+            is_pickup_stamp(raw)
         })
 }
 

@@ -18,7 +18,7 @@ pub mod shared;
 
 use crate::clock::Clock;
 use crate::config::address::{domain_key, lock_key};
-use crate::config::{Action, Config, Counted, IdentitySource, Mode, Network, Rate, Ratio, Scope, format_duration};
+use crate::config::{Action, Config, Counted, Mode, Network, Rate, Ratio, Scope, format_duration};
 use crate::locks::file::{LockEntry, LockSource, Timestamp};
 use crate::locks::{LockStore, Ticket};
 use crate::policy::bounce::BounceReport;
@@ -681,17 +681,6 @@ impl Policy {
         }
     }
 
-    /// Whether null-sender mail of `identity` goes uncounted: only where the
-    /// MTA's own bounces come in (the local-submission door, identified by
-    /// nothing better than the client address), unless `count_bounces`.
-    /// A SASL user or an identity header never sends a real bounce.
-    pub fn bounce_uncounted(&self, identity: &Identity, null_sender: bool, door: Door) -> bool {
-        null_sender
-            && !self.config.limits.count_bounces
-            && door == Door::LocalSubmission
-            && identity.source == IdentitySource::ClientAddress
-    }
-
     /// Whether one more message of a locked `identity` may be held
     /// (`locks.hold_limit`); counts nothing.
     pub fn hold_room(&self, identity: &str) -> bool {
@@ -716,8 +705,7 @@ impl Policy {
         self.config.mode == Mode::Enforce
     }
 
-    /// The rules that apply to `identity`; none if `uncounted` (see
-    /// [`Policy::bounce_uncounted`]).
+    /// The rules that apply to `identity`; none if `uncounted`.
     pub fn plan(&self, identity: Identity, uncounted: bool) -> Plan {
         let counters = &self.counters;
         let domain = identity.domain();
@@ -1444,6 +1432,7 @@ pub fn most_severe(trips: &[Trip]) -> Option<&Trip> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::IdentitySource;
     use crate::test_util::block_on;
 
     /// The decisions of the milter's stages, one question at a time.
@@ -1696,32 +1685,6 @@ rates = {{ per-minute = \"1/1m\" }}
             source: IdentitySource::ClientAddress,
         };
         assert!(f.policy.plan(ip, false).entries.is_empty(), "no domain, no domain rule");
-    }
-
-    #[test]
-    fn null_sender_mail_is_counted_but_for_the_mtas_own_bounces() {
-        let f = fixture(ESCALATION);
-        let (smtp, local) = (Door::Smtp, Door::LocalSubmission);
-        let client = Identity {
-            value: "127.0.0.1".into(),
-            source: IdentitySource::ClientAddress,
-        };
-        // A SASL user or a header identity never sends a real bounce.
-        assert!(!f.policy.bounce_uncounted(&id("a@x.org"), true, smtp));
-        assert!(!f.policy.bounce_uncounted(&id("a@x.org"), true, local));
-        let header = Identity {
-            value: "a@x.org".into(),
-            source: IdentitySource::Header("X-Sender".into()),
-        };
-        assert!(!f.policy.bounce_uncounted(&header, true, local));
-        // Null-sender mail from an SMTP client is counted too.
-        assert!(!f.policy.bounce_uncounted(&client, true, smtp));
-        // Where the MTA's own bounces come in: uncounted, unless asked.
-        assert!(f.policy.bounce_uncounted(&client, true, local));
-        assert!(!f.policy.bounce_uncounted(&client, false, local));
-        assert!(f.policy.plan(client.clone(), true).entries.is_empty());
-        let g = fixture(&format!("[limits]\ncount_bounces = true\n{ESCALATION}"));
-        assert!(!g.policy.bounce_uncounted(&client, true, local));
     }
 
     #[test]
