@@ -18,5 +18,6 @@ mod lock_list;
 mod locking;
 mod notify;
 mod shared_counters;
+mod signals;
 mod status;
 mod watchdog;
