@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the live-MTA test suite
 # (milter-tests/live/) needs: Postfix, and the Cyrus SASL tools and plugins
-# used for AUTH on the private instances' submission port; then Redis, for
+# used for AUTH on the private instances' submission port; then two test
+# users for the local-door test (see the local-door section); then Redis, for
 # the fleet scenarios (see the Redis section); then Sendmail, unpacked into
 # a private root (see the Sendmail section); then, for the package boot
 # test of milter-tests/package.sh, systemd-nspawn, debootstrap and a cached
@@ -30,7 +31,8 @@ installed() {
 # A "No configuration" install leaves no /etc/postfix/main.cf. The private
 # instances bring their own, but postfix-script also asks the default
 # instance for multi_instance_directories (postconf -c /etc/postfix), which
-# fails loudly without one; an empty main.cf is enough and configures nothing.
+# fails loudly without one; an empty main.cf is enough and configures nothing
+# (the local-door section below adds one line to it).
 ensure_default_main_cf() {
     if [ -d /etc/postfix ] && [ ! -e /etc/postfix/main.cf ]; then
         if [ "$(id -u)" = 0 ]; then
@@ -116,6 +118,57 @@ if ! compgen -G '/usr/lib/*/sasl2/libplain.so*' >/dev/null; then
 fi
 ensure_default_main_cf
 allow_service_starts
+}
+
+# ------------------------------------------------------------- local door
+# For milter-tests/live/local_door.rs: two unprivileged Unix users, with no
+# home and no login shell, whose mail the test submits with Postfix's
+# sendmail command against a private instance; and the default instance's
+# permission for that. A sendmail run by a user other than root (and the
+# set-gid postdrop it starts) accepts a configuration directory other than
+# /etc/postfix only if /etc/postfix/main.cf lists it in
+# alternate_config_directories. The test makes $LOCAL_DOOR_CONFIG a
+# symbolic link to its instance's etc/ (under a file lock, one test at a
+# time), so one fixed entry is enough. The entry only lets those commands
+# read a main.cf there; nothing listens or runs because of it.
+local_door_users=(egress-web1 egress-web2)
+LOCAL_DOOR_CONFIG=/run/egress-milter-tests/local-door/etc
+
+local_door_ready() {
+    local user
+    for user in "${local_door_users[@]}"; do
+        id "$user" >/dev/null 2>&1 || return 1
+    done
+    [ -e /etc/postfix/main.cf ] || return 1
+    local dirs
+    dirs=$(postconf -c /etc/postfix -h alternate_config_directories 2>/dev/null) || return 1
+    [[ " $dirs " == *" $LOCAL_DOOR_CONFIG "* ]]
+}
+
+install_local_door() {
+    if local_door_ready; then
+        say "local-door test users and alternate_config_directories already set up"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        say "must run as root to create ${local_door_users[*]} and edit /etc/postfix/main.cf" >&2
+        exit 1
+    fi
+    local user
+    for user in "${local_door_users[@]}"; do
+        if ! id "$user" >/dev/null 2>&1; then
+            say "creating the system user $user (no home, no login)"
+            useradd --system --user-group --no-create-home --home-dir /nonexistent \
+                --shell /usr/sbin/nologin --comment "egress-milter live tests" "$user"
+        fi
+    done
+    ensure_default_main_cf
+    local dirs
+    dirs=$(postconf -c /etc/postfix -h alternate_config_directories)
+    if [[ " $dirs " != *" $LOCAL_DOOR_CONFIG "* ]]; then
+        say "adding $LOCAL_DOOR_CONFIG to alternate_config_directories in /etc/postfix/main.cf"
+        postconf -c /etc/postfix -e "alternate_config_directories = ${dirs:+$dirs }$LOCAL_DOOR_CONFIG"
+    fi
 }
 
 # ------------------------------------------------------------------ Redis
@@ -483,6 +536,7 @@ install_boot_root() {
 case "${1:-all}" in
 all)
     install_postfix
+    install_local_door
     install_redis
     install_chromium
     install_sendmail

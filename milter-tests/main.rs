@@ -14,6 +14,7 @@ mod fleet;
 mod identity;
 mod layers;
 mod limits;
+mod local_door;
 mod lock_list;
 mod locking;
 mod notify;

@@ -27,7 +27,9 @@
 //! - [`config`]: the TOML configuration, value types ([`config::model`]),
 //!   per-section validation ([`config::validate`]) and the one normal form
 //!   of an identity ([`config::address`]);
-//! - [`clock`]: real or manual time.
+//! - [`clock`]: real or manual time;
+//! - [`users`]: local Unix users' names by uid, through NSS, cached and
+//!   bounded in time (the identity of a local submission).
 //!
 //! The milter adapter, protocol in and verdicts out ([`milter`]):
 //! - [`milter::callbacks`]: indymilter negotiation and thin stage callbacks;
@@ -66,6 +68,7 @@ pub mod notify;
 pub mod ops;
 pub mod policy;
 pub mod store;
+pub mod users;
 
 /// Helpers of the unit tests.
 #[cfg(test)]

@@ -307,6 +307,17 @@ impl Mta {
         outcome
     }
 
+    /// Like [`Mta::send`], from `client` with its port: an SMTP client
+    /// has one, while Postfix's local submissions come from port 0.
+    pub async fn send_from(addr: SocketAddr, client: SocketAddr, msg: &Msg) -> Outcome {
+        let mut mta = Mta::open(addr).await;
+        let status = mta.conn.connect("client.example", client).await.unwrap();
+        assert_eq!(status, Status::Continue);
+        let outcome = mta.transaction(msg).await;
+        mta.conn.close().await.unwrap();
+        outcome
+    }
+
     pub async fn connect(&mut self, client: [u8; 4]) {
         let status = self.conn.connect("client.example", client).await.unwrap();
         assert_eq!(status, Status::Continue);

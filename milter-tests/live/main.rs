@@ -12,6 +12,7 @@ mod egress;
 mod fleet;
 mod harness;
 mod holes;
+mod local_door;
 mod notify;
 #[path = "../common/ports.rs"]
 mod ports;
@@ -238,7 +239,17 @@ fn master_cf_submission_example_is_valid() {
     std::fs::copy(&example, dir.path().join("master.cf")).expect("copy master.cf.submission");
     std::fs::write(
         dir.path().join("main.cf"),
-        postfix::MAIN_CF_MILTER.replace("smtpd_milters", "#smtpd_milters"),
+        // The main.cf of that recipe: smtpd_milters left out (non_smtpd_milters stays).
+        postfix::MAIN_CF_MILTER
+            .lines()
+            .map(|l| {
+                if l.starts_with("smtpd_milters") {
+                    format!("#{l}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect::<String>(),
     )
     .expect("write main.cf");
     let postconf = |args: &[&str]| {
@@ -262,6 +273,10 @@ fn master_cf_submission_example_is_valid() {
     assert_eq!(postconf(&["-h", "milter_default_action"]), "tempfail");
     assert_eq!(postconf(&["-h", "milter_protocol"]), "6");
     assert_eq!(postconf(&["-h", "smtpd_milters"]), "");
+    assert_eq!(
+        postconf(&["-h", "non_smtpd_milters"]),
+        "unix:/egress-milter/milter.sock"
+    );
     assert!(postconf(&["-h", "milter_mail_macros"]).contains("{auth_authen}"));
 }
 

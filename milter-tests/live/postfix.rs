@@ -56,6 +56,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The admin-facing milter snippet, loaded into every instance with a milter.
 pub const MAIN_CF_MILTER: &str = include_str!("../../conf/postfix/main.cf.milter");
+/// The admin-facing master.cf lines of the pickup stamp, loaded into an
+/// instance with [`PostfixOptions::local_submission`].
+pub const MASTER_CF_LOCAL_SUBMISSION: &str = include_str!("../../conf/postfix/master.cf.local-submission");
+/// The stamp's header_checks table.
+pub const SUBMITTER_REGEXP: &str = include_str!("../../conf/postfix/egress-submitter.regexp");
+/// Where master.cf.local-submission expects the table.
+const SUBMITTER_REGEXP_PATH: &str = "/etc/postfix/egress-submitter.regexp";
 
 /// Source address of the trusted upstream MTA: the only `mynetworks` entry.
 pub const TRUSTED_UPSTREAM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
@@ -92,6 +99,8 @@ pub struct PostfixOptions {
     pub submission_overrides: Vec<String>,
     /// Extra `-o name=value` overrides of the relay service.
     pub relay_overrides: Vec<String>,
+    /// The pickup stamp of `conf/postfix/master.cf.local-submission`.
+    pub local_submission: bool,
 }
 
 impl PostfixOptions {
@@ -131,6 +140,15 @@ impl PostfixOptions {
     /// Adds `-o name=value` to the relay service.
     pub fn relay_override(mut self, name_value: &str) -> PostfixOptions {
         self.relay_overrides.push(name_value.to_string());
+        self
+    }
+
+    /// Replaces the pickup service with the lines of
+    /// `conf/postfix/master.cf.local-submission` (pickup's own cleanup with
+    /// the stamp of `egress-submitter.regexp`), unchrooted and with the
+    /// table in the instance's `etc/`.
+    pub fn local_submission(mut self) -> PostfixOptions {
+        self.local_submission = true;
         self
     }
 }
@@ -525,10 +543,13 @@ impl PostfixInstance {
     fn write_config(&self, opts: &PostfixOptions) -> io::Result<()> {
         let etc = self.config_dir();
         fs::write(etc.join("main.cf"), main_cf(&self.root, opts)?)?;
-        fs::write(
-            etc.join("master.cf"),
-            master_cf(self.submission_port, self.relay_port, opts),
-        )?;
+        let mut master = master_cf(self.submission_port, self.relay_port, opts);
+        if opts.local_submission {
+            let table = etc.join("egress-submitter.regexp");
+            fs::write(&table, SUBMITTER_REGEXP)?;
+            master.push_str(&local_submission_services(&table)?);
+        }
+        fs::write(etc.join("master.cf"), master)?;
         backdate(&etc.join("main.cf"))?;
         backdate(&etc.join("master.cf"))
     }
@@ -662,27 +683,68 @@ fn parameter_name(line: &str) -> Option<&str> {
     (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(name)
 }
 
-/// conf/postfix/main.cf.milter with the value of `smtpd_milters` replaced by
-/// `socket`. Fails if the file no longer has exactly one such line.
+/// conf/postfix/main.cf.milter with the values of `smtpd_milters` and
+/// `non_smtpd_milters` replaced by `socket`. Fails if the file no longer
+/// sets each exactly once.
 pub fn milter_snippet(socket: &str) -> io::Result<String> {
     let mut out = String::new();
-    let mut replaced = 0;
+    let mut replaced = [0, 0];
     for line in MAIN_CF_MILTER.lines() {
-        let is_milters = line
-            .split_once('=')
-            .is_some_and(|(name, _)| name.trim() == "smtpd_milters");
-        if is_milters && !line.starts_with('#') {
-            out.push_str(&format!("smtpd_milters = {socket}\n"));
-            replaced += 1;
-        } else {
-            out.push_str(line);
-            out.push('\n');
+        match parameter_name(line) {
+            Some(name @ ("smtpd_milters" | "non_smtpd_milters")) => {
+                out.push_str(&format!("{name} = {socket}\n"));
+                replaced[usize::from(name == "non_smtpd_milters")] += 1;
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
     }
-    if replaced != 1 {
+    if replaced != [1, 1] {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("conf/postfix/main.cf.milter must set smtpd_milters exactly once (found {replaced})"),
+            format!(
+                "conf/postfix/main.cf.milter must set smtpd_milters and non_smtpd_milters exactly once each (found {} and {})",
+                replaced[0], replaced[1]
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// The services of conf/postfix/master.cf.local-submission, for an
+/// instance: not chrooted (the instance's paths are not inside its queue
+/// directory), with the stamp's table at `table`.
+fn local_submission_services(table: &Path) -> io::Result<String> {
+    let table = table.to_str().ok_or_else(|| io::Error::other("non-UTF-8 path"))?;
+    let mut out = String::from("# --- conf/postfix/master.cf.local-submission, unchrooted, table path replaced ---\n");
+    let mut services = 0;
+    for line in MASTER_CF_LOCAL_SUBMISSION.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        if line.starts_with([' ', '\t']) {
+            out.push_str(&line.replace(SUBMITTER_REGEXP_PATH, table));
+        } else {
+            // service type private unpriv chroot ...: chroot is the 5th column.
+            let mut fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 8 {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("master.cf.local-submission: not a service line: {line:?}"),
+                ));
+            }
+            fields[4] = "n";
+            out.push_str(&fields.join(" "));
+            services += 1;
+        }
+        out.push('\n');
+    }
+    if services != 2 || !out.contains(table) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("master.cf.local-submission must define pickup and egress-cleanup with {SUBMITTER_REGEXP_PATH}"),
         ));
     }
     Ok(out)
@@ -718,7 +780,7 @@ fn master_cf(submission_port: u16, relay_port: u16, opts: &PostfixOptions) -> St
   -o smtpd_recipient_restrictions=
   -o smtpd_relay_restrictions=permit_mynetworks,reject
 {relay_extra}\
-pickup    unix  n       -       n       60      1       pickup
+{pickup}\
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
@@ -745,6 +807,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 ",
         submission_extra = overrides(&opts.submission_overrides),
         relay_extra = overrides(&opts.relay_overrides),
+        // With the stamp, pickup is defined by master.cf.local-submission.
+        pickup = if opts.local_submission {
+            ""
+        } else {
+            "pickup    unix  n       -       n       60      1       pickup\n"
+        },
     )
 }
 
@@ -1175,6 +1243,11 @@ mod tests {
                 .lines()
                 .any(|l| l == "smtpd_milters = unix:/egress-milter/milter.sock")
         );
+        assert!(
+            snippet
+                .lines()
+                .any(|l| l == "non_smtpd_milters = unix:/run/egress/milter.sock")
+        );
         for needed in [
             "milter_protocol = 6",
             "milter_default_action = tempfail",
@@ -1208,6 +1281,22 @@ mod tests {
             "{cf}"
         );
         assert!(cf.ends_with("\nmilter_default_action=accept\n"), "{cf}");
+    }
+
+    #[test]
+    fn local_submission_services_come_from_the_shipped_file() {
+        let services = local_submission_services(Path::new("/x/etc/egress-submitter.regexp")).expect("services");
+        assert!(services.contains("\npickup unix n - n 60 1 pickup\n"), "{services}");
+        assert!(
+            services.contains("\negress-cleanup unix n - n - 0 cleanup\n"),
+            "{services}"
+        );
+        assert!(
+            services.contains("  -o header_checks=regexp:/x/etc/egress-submitter.regexp\n"),
+            "{services}"
+        );
+        let master = master_cf(1, 2, &PostfixOptions::new(3).local_submission());
+        assert!(!master.contains("pickup    unix"), "{master}");
     }
 
     #[test]

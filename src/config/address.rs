@@ -17,6 +17,10 @@ pub enum Invalid {
     Empty,
     TooLong(usize),
     Malformed,
+    /// Begins with `local:` or `php:`, which only the local-submission
+    /// sources may yield: no login, header or envelope sender can be
+    /// counted (or locked) as a local Unix user.
+    Reserved,
 }
 
 impl fmt::Display for Invalid {
@@ -26,8 +30,44 @@ impl fmt::Display for Invalid {
             Invalid::Empty => f.write_str("empty"),
             Invalid::TooLong(n) => write!(f, "too long ({n} bytes)"),
             Invalid::Malformed => f.write_str("malformed (spaces, control characters or stray '@')"),
+            Invalid::Reserved => write!(
+                f,
+                "reserved (\"{LOCAL_USER_PREFIX}\" and \"{PHP_SCRIPT_PREFIX}\" name local Unix users and their scripts)"
+            ),
         }
     }
+}
+
+/// How the identity of a local Unix user begins: `local:www-data`, or
+/// `local:1042` for a uid with no name.
+pub const LOCAL_USER_PREFIX: &str = "local:";
+/// How the identity of a PHP script of a local user begins:
+/// `php:www-data:contact.php`.
+pub const PHP_SCRIPT_PREFIX: &str = "php:";
+
+/// Whether a (normalised) identity is a local user's or its script's.
+pub fn is_local_identity(identity: &str) -> bool {
+    identity.starts_with(LOCAL_USER_PREFIX) || identity.starts_with(PHP_SCRIPT_PREFIX)
+}
+
+/// The normal form of a local user's or script's identity as typed (in the
+/// lock list, an override, the CLI): the prefix lowercased, the rest kept
+/// exactly, since Unix user names and file names are case-sensitive and a
+/// script's name may hold spaces or a `+`. `None` if `raw` has neither
+/// prefix; an error if what follows it is empty or has control characters.
+pub fn normalise_local_identity(raw: &str) -> Option<Result<String, Invalid>> {
+    let raw = raw.trim();
+    let prefix = [LOCAL_USER_PREFIX, PHP_SCRIPT_PREFIX]
+        .into_iter()
+        .find(|p| raw.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)))?;
+    let rest = &raw[prefix.len()..];
+    Some(if rest.is_empty() {
+        Err(Invalid::Empty)
+    } else if rest.chars().any(char::is_control) {
+        Err(Invalid::Malformed)
+    } else {
+        Ok(format!("{prefix}{rest}"))
+    })
 }
 
 /// Normalises a login or address: trim, strip `<>`, lowercase the domain
@@ -84,7 +124,14 @@ pub fn normalise_address(config: &IdentityConfig, raw: &[u8]) -> Result<String, 
 /// client network written in the lock list, say), the value trimmed and
 /// lowercased. Full Unicode lowercasing, as [`normalise_address`] does, so a
 /// non-ASCII identity gets one key everywhere.
+///
+/// A local user's or script's identity (`local:…`, `php:…`) keeps its case
+/// and everything after the prefix (see [`normalise_local_identity`]), so
+/// that the key is the very value the local-submission sources yield.
 pub fn lock_key(config: &IdentityConfig, raw: &str) -> String {
+    if let Some(Ok(local)) = normalise_local_identity(raw) {
+        return local;
+    }
     normalise_address(config, raw.as_bytes()).unwrap_or_else(|_| raw.trim().to_lowercase())
 }
 
@@ -139,5 +186,26 @@ mod tests {
         assert_eq!(lock_key(&c, " ÉLODIE Dupont "), "élodie dupont");
         assert_eq!(lock_key(&c, "ÉLODIE@Example.org"), "élodie@example.org");
         assert_eq!(domain_key(" Example.ORG. "), "example.org");
+    }
+
+    #[test]
+    fn local_identities_keep_their_case_and_every_character() {
+        let c = IdentityConfig {
+            fold_subaddress: true,
+            ..IdentityConfig::default()
+        };
+        assert_eq!(lock_key(&c, " local:www-data "), "local:www-data");
+        assert_eq!(lock_key(&c, "LOCAL:WebUser"), "local:WebUser");
+        assert_eq!(lock_key(&c, "local:1042"), "local:1042");
+        // No +tag folding, no lowercasing, spaces kept: the script's file name.
+        assert_eq!(
+            lock_key(&c, "php:www-data:My Form+v2.php"),
+            "php:www-data:My Form+v2.php"
+        );
+        assert_eq!(normalise_local_identity("local:"), Some(Err(Invalid::Empty)));
+        assert_eq!(normalise_local_identity("php:a:\u{1}"), Some(Err(Invalid::Malformed)));
+        assert_eq!(normalise_local_identity("alice@example.com"), None);
+        assert!(is_local_identity("local:www-data") && is_local_identity("php:u:x.php"));
+        assert!(!is_local_identity("localhost@example.com"));
     }
 }

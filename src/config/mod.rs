@@ -557,6 +557,24 @@ impl Config {
                     .to_string(),
             );
         }
+        let sources = self.identity.sources.get_ref();
+        let position = |wanted: &IdentitySource| sources.iter().position(|s| s == wanted);
+        let local_user = position(&IdentitySource::LocalUser);
+        let php_script = position(&IdentitySource::PhpScript);
+        if (local_user.is_some() || php_script.is_some()) && !self.scope.local {
+            warnings.push(
+                "identity.sources names \"local-user\" or \"php-script\", but [scope] local = false: local submissions pass untouched, so neither ever applies"
+                    .to_string(),
+            );
+        }
+        if let (Some(user), Some(script)) = (local_user, php_script)
+            && script > user
+        {
+            warnings.push(
+                "identity.sources: \"php-script\" after \"local-user\" is never reached (every message with a script header has a user); put it first"
+                    .to_string(),
+            );
+        }
         if self.idle_timeout.0 < Duration::from_secs(300) {
             warnings.push(format!(
                 "idle_timeout (\"{}\") is shorter than Postfix's smtpd_timeout (300s by default): SMTP sessions that pause between commands, or send a message slowly, are cut and get milter_default_action",
@@ -933,6 +951,21 @@ mod tests {
         let d = parse("[notify]\ncommand = [\"/bin/true\"]\n").unwrap();
         assert_eq!(a.restart_needed(&d), ["notify (recent queue ids in notifications)"]);
         assert!(d.restart_needed(&a).is_empty());
+    }
+
+    #[test]
+    fn local_sources_are_warned_about_when_they_cannot_apply() {
+        let warned = |text: &str, needle: &str| parse(text).unwrap().warnings().iter().any(|w| w.contains(needle));
+        let ok = "[identity]\nsources = [\"auth\", \"php-script\", \"local-user\", \"client-address\"]\n";
+        assert!(!warned(ok, "local-user"));
+        assert!(warned(
+            &format!("{ok}[scope]\nlocal = false\n"),
+            "[scope] local = false"
+        ));
+        assert!(warned(
+            "[identity]\nsources = [\"local-user\", \"php-script\"]\n",
+            "never reached"
+        ));
     }
 
     #[test]

@@ -166,6 +166,14 @@ pub enum IdentitySource {
     EnvelopeFrom,
     /// The SMTP client's address.
     ClientAddress,
+    /// The Unix user that ran Postfix's sendmail command, from the pickup
+    /// stamp of a local submission (see [`crate::policy::identity`]):
+    /// `local:NAME`.
+    LocalUser,
+    /// PHP's `X-PHP-Originating-Script: UID:SCRIPT` of a local submission
+    /// whose UID is the submitting user's: `php:NAME:SCRIPT`, counted beside
+    /// the user's own `local:NAME`.
+    PhpScript,
 }
 
 impl FromStr for IdentitySource {
@@ -175,10 +183,12 @@ impl FromStr for IdentitySource {
             "auth" => Ok(Self::Auth),
             "envelope-from" => Ok(Self::EnvelopeFrom),
             "client-address" => Ok(Self::ClientAddress),
+            "local-user" => Ok(Self::LocalUser),
+            "php-script" => Ok(Self::PhpScript),
             _ => {
-                let name = s
-                    .strip_prefix("header:")
-                    .ok_or("expected \"auth\", \"header:NAME\", \"envelope-from\" or \"client-address\"")?;
+                let name = s.strip_prefix("header:").ok_or(
+                    "expected \"auth\", \"header:NAME\", \"envelope-from\", \"client-address\", \"local-user\" or \"php-script\"",
+                )?;
                 let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
                 if !valid {
                     return Err("a header name is printable ASCII without spaces or ':'".into());
@@ -196,6 +206,8 @@ impl fmt::Display for IdentitySource {
             Self::Header(name) => write!(f, "header:{name}"),
             Self::EnvelopeFrom => f.write_str("envelope-from"),
             Self::ClientAddress => f.write_str("client-address"),
+            Self::LocalUser => f.write_str("local-user"),
+            Self::PhpScript => f.write_str("php-script"),
         }
     }
 }
@@ -528,6 +540,9 @@ mod tests {
         assert!("header:".parse::<IdentitySource>().is_err());
         assert!("header:a b".parse::<IdentitySource>().is_err());
         assert!("sasl".parse::<IdentitySource>().is_err());
+        for s in ["local-user", "php-script"] {
+            assert_eq!(s.parse::<IdentitySource>().unwrap().to_string(), s);
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use super::file::{LockEntry, LockSource, Timestamp};
 use crate::config::IdentityConfig;
-use crate::config::address::{domain_key, normalise_address};
+use crate::config::address::{domain_key, normalise_address, normalise_local_identity};
 use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -50,9 +50,16 @@ impl Target {
 
 /// An identity, `@domain` or network as an admin typed it, in the form the
 /// lock list keeps: a normalised address or login, `@example.com`, a
-/// client address, or a network with its host bits cleared.
+/// client address, a network with its host bits cleared, or a local Unix
+/// user (`local:www-data`) or its script (`php:www-data:form.php`), kept
+/// exactly as the local-submission sources yield them.
 pub fn normalise_target(config: &IdentityConfig, raw: &str) -> Result<String, String> {
     let raw = raw.trim();
+    // First: a script's name may hold a '/' or an '@' that would read as a
+    // network or an address.
+    if let Some(local) = normalise_local_identity(raw) {
+        return local.map_err(|e| format!("\"{raw}\" is not a valid identity: {e}"));
+    }
     if let Some(domain) = raw.strip_prefix('@') {
         let d = domain_key(domain);
         let valid = !d.is_empty()
@@ -254,6 +261,14 @@ mod tests {
         assert!(normalise_target(&c, "@").is_err());
         assert!(normalise_target(&c, "@a b").is_err());
         assert!(normalise_target(&c, "10.0.0.0/33").is_err());
+        // A local user and a script: exact, one identity each.
+        assert_eq!(normalise_target(&c, " local:www-data ").unwrap(), "local:www-data");
+        assert_eq!(
+            normalise_target(&c, "php:www-data:Contact Form.php").unwrap(),
+            "php:www-data:Contact Form.php"
+        );
+        assert_eq!(Target::of("local:www-data"), Target::Identity);
+        assert!(normalise_target(&c, "local:").is_err());
     }
 
     #[test]

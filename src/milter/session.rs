@@ -22,10 +22,11 @@ use crate::locks::file::LockEntry;
 use crate::notify::Sample;
 use crate::ops::metrics::{RULE_CONFLICT, RULE_HOLD_LIMIT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
 use crate::policy::bounce::{self, MAX_REPORT_BYTES};
-use crate::policy::identity::{self, Facts, HeaderValues, Identity, Resolution};
+use crate::policy::identity::{self, Facts, HeaderValues, Identity, LocalUser, Resolution};
 use crate::policy::locked::{LockedStep, Stage, locked_step};
 use crate::policy::reply::{self, Reply, Vars};
 use crate::policy::{Demand, Door, Outbound, Plan, Policy, RecipientValue, Trip, most_severe};
+use crate::users::UserNames;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tracing::{debug, info, warn};
@@ -79,8 +80,9 @@ struct Message {
     headers: HeaderValues,
     /// Set once the identity is known.
     plan: Option<Plan>,
-    /// The SASL login that stamped the identity header (a webmail's own
-    /// account), counted beside the identity it stamped.
+    /// The account that vouched for the identity, counted beside it (and
+    /// its lock enforced): the SASL login that stamped the identity header
+    /// (a webmail's own account), or the Unix user that ran the PHP script.
     stamper: Option<Plan>,
     /// The identity's lock, if it is locked.
     lock: Option<Arc<LockEntry>>,
@@ -222,6 +224,9 @@ impl Session {
             envelope_from: Some(&message.envelope_from),
             client_ip: self.client.map(|c| c.ip()),
             headers: None,
+            door: Door::of(self.client),
+            queue_id: Some(queue_id),
+            local_user: None,
         };
         let identity = match cx.resolve(&facts) {
             Resolution::Resolved(id) => id,
@@ -377,23 +382,32 @@ impl Session {
             let trips = cx.policy.check(&[plan], &demand, &demand).await;
             return cx.act(message, trips, Stage::Eoh);
         }
-        let facts = Facts {
+        let mut facts = Facts {
             auth: message.auth.as_deref(),
             envelope_from: Some(&message.envelope_from),
             client_ip: self.client.map(|c| c.ip()),
             headers: Some(&message.headers),
+            door: Door::of(self.client),
+            queue_id: Some(queue_id),
+            local_user: None,
         };
+        let local_user = cx.local_user(&facts).await;
+        facts.local_user = local_user.as_ref();
         let identity = match cx.resolve(&facts) {
             Resolution::Resolved(id) => id,
             Resolution::Unidentified | Resolution::Pending => unidentified(),
             Resolution::Conflict { header } => return cx.conflicting_headers(&header),
         };
         // A header stamped by a webmail's login: the login is counted too,
-        // so a compromised webmail still trips its own rules.
-        let stamper = matches!(identity.source, IdentitySource::Header(_))
-            .then(|| identity::stamping_login(&cx.policy.config().identity, &facts))
-            .flatten()
-            .map(|login| cx.policy.plan(login, false));
+        // so a compromised webmail still trips its own rules. Likewise the
+        // Unix user of a PHP script: a script that renames itself still
+        // counts against its user, and a locked user locks all its scripts.
+        let stamper = match identity.source {
+            IdentitySource::Header(_) => identity::stamping_login(&cx.policy.config().identity, &facts),
+            IdentitySource::PhpScript => identity::user_of_script(&facts),
+            _ => None,
+        }
+        .map(|voucher| cx.policy.plan(voucher, false));
         let pending = std::mem::take(&mut message.pending_recipients);
         let mut plan = cx.policy.plan(identity, false);
         let client = self.client.map(|c| c.ip());
@@ -587,6 +601,25 @@ impl<'a> Decider<'a> {
             &report.queue_id,
             None,
         );
+    }
+
+    /// The Unix user that submitted a local message, with its name, if a
+    /// local-submission source is configured and Postfix's stamp names one.
+    async fn local_user(&self, facts: &Facts<'_>) -> Option<LocalUser> {
+        let wanted = self
+            .policy
+            .config()
+            .identity
+            .sources
+            .get_ref()
+            .iter()
+            .any(|s| matches!(s, IdentitySource::LocalUser | IdentitySource::PhpScript));
+        let uid = identity::stamped_uid(facts).filter(|_| wanted)?;
+        let name = UserNames::system().name_of(uid).await;
+        if let Err(e) = &name {
+            warn!(queue_id = self.queue_id, uid, "local user's name unknown: {e}");
+        }
+        Some(LocalUser { uid, name })
     }
 
     fn resolve(&self, facts: &Facts<'_>) -> Resolution {
@@ -914,14 +947,15 @@ fn owner<'m>(message: &'m Message, trip: &Trip) -> Option<&'m Plan> {
     }
 }
 
+/// The sources that read headers: identity headers, and the local
+/// submissions' stamp and PHP header.
 fn header_sources(policy: &Policy) -> impl Iterator<Item = &IdentitySource> {
-    policy
-        .config()
-        .identity
-        .sources
-        .get_ref()
-        .iter()
-        .filter(|s| matches!(s, IdentitySource::Header(_)))
+    policy.config().identity.sources.get_ref().iter().filter(|s| {
+        matches!(
+            s,
+            IdentitySource::Header(_) | IdentitySource::LocalUser | IdentitySource::PhpScript
+        )
+    })
 }
 
 /// Appends `parts` to `text`, keeping at most [`MAX_REPORT_BYTES`].

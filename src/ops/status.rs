@@ -470,7 +470,11 @@ async fn explain(state: &State, raw: &str) -> Answer {
     let policy = snapshot(&state.current);
     let value = crate::config::address::lock_key(&policy.config().identity, raw);
     let identity = Identity {
-        source: if value.contains('@') {
+        source: if value.starts_with(crate::config::address::PHP_SCRIPT_PREFIX) {
+            IdentitySource::PhpScript
+        } else if value.starts_with(crate::config::address::LOCAL_USER_PREFIX) {
+            IdentitySource::LocalUser
+        } else if value.contains('@') {
             IdentitySource::Auth
         } else {
             IdentitySource::ClientAddress

@@ -4,9 +4,37 @@
 
 //! Who is sending: the configured identity sources tried in order, each value
 //! normalised, headers believed only from trusted clients.
+//!
+//! # Local submissions
+//!
+//! Mail a program on the MTA host submits with Postfix's sendmail command
+//! (PHP's `mail()` among them) enters through `pickup`, which prepends
+//! `Received: by HOST (Postfix, from userid N)` and `id QUEUEID; DATE` on
+//! the next line. A milter never sees that header: Postfix hides its own
+//! first Received header from milters, for Sendmail compatibility
+//! (milter8.c), so every Received header a milter is shown of such a
+//! message was written by the submitting program itself. The uid reaches
+//! the milter only through the stamp that Postfix's `header_checks` copies
+//! from pickup's header into [`STAMP_HEADER`] before it (the recipe is in
+//! docs/postfix.md): `X-Egress-Submitter: uid=N id=QUEUEID`, the first
+//! header of the message. It is believed only
+//! - through the local door ([`Door::LocalSubmission`]), never over SMTP;
+//! - as the message's first header: the program's own headers all come
+//!   after pickup's, so a copy below the first header is the program's;
+//! - when it names the queue id the MTA gave this very message (macro
+//!   `i`), which the program cannot know when it writes its headers: a
+//!   copy it writes at the top, where the stamp would be had the admin not
+//!   installed the recipe, is not believed either.
+//!
+//! `local-user` then yields `local:NAME` (the uid's name through NSS, or
+//! `local:UID`), and `php-script` yields `php:NAME:SCRIPT` from PHP's
+//! [`PHP_HEADER`] when the uid it names is the stamp's.
 
-use crate::config::address::{Invalid, lock_key, normalise_address};
+use crate::config::address::{
+    Invalid, LOCAL_USER_PREFIX, PHP_SCRIPT_PREFIX, is_local_identity, lock_key, normalise_address,
+};
 use crate::config::{IdentityConfig, IdentitySource};
+use crate::policy::Door;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -14,6 +42,16 @@ use std::net::IpAddr;
 /// Most copies of one identity header that are kept per message; further
 /// copies only mark the header as conflicting if they differ.
 pub const MAX_HEADER_COPIES: usize = 4;
+
+/// The header (lowercase) that Postfix's `header_checks` stamp puts above
+/// pickup's Received header: `X-Egress-Submitter: uid=N id=QUEUEID`.
+pub const STAMP_HEADER: &str = "x-egress-submitter";
+
+/// PHP's header (lowercase), with `mail.add_x_header = On`:
+/// `X-PHP-Originating-Script: UID:SCRIPT`, where UID is the owner of the
+/// main script file (PHP's `getmyuid()`) and SCRIPT the base name of the
+/// file that called `mail()`.
+pub const PHP_HEADER: &str = "x-php-originating-script";
 
 /// A normalised sending identity and the source that yielded it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,10 +61,11 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// The domain part, for per-domain rules and overrides.
+    /// The domain part, for per-domain rules and overrides. A client
+    /// address and a local user (or its script) have none.
     pub fn domain(&self) -> Option<&str> {
         match self.source {
-            IdentitySource::ClientAddress => None,
+            IdentitySource::ClientAddress | IdentitySource::LocalUser | IdentitySource::PhpScript => None,
             _ => self.value.rsplit_once('@').map(|(_, d)| d).filter(|d| !d.is_empty()),
         }
     }
@@ -45,6 +84,16 @@ pub struct HeaderValues {
     values: HashMap<String, Vec<HeaderCopy>>,
     /// Names seen more often than could be kept with differing values.
     overflowed: Vec<String>,
+    /// Headers seen so far, identity headers or not: tells the first one.
+    seen: usize,
+    /// The submitter stamp ([`STAMP_HEADER`]), if it was the first header.
+    stamp: Option<HeaderCopy>,
+    /// Stamp headers seen below the first header: the sender's, ignored.
+    stamps_below: usize,
+    /// The first [`MAX_HEADER_COPIES`] copies of [`PHP_HEADER`].
+    php: Vec<HeaderCopy>,
+    /// More PHP headers than could be kept, some of them differing.
+    php_overflowed: bool,
 }
 
 /// One copy of an identity header, cut to a bounded length.
@@ -57,10 +106,39 @@ struct HeaderCopy {
 }
 
 impl HeaderValues {
-    /// Records a header if `name` is one of the identity headers in `sources`.
+    /// Records a header if `name` is one of the identity headers in `sources`
+    /// (or, for the local-submission sources, the stamp or PHP's header).
     /// Memory per message is bounded by the number of configured headers,
-    /// [`MAX_HEADER_COPIES`] and `max_len` per copy.
+    /// [`MAX_HEADER_COPIES`] and `max_len` per copy. Every header of the
+    /// message is to be passed, in order: the stamp is believed only as the
+    /// first.
     pub fn record(&mut self, sources: &[IdentitySource], name: &[u8], value: &[u8], max_len: usize) {
+        let first = self.seen == 0;
+        self.seen = self.seen.saturating_add(1);
+        let copy = || HeaderCopy {
+            kept: value[..value.len().min(max_len + 64)].to_vec(),
+            len: value.len(),
+        };
+        let local = sources
+            .iter()
+            .any(|s| matches!(s, IdentitySource::LocalUser | IdentitySource::PhpScript));
+        if local && name.eq_ignore_ascii_case(STAMP_HEADER.as_bytes()) {
+            if first {
+                self.stamp = Some(copy());
+            } else {
+                self.stamps_below = self.stamps_below.saturating_add(1);
+            }
+            return;
+        }
+        if sources.contains(&IdentitySource::PhpScript) && name.eq_ignore_ascii_case(PHP_HEADER.as_bytes()) {
+            let copy = copy();
+            if self.php.len() < MAX_HEADER_COPIES {
+                self.php.push(copy);
+            } else if self.php.iter().all(|c| c.kept != copy.kept) {
+                self.php_overflowed = true;
+            }
+            return;
+        }
         let Some(IdentitySource::Header(wanted)) = sources
             .iter()
             .find(|s| matches!(s, IdentitySource::Header(h) if h.as_bytes().eq_ignore_ascii_case(name)))
@@ -81,6 +159,105 @@ impl HeaderValues {
             self.overflowed.push(wanted.clone());
         }
     }
+
+    /// The uid Postfix's stamp names, if the stamp is Postfix's: the first
+    /// header, well formed, naming `queue_id` (the message's macro `i`).
+    fn stamped_uid(&self, queue_id: Option<&str>) -> Result<u32, StampError> {
+        let Some(stamp) = &self.stamp else {
+            return Err(StampError::Missing {
+                below: self.stamps_below,
+            });
+        };
+        let invalid = |why: String| Err(StampError::Invalid(why));
+        if stamp.len > stamp.kept.len() {
+            return invalid(format!("is too long ({} bytes)", stamp.len));
+        }
+        let Ok(text) = std::str::from_utf8(&stamp.kept) else {
+            return invalid("is not UTF-8".into());
+        };
+        let mut fields = text.split_ascii_whitespace();
+        let (Some(uid), Some(id), None) = (
+            fields.next().and_then(|f| f.strip_prefix("uid=")),
+            fields.next().and_then(|f| f.strip_prefix("id=")),
+            fields.next(),
+        ) else {
+            return invalid(format!(
+                "\"{}\" is malformed (expected uid=N id=QUEUEID)",
+                text.escape_debug()
+            ));
+        };
+        let uid = match uid.parse::<u32>() {
+            Ok(n) if uid.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return invalid(format!("names no uid: \"{}\"", uid.escape_debug())),
+        };
+        match queue_id.filter(|q| !q.is_empty() && *q != "NONE") {
+            Some(q) if q == id => Ok(uid),
+            Some(q) => invalid(format!(
+                "names queue id \"{}\", not this message's ({q}): not Postfix's",
+                id.escape_debug()
+            )),
+            None => invalid("cannot be checked: the MTA gave no queue id (macro i)".into()),
+        }
+    }
+}
+
+/// Why a message has no stamp that can be believed.
+enum StampError {
+    /// No stamp as the first header; `below` copies further down (the
+    /// sender's own).
+    Missing {
+        below: usize,
+    },
+    Invalid(String),
+}
+
+impl fmt::Display for StampError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StampError::Missing { below: 0 } => write!(
+                f,
+                "no X-Egress-Submitter stamp as the first header: is the pickup stamp of docs/postfix.md installed?"
+            ),
+            StampError::Missing { below } => write!(
+                f,
+                "no X-Egress-Submitter stamp as the first header ({below} below it, written by the sender, ignored): is the pickup stamp of docs/postfix.md installed?"
+            ),
+            StampError::Invalid(why) => write!(f, "the X-Egress-Submitter stamp {why}"),
+        }
+    }
+}
+
+/// The Unix user a local submission's stamp names, with its name as the
+/// system's name service (NSS) gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalUser {
+    pub uid: u32,
+    /// `Ok(None)`: no such user, counted by its number; `Err`: the lookup
+    /// failed, and the user cannot be counted under its name.
+    pub name: Result<Option<String>, String>,
+}
+
+impl LocalUser {
+    /// `local:NAME`, or `local:UID` when the uid has no name, or one that
+    /// could be mistaken for another identity (all digits, a ':', spaces or
+    /// control characters).
+    pub fn identity_value(&self) -> Result<String, String> {
+        let name = self
+            .name
+            .as_ref()
+            .map_err(|e| format!("the name of uid {} is unknown: {e}", self.uid))?;
+        Ok(match name.as_deref().filter(|n| plain_user_name(n)) {
+            Some(name) => format!("{LOCAL_USER_PREFIX}{name}"),
+            None => format!("{LOCAL_USER_PREFIX}{}", self.uid),
+        })
+    }
+}
+
+fn plain_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && !name.bytes().all(|b| b.is_ascii_digit())
+        && !name.chars().any(|c| c.is_control() || c.is_whitespace() || c == ':')
 }
 
 /// Everything known about a message that identity resolution can use.
@@ -93,6 +270,14 @@ pub struct Facts<'a> {
     pub client_ip: Option<IpAddr>,
     /// `None` until the end of the headers.
     pub headers: Option<&'a HeaderValues>,
+    /// How the mail came in: the local-submission sources apply only to
+    /// [`Door::LocalSubmission`].
+    pub door: Door,
+    /// The MTA's queue id (macro `i`), which the stamp must name.
+    pub queue_id: Option<&'a str>,
+    /// The user the stamp names, with its name looked up by the caller
+    /// (see [`stamped_uid`]).
+    pub local_user: Option<&'a LocalUser>,
 }
 
 /// The result of trying the sources.
@@ -189,7 +374,37 @@ pub fn resolve(config: &IdentityConfig, facts: &Facts<'_>) -> (Resolution, Vec<S
                 Some(ip) => Ok(client_key(ip, config.client_ipv6_prefix)),
                 None => continue,
             },
+            IdentitySource::LocalUser | IdentitySource::PhpScript => {
+                if facts.door != Door::LocalSubmission {
+                    if let Some(n) = facts.headers.map(|h| h.local_headers(source)).filter(|n| *n > 0) {
+                        skip(format!("{n} local-submission headers ignored: the mail came over SMTP"));
+                    }
+                    continue;
+                }
+                let Some(headers) = facts.headers else {
+                    return (Resolution::Pending, skipped);
+                };
+                let local = if *source == IdentitySource::LocalUser {
+                    local_user_value(facts, headers)
+                } else {
+                    php_script_value(config, facts, headers)
+                };
+                match local {
+                    Ok(Some(value)) => Ok(value),
+                    Ok(None) => continue,
+                    Err(why) => {
+                        skip(why);
+                        continue;
+                    }
+                }
+            }
         };
+        // Only the local-submission sources may yield a local identity.
+        let value = value.and_then(|v| match source {
+            IdentitySource::LocalUser | IdentitySource::PhpScript => Ok(v),
+            _ if is_local_identity(&v) => Err(Invalid::Reserved),
+            _ => Ok(v),
+        });
         match value {
             Ok(value) => {
                 let identity = Identity {
@@ -218,6 +433,115 @@ pub fn stamping_login(config: &IdentityConfig, facts: &Facts<'_>) -> Option<Iden
             value: login,
             source: IdentitySource::Auth,
         })
+}
+
+/// The uid that submitted a local message, if Postfix's stamp names one
+/// that can be believed (see the module documentation): the caller looks
+/// its name up and hands it to [`resolve`] as [`Facts::local_user`].
+pub fn stamped_uid(facts: &Facts<'_>) -> Option<u32> {
+    if facts.door != Door::LocalSubmission {
+        return None;
+    }
+    facts.headers?.stamped_uid(facts.queue_id).ok()
+}
+
+/// The Unix user behind a script identity, counted (and its lock enforced)
+/// beside it, so that a script that renames itself cannot escape its
+/// user's limits and a locked user locks all its scripts.
+pub fn user_of_script(facts: &Facts<'_>) -> Option<Identity> {
+    let user = facts.local_user?;
+    (stamped_uid(facts) == Some(user.uid)).then_some(())?;
+    let value = user.identity_value().ok()?;
+    Some(Identity {
+        value,
+        source: IdentitySource::LocalUser,
+    })
+}
+
+/// `local-user`: the stamp's user. `Ok(None)` for a message without a stamp
+/// and with the null sender: Postfix's own bounce, when bounces are
+/// filtered (`internal_mail_filter_classes`), not worth a warning each.
+fn local_user_value(facts: &Facts<'_>, headers: &HeaderValues) -> Result<Option<String>, String> {
+    let uid = match headers.stamped_uid(facts.queue_id) {
+        Ok(uid) => uid,
+        Err(StampError::Missing { below: 0 }) if facts.envelope_from.is_some_and(is_null_sender) => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    looked_up(facts, uid)?.identity_value().map(Some)
+}
+
+/// `php-script`: PHP's header, if the uid it names is the stamp's.
+fn php_script_value(
+    config: &IdentityConfig,
+    facts: &Facts<'_>,
+    headers: &HeaderValues,
+) -> Result<Option<String>, String> {
+    let Some(first) = headers.php.first() else {
+        return Ok(None);
+    };
+    if headers.php_overflowed || headers.php.iter().any(|c| c.kept != first.kept) {
+        return Err("differing X-PHP-Originating-Script headers: none is believed".into());
+    }
+    if first.len > first.kept.len() {
+        return Err(format!("X-PHP-Originating-Script is too long ({} bytes)", first.len));
+    }
+    let (uid, script) = parse_php_header(&first.kept).map_err(|why| format!("X-PHP-Originating-Script {why}"))?;
+    let stamped = headers
+        .stamped_uid(facts.queue_id)
+        .map_err(|e| format!("X-PHP-Originating-Script not believed, its uid cannot be checked: {e}"))?;
+    if uid != stamped {
+        return Err(format!(
+            "X-PHP-Originating-Script names uid {uid}, but uid {stamped} submitted the message: not believed"
+        ));
+    }
+    let user = looked_up(facts, uid)?.identity_value()?;
+    let user = user.strip_prefix(LOCAL_USER_PREFIX).unwrap_or(&user);
+    let value = format!("{PHP_SCRIPT_PREFIX}{user}:{script}");
+    if value.len() > config.max_length {
+        return Err(format!("value is {}", Invalid::TooLong(value.len())));
+    }
+    Ok(Some(value))
+}
+
+/// The caller's lookup of `uid`'s name.
+fn looked_up<'a>(facts: &Facts<'a>, uid: u32) -> Result<&'a LocalUser, String> {
+    facts
+        .local_user
+        .filter(|u| u.uid == uid)
+        .ok_or_else(|| format!("the name of uid {uid} was not looked up"))
+}
+
+/// `UID:SCRIPT` of PHP's header: the uid, and the script's base name (PHP
+/// writes only that; a path is cut to it, as PHP would have).
+fn parse_php_header(raw: &[u8]) -> Result<(u32, &str), String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "is not UTF-8".to_string())?;
+    let (uid, script) = text
+        .trim()
+        .split_once(':')
+        .ok_or_else(|| "is malformed (expected UID:SCRIPT)".to_string())?;
+    let uid = uid.trim();
+    let uid = match uid.parse::<u32>() {
+        Ok(n) if uid.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => return Err(format!("names no uid: \"{}\"", uid.escape_debug())),
+    };
+    let script = script.trim();
+    let script = script.rsplit('/').next().unwrap_or(script).trim();
+    if script.is_empty() || script.chars().any(char::is_control) {
+        return Err(format!("names no script: \"{}\"", script.escape_debug()));
+    }
+    Ok((uid, script))
+}
+
+impl HeaderValues {
+    /// How many headers of a local-submission source were seen, for the log
+    /// of mail that did not come through the local door.
+    fn local_headers(&self, source: &IdentitySource) -> usize {
+        match source {
+            IdentitySource::LocalUser => usize::from(self.stamp.is_some()) + self.stamps_below,
+            IdentitySource::PhpScript => self.php.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// Whether a MAIL FROM argument is the null sender of a bounce.
@@ -300,6 +624,7 @@ mod tests {
             envelope_from: Some(b"<other@example.net>"),
             client_ip: Some("192.0.2.1".parse().unwrap()),
             headers: None,
+            ..Facts::default()
         };
         let id = resolved(resolve(&c, &facts));
         assert_eq!(id.value, "alice@example.com");
@@ -502,5 +827,322 @@ mod tests {
         assert_eq!(client_key("2001:db8::1".parse().unwrap(), 128), "2001:db8::1");
         assert_eq!(client_key("::ffff:192.0.2.1".parse().unwrap(), 64), "192.0.2.1");
         assert_eq!(client_key("192.0.2.1".parse().unwrap(), 64), "192.0.2.1");
+    }
+
+    // ---- local submissions (the local door) ----
+
+    const QUEUE_ID: &str = "3F2A1C0901";
+
+    /// The headers of a local submission as the milter sees them: `stamp`
+    /// first (if any), then what the user's program wrote.
+    fn local_headers(c: &IdentityConfig, stamp: Option<&str>, rest: &[(&str, &str)]) -> HeaderValues {
+        let mut h = HeaderValues::default();
+        if let Some(stamp) = stamp {
+            h.record(
+                c.sources.get_ref(),
+                b"X-Egress-Submitter",
+                stamp.as_bytes(),
+                c.max_length,
+            );
+        }
+        for (name, value) in rest {
+            h.record(c.sources.get_ref(), name.as_bytes(), value.as_bytes(), c.max_length);
+        }
+        h
+    }
+
+    fn local_facts<'a>(headers: Option<&'a HeaderValues>, user: Option<&'a LocalUser>) -> Facts<'a> {
+        Facts {
+            envelope_from: Some(b"<www-data@host.example>"),
+            client_ip: Some("127.0.0.1".parse().unwrap()),
+            headers,
+            door: Door::LocalSubmission,
+            queue_id: Some(QUEUE_ID),
+            local_user: user,
+            ..Facts::default()
+        }
+    }
+
+    fn www_data() -> LocalUser {
+        LocalUser {
+            uid: 33,
+            name: Ok(Some("www-data".into())),
+        }
+    }
+
+    #[test]
+    fn the_stamp_names_the_local_user_and_waits_for_the_headers() {
+        let c = config(&["auth", "php-script", "local-user", "client-address"]);
+        let user = www_data();
+        // Before the headers: pending, whatever else is known.
+        assert_eq!(resolve(&c, &local_facts(None, None)).0, Resolution::Pending);
+        let h = local_headers(&c, Some("uid=33 id=3F2A1C0901"), &[("Subject", "hi")]);
+        let facts = local_facts(Some(&h), Some(&user));
+        assert_eq!(stamped_uid(&facts), Some(33));
+        let id = resolved(resolve(&c, &facts));
+        assert_eq!(
+            (id.value.as_str(), &id.source),
+            ("local:www-data", &IdentitySource::LocalUser)
+        );
+        assert_eq!(id.domain(), None);
+        // A uid without a name is counted by its number.
+        let nameless = LocalUser {
+            uid: 33,
+            name: Ok(None),
+        };
+        let id = resolved(resolve(&c, &local_facts(Some(&h), Some(&nameless))));
+        assert_eq!(id.value, "local:33");
+        // A name that could pass for a uid, or holds a ':', is the number too.
+        for odd in ["1042", "a:b", "a b", ""] {
+            let u = LocalUser {
+                uid: 33,
+                name: Ok(Some(odd.into())),
+            };
+            assert_eq!(u.identity_value().unwrap(), "local:33", "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_name_lookup_falls_through_and_is_reported() {
+        let c = config(&["local-user", "client-address"]);
+        let h = local_headers(&c, Some("uid=33 id=3F2A1C0901"), &[]);
+        let broken = LocalUser {
+            uid: 33,
+            name: Err("timed out".into()),
+        };
+        let (res, skipped) = resolve(&c, &local_facts(Some(&h), Some(&broken)));
+        assert_eq!(resolved((res, skipped.clone())).value, "127.0.0.1");
+        assert!(skipped[0].why.contains("timed out"), "{skipped:?}");
+        // And a caller that did not look the name up is no better.
+        let (res, skipped) = resolve(&c, &local_facts(Some(&h), None));
+        assert_eq!(resolved((res, skipped.clone())).value, "127.0.0.1");
+        assert!(skipped[0].why.contains("not looked up"), "{skipped:?}");
+    }
+
+    #[test]
+    fn only_the_first_header_can_be_the_stamp() {
+        let c = config(&["local-user", "client-address"]);
+        let user = www_data();
+        // Forged copies below the real stamp change nothing.
+        let h = local_headers(
+            &c,
+            Some("uid=33 id=3F2A1C0901"),
+            &[
+                ("X-Egress-Submitter", "uid=0 id=3F2A1C0901"),
+                (
+                    "Received",
+                    "by host (Postfix, from userid 0)\n\tid 3F2A1C0901; Mon, 1 Jan 2024",
+                ),
+            ],
+        );
+        assert_eq!(
+            resolved(resolve(&c, &local_facts(Some(&h), Some(&user)))).value,
+            "local:www-data"
+        );
+        // A copy below the first header is never the stamp: without the
+        // recipe installed, the user's own headers come first.
+        let h = local_headers(
+            &c,
+            None,
+            &[("Subject", "x"), ("X-Egress-Submitter", "uid=0 id=3F2A1C0901")],
+        );
+        let facts = local_facts(Some(&h), Some(&user));
+        assert_eq!(stamped_uid(&facts), None);
+        let (res, skipped) = resolve(&c, &facts);
+        assert_eq!(resolved((res, skipped.clone())).value, "127.0.0.1");
+        assert!(skipped[0].why.contains("1 below it"), "{skipped:?}");
+        assert!(skipped[0].why.contains("docs/postfix.md"), "{skipped:?}");
+    }
+
+    #[test]
+    fn a_stamp_that_is_not_postfixs_is_not_believed() {
+        let c = config(&["local-user", "client-address"]);
+        let root = LocalUser {
+            uid: 0,
+            name: Ok(Some("root".into())),
+        };
+        for (stamp, why) in [
+            // The queue id of another message: written by the sender at the
+            // top, where the stamp would be had the recipe not been installed.
+            ("uid=0 id=4B00000000", "not this message's"),
+            ("uid=0", "malformed"),
+            ("uid=0 id=3F2A1C0901 extra", "malformed"),
+            ("uid=-1 id=3F2A1C0901", "names no uid"),
+            ("uid=+0 id=3F2A1C0901", "names no uid"),
+            ("uid=99999999999 id=3F2A1C0901", "names no uid"),
+            ("id=3F2A1C0901 uid=0", "malformed"),
+            ("uid=\u{7f}0 id=3F2A1C0901", "names no uid"),
+        ] {
+            let h = local_headers(&c, Some(stamp), &[]);
+            let (res, skipped) = resolve(&c, &local_facts(Some(&h), Some(&root)));
+            assert_eq!(resolved((res, skipped.clone())).value, "127.0.0.1", "{stamp}");
+            assert!(skipped[0].why.contains(why), "{stamp}: {skipped:?}");
+        }
+        // No queue id from the MTA: nothing to check the stamp against.
+        let h = local_headers(&c, Some("uid=0 id=NONE"), &[]);
+        let mut facts = local_facts(Some(&h), Some(&root));
+        facts.queue_id = Some("NONE");
+        assert_eq!(stamped_uid(&facts), None);
+        // A stamp too long to keep whole is not cut to a different one.
+        let long = format!("uid=0 id=3F2A1C0901{}", " ".repeat(400));
+        let h = local_headers(&c, Some(&long), &[]);
+        let (_, skipped) = resolve(&c, &local_facts(Some(&h), Some(&root)));
+        assert!(skipped[0].why.contains("too long"), "{skipped:?}");
+    }
+
+    #[test]
+    fn over_smtp_the_local_headers_choose_nothing() {
+        let c = config(&["php-script", "local-user", "header:X-Sender", "client-address"]);
+        let root = LocalUser {
+            uid: 0,
+            name: Ok(Some("root".into())),
+        };
+        let h = local_headers(
+            &c,
+            Some("uid=0 id=3F2A1C0901"),
+            &[("X-PHP-Originating-Script", "0:evil.php")],
+        );
+        for client in ["127.0.0.1:4711", "198.51.100.7:25"] {
+            let client: std::net::SocketAddr = client.parse().unwrap();
+            let facts = Facts {
+                client_ip: Some(client.ip()),
+                door: Door::of(Some(client)),
+                ..local_facts(Some(&h), Some(&root))
+            };
+            assert_eq!(facts.door, Door::Smtp);
+            assert_eq!(stamped_uid(&facts), None);
+            assert_eq!(user_of_script(&facts), None);
+            let (res, skipped) = resolve(&c, &facts);
+            assert_eq!(resolved((res, skipped.clone())).value, client.ip().to_string());
+            assert!(skipped.iter().all(|s| s.why.contains("came over SMTP")), "{skipped:?}");
+            assert_eq!(skipped.len(), 2, "{skipped:?}");
+        }
+        // Without headers yet, SMTP mail is not held up for them.
+        let early = Facts {
+            door: Door::Smtp,
+            ..local_facts(None, None)
+        };
+        assert!(matches!(resolve(&c, &early).0, Resolution::Resolved(_)));
+    }
+
+    #[test]
+    fn the_php_header_is_believed_with_the_submitters_uid_only() {
+        let c = config(&["php-script", "local-user", "client-address"]);
+        let user = www_data();
+        let with = |php: &[&str]| {
+            let rest: Vec<(&str, &str)> = php.iter().map(|v| ("X-PHP-Originating-Script", *v)).collect();
+            local_headers(&c, Some("uid=33 id=3F2A1C0901"), &rest)
+        };
+        let h = with(&["33:contact.php"]);
+        let facts = local_facts(Some(&h), Some(&user));
+        let id = resolved(resolve(&c, &facts));
+        assert_eq!(
+            (id.value.as_str(), &id.source),
+            ("php:www-data:contact.php", &IdentitySource::PhpScript)
+        );
+        assert_eq!(id.domain(), None);
+        // Its user is counted beside it.
+        assert_eq!(
+            user_of_script(&facts),
+            Some(Identity {
+                value: "local:www-data".into(),
+                source: IdentitySource::LocalUser
+            })
+        );
+        // A path is cut to the file's name, as PHP writes it; case is kept.
+        let h = with(&[" 33:/var/www/site/Contact Form.php "]);
+        assert_eq!(
+            resolved(resolve(&c, &local_facts(Some(&h), Some(&user)))).value,
+            "php:www-data:Contact Form.php"
+        );
+        // Another uid's script (or the script owner's, under mod_php): the
+        // user itself is counted.
+        for (php, why) in [
+            ("0:evil.php", "names uid 0, but uid 33 submitted"),
+            ("x:evil.php", "names no uid"),
+            ("33", "malformed"),
+            ("33:", "names no script"),
+            ("33:a\u{1}b.php", "names no script"),
+        ] {
+            let h = with(&[php]);
+            let (res, skipped) = resolve(&c, &local_facts(Some(&h), Some(&user)));
+            assert_eq!(resolved((res, skipped.clone())).value, "local:www-data", "{php}");
+            assert!(skipped[0].why.contains(why), "{php}: {skipped:?}");
+        }
+        // Several copies: the same is fine, differing ones are not believed.
+        let h = with(&["33:a.php", "33:a.php"]);
+        assert_eq!(
+            resolved(resolve(&c, &local_facts(Some(&h), Some(&user)))).value,
+            "php:www-data:a.php"
+        );
+        let h = with(&["33:a.php", "33:b.php"]);
+        let (res, skipped) = resolve(&c, &local_facts(Some(&h), Some(&user)));
+        assert_eq!(resolved((res, skipped.clone())).value, "local:www-data");
+        assert!(skipped[0].why.contains("differing"), "{skipped:?}");
+        // No stamp: the PHP header cannot be checked, and is not believed.
+        let h = local_headers(&c, None, &[("X-PHP-Originating-Script", "33:a.php")]);
+        let (res, skipped) = resolve(&c, &local_facts(Some(&h), Some(&user)));
+        assert_eq!(resolved((res, skipped.clone())).value, "127.0.0.1");
+        assert!(skipped[0].why.contains("cannot be checked"), "{skipped:?}");
+        // No PHP header: the next source, silently.
+        let h = with(&[]);
+        let (res, skipped) = resolve(&c, &local_facts(Some(&h), Some(&user)));
+        assert_eq!(resolved((res, skipped.clone())).value, "local:www-data");
+        assert!(skipped.is_empty(), "{skipped:?}");
+    }
+
+    #[test]
+    fn script_identities_are_bounded() {
+        let mut c = config(&["php-script", "local-user"]);
+        c.max_length = 40;
+        let user = www_data();
+        let name = format!("33:{}.php", "x".repeat(30));
+        let h = local_headers(&c, Some("uid=33 id=3F2A1C0901"), &[("X-PHP-Originating-Script", &name)]);
+        let (res, skipped) = resolve(&c, &local_facts(Some(&h), Some(&user)));
+        assert_eq!(resolved((res, skipped.clone())).value, "local:www-data");
+        assert!(skipped[0].why.contains("too long"), "{skipped:?}");
+        // However many PHP headers come, a handful are kept, each bounded.
+        let mut h = HeaderValues::default();
+        for i in 0..10_000 {
+            h.record(
+                c.sources.get_ref(),
+                b"X-PHP-Originating-Script",
+                format!("33:s{i}.php{}", "y".repeat(i % 500)).as_bytes(),
+                c.max_length,
+            );
+            h.record(c.sources.get_ref(), b"X-Egress-Submitter", b"uid=0 id=X", c.max_length);
+        }
+        assert_eq!(h.php.len(), MAX_HEADER_COPIES);
+        assert!(h.php.iter().all(|p| p.kept.len() <= c.max_length + 64));
+        assert!(h.php_overflowed);
+        assert_eq!(h.stamps_below, 10_000, "every stamp came after the first header");
+    }
+
+    #[test]
+    fn other_sources_cannot_yield_a_local_identity() {
+        let c = config(&["auth", "envelope-from", "client-address"]);
+        let facts = Facts {
+            auth: Some(b"local:root"),
+            envelope_from: Some(b"<php:www-data:x.php>"),
+            client_ip: Some("192.0.2.1".parse().unwrap()),
+            ..Facts::default()
+        };
+        let (res, skipped) = resolve(&c, &facts);
+        assert_eq!(resolved((res, skipped.clone())).value, "192.0.2.1");
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped.iter().all(|s| s.why.contains("reserved")), "{skipped:?}");
+    }
+
+    #[test]
+    fn a_bounce_without_a_stamp_falls_through_quietly() {
+        let c = config(&["local-user", "client-address"]);
+        let h = local_headers(&c, None, &[("Subject", "Undelivered Mail Returned to Sender")]);
+        let facts = Facts {
+            envelope_from: Some(b"<>"),
+            ..local_facts(Some(&h), None)
+        };
+        let (res, skipped) = resolve(&c, &facts);
+        assert_eq!(resolved((res, skipped.clone())).source, IdentitySource::ClientAddress);
+        assert!(skipped.is_empty(), "{skipped:?}");
     }
 }

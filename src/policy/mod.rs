@@ -288,9 +288,11 @@ pub struct Policy {
 }
 
 /// How mail reached the MTA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Door {
-    /// An SMTP client (or an MTA that gave no client address).
+    /// An SMTP client (or an MTA that gave no client address). The default:
+    /// nothing of it is believed that only the local door may tell.
+    #[default]
     Smtp,
     /// The sendmail command on the MTA host: Postfix hands such mail to
     /// `non_smtpd_milters` as if from 127.0.0.1 port 0, which no SMTP client
