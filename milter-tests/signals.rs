@@ -102,13 +102,24 @@ async fn deliver_bounce(
     queue_id: &str,
     failed: usize,
 ) -> (Vec<Status>, Status) {
+    deliver_report(m, client, &[], queue_id, failed).await
+}
+
+/// Like [`deliver_bounce`], with `first` headers before the bounce's own.
+async fn deliver_report(
+    m: &Milter,
+    client: impl indymilter_test::IntoSocketInfo,
+    first: &[(&'static str, String)],
+    queue_id: &str,
+    failed: usize,
+) -> (Vec<Status>, Status) {
     let mut conn = open(m).await;
     conn.connect("localhost", client).await.unwrap();
     conn.macros(MacroStage::Mail, [("i", "B1")]).await.unwrap();
     assert_eq!(conn.mail(["<>"]).await.unwrap(), Status::Continue);
     assert_eq!(conn.rcpt(["<alice@example.com>"]).await.unwrap(), Status::Continue);
     let (headers, body) = postfix_bounce(queue_id, failed);
-    for (name, value) in &headers {
+    for (name, value) in first.iter().chain(&headers) {
         let status = conn.header(*name, value.as_str()).await.unwrap();
         assert!(matches!(status, Status::Continue | Status::Noreply), "{status:?}");
     }
@@ -138,6 +149,16 @@ async fn the_mtas_bounces_lock_the_sender_and_forged_ones_over_smtp_do_not() {
     let smtp: SocketAddr = "192.0.2.7:40000".parse().unwrap();
     for _ in 0..3 {
         let (chunks, end) = deliver_bounce(&m, smtp, "4AAAA1", 5).await;
+        assert_eq!(chunks, [Status::Skip]);
+        assert_eq!(end, Status::Continue);
+    }
+    assert!(send_alice(&m, "4AAAA3").await.accepted(), "nothing charged");
+
+    // The same report from a local user with the sendmail command: Postfix's
+    // pickup stamp comes first. That user's mail, not the MTA's bounce.
+    let stamp = [("X-Egress-Submitter", "uid=0 id=B1".to_string())];
+    for _ in 0..3 {
+        let (chunks, end) = deliver_report(&m, LOCAL_DOOR, &stamp, "4AAAA1", 5).await;
         assert_eq!(chunks, [Status::Skip]);
         assert_eq!(end, Status::Continue);
     }

@@ -16,16 +16,13 @@ use crate::smtp::{Envelope, SendOutcome, Stage, build_message};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-/// egress-milter with the signals fixture, and a Postfix that also hands
-/// its own bounces to it.
+/// egress-milter with the signals fixture, and a Postfix wired to it as
+/// conf/postfix/main.cf.milter says (its own bounces included), with a
+/// status listener for `explain`.
 fn start() -> Live {
     let status = format!("127.0.0.1:{}", free_port().expect("a free port"));
     let config = MilterConfig::fixture("signals.toml").set("status.listen", status.as_str());
-    Live::start_with(config, |o| {
-        let socket = o.milter.clone().unwrap_or_default();
-        o.main_cf(&format!("non_smtpd_milters = {socket}"))
-            .main_cf("internal_mail_filter_classes = bounce")
-    })
+    Live::start(config)
 }
 
 fn send_from(live: &Live, login: &str, from: &str, rcpts: &[&str], source: Option<Ipv4Addr>) -> SendOutcome {

@@ -575,6 +575,13 @@ impl Config {
                     .to_string(),
             );
         }
+        let bounce_rules = self.rules.iter().any(|r| r.count == Counted::Bounces);
+        if bounce_rules && local_user.is_none() && php_script.is_none() {
+            warnings.push(
+                "a rule counts \"bounces\", but identity.sources names neither \"local-user\" nor \"php-script\": without the pickup stamp (docs/postfix.md) the MTA's bounces cannot be told from a local user's null-sender mail, so none is read and the bounce rules never act"
+                    .to_string(),
+            );
+        }
         if self.idle_timeout.0 < Duration::from_secs(300) {
             warnings.push(format!(
                 "idle_timeout (\"{}\") is shorter than Postfix's smtpd_timeout (300s by default): SMTP sessions that pause between commands, or send a message slowly, are cut and get milter_default_action",

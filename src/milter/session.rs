@@ -113,22 +113,25 @@ struct Message {
     /// received (bounded by [`MAX_REPORT_BYTES`]), to read its report.
     bounce_text: Option<Vec<u8>>,
     /// Null-sender mail from the local door: the MTA's own notice (bounce,
-    /// delay, postmaster notice) unless its first `Received:` header is the
-    /// stamp Postfix's pickup puts on what a local user submits; decided at
-    /// the end of the headers (see [`MtaNotice`]).
+    /// delay, postmaster notice) unless it carries the pickup stamp that
+    /// Postfix puts on what a local user submits; decided at the end of the
+    /// headers (see [`MtaNotice`]).
     notice: MtaNotice,
 }
 
 /// Whether null-sender mail from the local door is the MTA's own notice.
+/// Only asked where Postfix stamps local submissions
+/// ([`Policy::local_door_stamped`]): without the stamp, the two look the
+/// same to a milter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum MtaNotice {
-    /// Not null-sender mail from the local door (or `count_bounces`).
+    /// Not null-sender mail from a stamped local door (or `count_bounces`).
     No,
-    /// No `Received:` header seen yet.
+    /// Until the end of the headers.
     Pending,
-    /// The first `Received:` header is not pickup's: the MTA wrote it.
+    /// No stamp: the MTA wrote it.
     Unstamped,
-    /// Pickup's stamp: a local user submitted it with the sendmail command.
+    /// The stamp: a local user submitted it with the sendmail command.
     Stamped,
 }
 
@@ -153,10 +156,7 @@ impl Session {
     /// Whether any identity source reads headers, or ARF reports need a
     /// sample message's headers.
     pub fn needs_headers(&self) -> bool {
-        // The local door's null-sender mail is told apart by its headers.
-        let config = self.policy.config();
-        (config.scope.local && !config.limits.count_bounces)
-            || header_sources(&self.policy).next().is_some()
+        header_sources(&self.policy).next().is_some()
             || self.policy.config().notify.arf_enabled()
             || self.policy.counts_foreign_senders()
             || self.policy.counts_bounces()
@@ -182,7 +182,7 @@ impl Session {
         let bounce = identity::is_null_sender(from);
         // The MTA's own bounces come in through the local door, with the
         // null sender; their report is read at the end (see `eom`).
-        let local_null = bounce && Door::of(self.client) == Door::LocalSubmission;
+        let local_null = bounce && Door::of(self.client) == Door::LocalSubmission && self.policy.local_door_stamped();
         let bounce_text = (local_null && self.policy.counts_bounces()).then(Vec::new);
         let notice = if local_null && !self.policy.config().limits.count_bounces {
             MtaNotice::Pending
@@ -233,7 +233,12 @@ impl Session {
             Resolution::Unidentified => unidentified(),
             Resolution::Pending | Resolution::Conflict { .. } => return Verdict::Continue,
         };
-        let plan = message.plan.insert(cx.policy.plan(identity, false));
+        let uncounted = cx.policy.bounce_uncounted(
+            &identity,
+            identity::is_null_sender(&message.envelope_from),
+            Door::of(self.client),
+        );
+        let plan = message.plan.insert(cx.policy.plan(identity, uncounted));
         message.lock = cx.lock_in_force(plan, self.client.map(|c| c.ip()));
         if message.lock.is_some() {
             return cx.locked(message, Stage::Mail, false);
@@ -316,16 +321,6 @@ impl Session {
             append_bounded(text, &[name, b": ", value, b"\r\n"]);
         }
         if let Some(message) = self.message.as_mut()
-            && message.notice == MtaNotice::Pending
-            && name.eq_ignore_ascii_case(b"Received")
-        {
-            message.notice = if bounce::is_pickup_stamp(value) {
-                MtaNotice::Stamped
-            } else {
-                MtaNotice::Unstamped
-            };
-        }
-        if let Some(message) = self.message.as_mut()
             && message.outbound.is_some()
             && name.eq_ignore_ascii_case(b"From")
             && policy.counts_foreign_senders()
@@ -358,7 +353,16 @@ impl Session {
         if let Some(text) = message.bounce_text.as_mut() {
             append_bounded(text, &[b"\r\n"]);
         }
-        if matches!(message.notice, MtaNotice::Pending | MtaNotice::Unstamped) {
+        if message.notice == MtaNotice::Pending {
+            message.notice = if message.headers.is_stamped(Some(queue_id)) {
+                // A local user's: its body is not read.
+                message.bounce_text = None;
+                MtaNotice::Stamped
+            } else {
+                MtaNotice::Unstamped
+            };
+        }
+        if message.notice == MtaNotice::Unstamped {
             // The MTA's own bounce or notice: never counted, never refused
             // (refusing it would lose the news of a failed delivery). Its
             // report, if any, is read at the end of the message.
@@ -409,7 +413,12 @@ impl Session {
         }
         .map(|voucher| cx.policy.plan(voucher, false));
         let pending = std::mem::take(&mut message.pending_recipients);
-        let mut plan = cx.policy.plan(identity, false);
+        let uncounted = cx.policy.bounce_uncounted(
+            &identity,
+            identity::is_null_sender(&message.envelope_from),
+            Door::of(self.client),
+        );
+        let mut plan = cx.policy.plan(identity, uncounted);
         let client = self.client.map(|c| c.ip());
         let mut lock = cx.lock_in_force(&plan, client);
         if let (None, Some(login)) = (&lock, stamper) {
@@ -463,7 +472,7 @@ impl Session {
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         if let Some(message) = self.message.as_mut()
             && let Some(text) = message.bounce_text.take()
-            && message.notice != MtaNotice::Stamped
+            && message.notice == MtaNotice::Unstamped
         {
             cx.charge_bounce(&text).await;
         }
@@ -544,17 +553,10 @@ impl<'a> Decider<'a> {
 
     /// Reads the report of one of the MTA's bounces and charges its failed
     /// recipients to the identity that sent the message it reports. Only a
-    /// bounce the MTA made itself is believed: one that came in with the
-    /// sendmail command (a local user's, stamped by Postfix's pickup) names
-    /// whatever its author chose.
+    /// bounce the MTA made itself is believed (the caller knows): one that
+    /// came in with the sendmail command (a local user's, with the pickup
+    /// stamp) or over SMTP names whatever its author chose.
     async fn charge_bounce(&self, text: &[u8]) {
-        if bounce::submitted_by_local_user(text) {
-            debug!(
-                queue_id = self.queue_id,
-                "null-sender mail from a local user, not the MTA's bounce: not read"
-            );
-            return;
-        }
         let Some(report) = bounce::parse(text) else {
             debug!(
                 queue_id = self.queue_id,
@@ -1035,9 +1037,13 @@ action = "lock"
 "#;
 
     fn fixture(locks_extra: &str) -> Fixture {
+        fixture_with(RULES, locks_extra)
+    }
+
+    fn fixture_with(rules: &str, locks_extra: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("locks.toml");
-        let text = format!("{RULES}\n[locks]\nfile = \"{}\"\n{locks_extra}", file.display());
+        let text = format!("{rules}\n[locks]\nfile = \"{}\"\n{locks_extra}", file.display());
         let config = Arc::new(Config::parse(&text, Path::new("t.toml")).unwrap());
         let clock = Clock::manual();
         let locks = FileLocks::open(&file, Arc::new(|s: &str| s.to_lowercase())).unwrap();
@@ -1169,20 +1175,26 @@ action = "lock"
         }
     }
 
+    /// The session rules with the pickup stamp declared (the local-user
+    /// source) for local submissions.
+    fn stamped_door() -> String {
+        RULES.replace("sources = [\"auth\",", "sources = [\"auth\", \"local-user\",")
+    }
+
     #[test]
     fn the_mtas_own_notices_pass_untouched_and_a_local_users_null_sender_mail_counts() {
-        let f = fixture("");
+        // Names of local users are looked up on tokio's blocking threads.
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let _context = runtime.enter();
+        let f = fixture_with(&stamped_door(), "");
+        // The MTA's bounce: no stamp (a stamp below the first header is the
+        // sender's own writing).
         let bounce = [
-            (
-                "Received",
-                "by mta.example.net (Postfix)\r\n\tid 4XyZ; Mon, 1 Dec 2026 10:00:00 +0000",
-            ),
             ("From", "MAILER-DAEMON@mta.example.net (Mail Delivery System)"),
+            ("X-Egress-Submitter", "uid=1001 id=Q"),
         ];
-        let by_user = [(
-            "Received",
-            "by mta.example.net (Postfix, from userid 1001)\r\n\tid 4XyZ; Mon, 1 Dec 2026 10:00:00 +0000",
-        )];
+        // uid 0 has a name on every host: the test needs no users of its own.
+        let by_user = [("X-Egress-Submitter", "uid=0 id=Q")];
         // The client address of the local door is locked (say, by a script
         // that sent under it): the MTA's own bounces still pass, uncounted.
         f.lock("127.0.0.1");
@@ -1191,19 +1203,27 @@ action = "lock"
             assert_eq!(
                 local_null_sender(&f, &[]),
                 Verdict::Continue,
-                "no Received header: the MTA's"
+                "no header at all: the MTA's"
             );
         }
-        // The same from a local user (pickup's stamp on top, even with a
-        // forged "(Postfix)" line below it) is that user's mail: refused
-        // as the locked client address.
+        // The same from a local user (the stamp first, whatever follows it)
+        // is that user's mail: counted, and refused once locked.
         let mut forged = by_user.to_vec();
         forged.extend_from_slice(&bounce);
-        assert!(refused_with(&local_null_sender(&f, &forged), "550"));
-        let g = fixture("");
-        let results: Vec<_> = (0..3).map(|_| local_null_sender(&g, &by_user)).collect();
+        let results: Vec<_> = (0..3).map(|_| local_null_sender(&f, &forged)).collect();
         assert_eq!(results[..2], [Verdict::Continue, Verdict::Continue]);
-        assert!(refused_with(&results[2], "451"), "counted: {results:?}");
+        assert!(refused_with(&results[2], "451"), "counted as local:root: {results:?}");
+        f.lock("local:root");
+        assert!(refused_with(&local_null_sender(&f, &by_user), "550"));
+        // Without the stamp declared nothing tells the two apart: the local
+        // door's null-sender mail is uncounted under the client address,
+        // and refused when that is locked.
+        let g = fixture("");
+        for _ in 0..5 {
+            assert_eq!(local_null_sender(&g, &bounce), Verdict::Continue);
+        }
+        g.lock("127.0.0.1");
+        assert!(refused_with(&local_null_sender(&g, &bounce), "550"));
     }
 
     #[test]

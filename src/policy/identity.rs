@@ -162,6 +162,12 @@ impl HeaderValues {
 
     /// The uid Postfix's stamp names, if the stamp is Postfix's: the first
     /// header, well formed, naming `queue_id` (the message's macro `i`).
+    /// Whether the first header is Postfix's stamp of a local submission
+    /// for the message `queue_id` (see [`STAMP_HEADER`]), well formed.
+    pub fn is_stamped(&self, queue_id: Option<&str>) -> bool {
+        self.stamped_uid(queue_id).is_ok()
+    }
+
     fn stamped_uid(&self, queue_id: Option<&str>) -> Result<u32, StampError> {
         let Some(stamp) = &self.stamp else {
             return Err(StampError::Missing {

@@ -18,7 +18,7 @@ pub mod shared;
 
 use crate::clock::Clock;
 use crate::config::address::{domain_key, lock_key};
-use crate::config::{Action, Config, Counted, Mode, Network, Rate, Ratio, Scope, format_duration};
+use crate::config::{Action, Config, Counted, IdentitySource, Mode, Network, Rate, Ratio, Scope, format_duration};
 use crate::locks::file::{LockEntry, LockSource, Timestamp};
 use crate::locks::{LockStore, Ticket};
 use crate::policy::bounce::BounceReport;
@@ -897,6 +897,31 @@ impl Policy {
         sent.sender(queue_id, self.counters.clock.monotonic_nanos())
     }
 
+    /// Whether Postfix stamps local submissions (the pickup stamp of
+    /// docs/postfix.md), which the `local-user` and `php-script` sources
+    /// need: only then is the MTA's own null-sender mail told from a local
+    /// user's.
+    pub fn local_door_stamped(&self) -> bool {
+        self.config
+            .identity
+            .sources
+            .get_ref()
+            .iter()
+            .any(|s| matches!(s, IdentitySource::LocalUser | IdentitySource::PhpScript))
+    }
+
+    /// Whether null-sender mail of `identity` goes uncounted: where the
+    /// MTA's own bounces come in (the local door) and nothing tells them
+    /// from a local user's (no pickup stamp), when they are identified by
+    /// nothing better than the client address, unless `count_bounces`.
+    pub fn bounce_uncounted(&self, identity: &Identity, null_sender: bool, door: Door) -> bool {
+        null_sender
+            && !self.config.limits.count_bounces
+            && door == Door::LocalSubmission
+            && !self.local_door_stamped()
+            && identity.source == IdentitySource::ClientAddress
+    }
+
     /// Whether any rule counts bounces (so the MTA's bounces are read).
     pub fn counts_bounces(&self) -> bool {
         self.rules.iter().any(|r| r.count == Counted::Bounces)
@@ -1434,7 +1459,6 @@ pub fn most_severe(trips: &[Trip]) -> Option<&Trip> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::IdentitySource;
     use crate::test_util::block_on;
 
     /// The decisions of the milter's stages, one question at a time.
