@@ -9,19 +9,21 @@
 //!
 //! # Exact up to the limit, bounded memory
 //!
-//! A key's set keeps, for each value, a 64-bit keyed hash of it and when it
-//! was last used: 16 bytes. A value counts until `W` after its last use, so
-//! writing again to a correspondent keeps it in (it is still one of the
-//! identity's recipients) and never counts it twice. The set never holds
-//! more than `N` values: a value beyond that is refused, not stored. So the
-//! memory of one key is at most `16·N` bytes (plus the map's overhead), and
-//! of a rule at most that times `limits.max_tracked_identities`; past that
-//! cap newcomers share the overflow set, as for the rate buckets.
+//! A key's set keeps, for each value, 32 bits of a keyed hash of it and
+//! when it was last used (in tenths of a second): 8 bytes. A value counts
+//! until `W` after its last use, so writing again to a correspondent keeps
+//! it in (it is still one of the identity's recipients) and never counts it
+//! twice. The set never holds more than `N` values: a value beyond that is
+//! refused, not stored. So the memory of one key is at most `8·N` bytes
+//! (plus the map's overhead), and of a rule at most that times
+//! `limits.max_tracked_identities`; past that cap newcomers share the
+//! overflow set, as for the rate buckets.
 //!
-//! The count is exact, not an estimate: the only error is two different
-//! values with the same 64-bit hash counting as one (for a set of 1000
-//! values, a chance of about 3·10⁻¹⁴), which can only undercount, in the
-//! sender's favour.
+//! The count is exact, not an estimate, but for two different values whose
+//! hashes agree in those 32 bits counting as one: for a set of 600 values
+//! a chance of about 4·10⁻⁵ that any two do, which can only undercount, in
+//! the sender's favour, by one. The hash is keyed with the process's random
+//! key, so no sender can aim at a collision.
 //!
 //! As for the rate buckets, the policy peeks (changes nothing) at MAIL and
 //! RCPT and commits once, at the end of an accepted message; a lock rule
@@ -34,18 +36,26 @@ use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// A value seen: its hash and when it was last used.
+/// A value seen: 32 bits of its hash and when it was last used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Seen {
-    value: u64,
-    /// Nanoseconds on the clock's monotonic time line.
-    at: u64,
+    value: u32,
+    /// Tenths of a second on the clock's monotonic time line.
+    at: u32,
+}
+
+/// The clock's unit in a [`Seen`], in nanoseconds.
+const TICK: u64 = 100_000_000;
+
+/// The part of a value's 64-bit hash a set keeps.
+fn short(value: u64) -> u32 {
+    (value >> 32) as u32 ^ value as u32
 }
 
 /// The sets of one rule: at most `limit` distinct values per key per window.
 pub struct DistinctSets {
     limit: u32,
-    /// W in nanoseconds, at least 1.
+    /// W in ticks ([`TICK`]), at least 1.
     window: u64,
     clock: Clock,
     sets: DashMap<BucketKey, Vec<Seen>, BuildHasherDefault<PreHashed>>,
@@ -57,19 +67,27 @@ impl DistinctSets {
     pub fn new(limit: u32, window: Duration, clock: Clock) -> Self {
         Self {
             limit: limit.max(1),
-            window: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX).max(1),
+            window: u64::try_from(window.as_nanos() / u128::from(TICK)).unwrap_or(u64::MAX).max(1),
             clock,
             sets: DashMap::default(),
             tracked: AtomicUsize::new(0),
         }
     }
 
-    fn now(&self) -> u64 {
-        self.clock.monotonic_nanos()
+    /// Now, in ticks. The monotonic time line starts far from zero (for
+    /// restored rate buckets) and a set only compares times a window
+    /// apart, so it keeps them modulo 2³² ticks (13 years).
+    fn now(&self) -> u32 {
+        (self.clock.monotonic_nanos() / TICK) as u32
     }
 
-    fn live(&self, seen: &Seen, now: u64) -> bool {
-        now.saturating_sub(seen.at) < self.window
+    fn live(&self, seen: &Seen, now: u32) -> bool {
+        u64::from(now.wrapping_sub(seen.at)) < self.window
+    }
+
+    /// Time from `now` until `ticks` later.
+    fn ticks_from(&self, now: u32, at: u64) -> Duration {
+        Duration::from_nanos(at.saturating_sub(u64::from(now)).saturating_mul(TICK))
     }
 
     /// Its own set if the key is tracked or there is room for it, otherwise
@@ -91,10 +109,15 @@ impl DistinctSets {
         self.outcome(set, values, now)
     }
 
-    fn outcome(&self, set: &[Seen], values: &[u64], now: u64) -> Outcome {
-        let live: Vec<u64> = set.iter().filter(|s| self.live(s, now)).map(|s| s.at).collect();
+    fn outcome(&self, set: &[Seen], values: &[u64], now: u32) -> Outcome {
+        // Ages, in ticks: wrapping differences, as times are kept modulo 2³².
+        let ages: Vec<u64> = set
+            .iter()
+            .filter(|s| self.live(s, now))
+            .map(|s| u64::from(now.wrapping_sub(s.at)))
+            .collect();
         let new = new_values(set, values, |s| self.live(s, now));
-        let used = live.len() as u64;
+        let used = ages.len() as u64;
         let total = used + new;
         if total <= u64::from(self.limit) {
             let remaining = u64::from(self.limit) - total;
@@ -107,12 +130,12 @@ impl DistinctSets {
         }
         // Room for `new` comes when `total - limit` of the live values
         // have gone out of the window, the oldest first.
-        let mut expiries: Vec<u64> = live.iter().map(|at| at.saturating_add(self.window)).collect();
-        expiries.sort_unstable();
+        let mut left: Vec<u64> = ages.iter().map(|age| self.window.saturating_sub(*age)).collect();
+        left.sort_unstable();
         let nth = usize::try_from(total - u64::from(self.limit) - 1).unwrap_or(usize::MAX);
-        let at = expiries.get(nth).copied().unwrap_or(now);
+        let wait = left.get(nth).copied().unwrap_or(0);
         Outcome::Denied {
-            retry_in: Duration::from_nanos(at.saturating_sub(now)),
+            retry_in: self.ticks_from(0, wait),
         }
     }
 
@@ -131,7 +154,7 @@ impl DistinctSets {
         let now = self.now();
         let outcome = self.outcome(&set, values, now);
         set.retain(|s| self.live(s, now));
-        for &value in values {
+        for value in values.iter().map(|v| short(*v)) {
             if let Some(seen) = set.iter_mut().find(|s| s.value == value) {
                 seen.at = now;
             } else if set.len() < self.limit as usize {
@@ -144,17 +167,15 @@ impl DistinctSets {
     /// How many distinct values count now, and when the last one leaves.
     pub fn usage(&self, key: BucketKey) -> Usage {
         let now = self.now();
-        let (used, newest) = self.sets.get(&key).map_or((0, None), |set| {
+        let (used, youngest) = self.sets.get(&key).map_or((0, None), |set| {
             let live = set.iter().filter(|s| self.live(s, now));
             let used = live.clone().count();
-            (used, live.map(|s| s.at).max())
+            (used, live.map(|s| u64::from(now.wrapping_sub(s.at))).min())
         });
         Usage {
             used: u32::try_from(used).unwrap_or(u32::MAX),
             limit: self.limit,
-            reset_in: newest.map_or(Duration::ZERO, |at| {
-                Duration::from_nanos(at.saturating_add(self.window).saturating_sub(now))
-            }),
+            reset_in: youngest.map_or(Duration::ZERO, |age| self.ticks_from(0, self.window.saturating_sub(age))),
         }
     }
 
@@ -190,8 +211,8 @@ impl DistinctSets {
 fn new_values(set: &[Seen], values: &[u64], live: impl Fn(&Seen) -> bool) -> u64 {
     let mut new = 0;
     for (i, v) in values.iter().enumerate() {
-        let repeated = values[..i].contains(v);
-        let known = set.iter().any(|s| s.value == *v && live(s));
+        let repeated = values[..i].iter().any(|o| short(*o) == short(*v));
+        let known = set.iter().any(|s| s.value == short(*v) && live(s));
         if !repeated && !known {
             new += 1;
         }
@@ -288,6 +309,11 @@ mod tests {
             seen.dedup();
             assert!(seen.len() <= 5, "window from {start}: {seen:?}");
         }
+    }
+
+    #[test]
+    fn a_value_costs_eight_bytes() {
+        assert_eq!(std::mem::size_of::<Seen>(), 8);
     }
 
     #[test]
