@@ -119,6 +119,27 @@ struct Message {
     notice: MtaNotice,
 }
 
+impl Message {
+    /// The whole message as the rules see it, once its headers are in.
+    fn whole(&self, policy: &Policy, client: Option<SocketAddr>) -> Demand<'_> {
+        Demand {
+            messages: 1,
+            recipients: self.recipients,
+            recipient_values: &self.recipient_values,
+            client: client.map(|c| policy.client_value(c.ip())),
+            foreign: self.foreign,
+        }
+    }
+
+    /// Whether it is sent as a domain `identity` may not use (by its
+    /// envelope sender or its `From:`; more `From:` addresses than are kept
+    /// count as foreign).
+    fn sent_as_foreign(&self, policy: &Policy, identity: &Identity) -> bool {
+        policy.is_foreign_sender(identity, &self.envelope_from, &self.from_domains)
+            || (self.from_overflow && policy.counts_foreign_senders())
+    }
+}
+
 /// Whether null-sender mail from the local door is the MTA's own notice.
 /// Only asked where Postfix stamps local submissions
 /// ([`Policy::local_door_stamped`]): without the stamp, the two look the
@@ -372,10 +393,7 @@ impl Session {
         }
         if let Some(plan) = &message.plan {
             // Known since MAIL: only the foreign-sender rules are left to ask.
-            message.foreign =
-                cx.policy
-                    .is_foreign_sender(&plan.identity, &message.envelope_from, &message.from_domains)
-                    || (message.from_overflow && cx.policy.counts_foreign_senders());
+            message.foreign = message.sent_as_foreign(cx.policy, &plan.identity);
             if message.lock.is_some() || !message.foreign {
                 return Verdict::Continue;
             }
@@ -440,18 +458,15 @@ impl Session {
                     .all(|r| cx.policy.may_write_while_locked(&plan.identity, r));
             return cx.locked(message, Stage::Eoh, message.support_only);
         }
-        message.foreign = cx
-            .policy
-            .is_foreign_sender(&plan.identity, &message.envelope_from, &message.from_domains)
-            || (message.from_overflow && cx.policy.counts_foreign_senders());
-        let plans: Vec<&Plan> = std::iter::once(&*plan).chain(message.stamper.as_ref()).collect();
-        let demand = Demand {
-            messages: 1,
-            recipients: message.recipients,
-            recipient_values: &message.recipient_values,
-            client: self.client.map(|c| cx.policy.client_value(c.ip())),
-            foreign: message.foreign,
+        let Some(plan) = &message.plan else {
+            return Verdict::Continue;
         };
+        message.foreign = message.sent_as_foreign(cx.policy, &plan.identity);
+        let Some(plan) = &message.plan else {
+            return Verdict::Continue;
+        };
+        let plans: Vec<&Plan> = std::iter::once(plan).chain(message.stamper.as_ref()).collect();
+        let demand = message.whole(cx.policy, self.client);
         let trips = cx.policy.check(&plans, &demand, &demand).await;
         message.support_only = false;
         cx.act(message, trips, Stage::Eoh)
@@ -487,13 +502,7 @@ impl Session {
             return cx.locked(message, Stage::Eom, message.support_only);
         }
         let plans: Vec<&Plan> = std::iter::once(plan).chain(message.stamper.as_ref()).collect();
-        let demand = Demand {
-            messages: 1,
-            recipients: message.recipients,
-            recipient_values: &message.recipient_values,
-            client: self.client.map(|c| cx.policy.client_value(c.ip())),
-            foreign: message.foreign,
-        };
+        let demand = message.whole(cx.policy, self.client);
         let trips = cx.policy.commit_all(&plans, &demand).await;
         let verdict = cx.act(message, trips, Stage::Eom);
         if verdict == Verdict::Continue

@@ -24,6 +24,9 @@ pub struct Message {
     /// `(name, value)` of an identity header, when it comes from a header.
     pub identity_header: Option<(String, String)>,
     pub recipients: usize,
+    /// Recipients never used before (a blaster's), rather than the same
+    /// few for every message: `rcpt{idx}x{i}@dest{idx}.example`.
+    pub fresh_recipients: Option<u64>,
     /// Whether its latencies are recorded (false during warm-up).
     pub record: bool,
 }
@@ -151,7 +154,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut accepted_rcpts = 0;
         let mut last_refusal = Ending::Reject;
         for i in 0..m.recipients.max(1) {
-            let rcpt = format!("rcpt{i}@dest{}.example", i % 7);
+            let rcpt = match m.fresh_recipients {
+                Some(idx) => format!("rcpt{idx}x{i}@dest{idx}.example"),
+                None => format!("rcpt{i}@dest{}.example", i % 7),
+            };
             if self.neg.has(opt::NO_RCPT) {
                 accepted_rcpts += 1;
                 continue;

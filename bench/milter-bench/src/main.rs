@@ -60,6 +60,10 @@ struct Args {
     /// Recipients per message.
     #[arg(long, default_value_t = 1)]
     recipients: usize,
+    /// Every recipient (and its domain) new, as in a blast to a bought
+    /// list, instead of the same few for every message.
+    #[arg(long)]
+    fresh_recipients: bool,
     /// Distinct sender identities.
     #[arg(long, default_value_t = 10_000)]
     identities: u64,
@@ -299,6 +303,7 @@ where
             auth,
             identity_header,
             recipients: a.recipients,
+            fresh_recipients: a.fresh_recipients.then_some(idx),
             record,
         };
         session.message(&message, stats).await?;

@@ -230,7 +230,8 @@ pub enum Verdict {
 /// modification or progress frame that precedes one at end of message.
 pub fn verdict(kind: u8, payload: &[u8]) -> io::Result<Option<Verdict>> {
     Ok(Some(match kind {
-        b'c' => Verdict::Continue,
+        // SMFIR_SKIP: no more of the body; the MTA goes on to the end.
+        b'c' | b's' => Verdict::Continue,
         b'a' => Verdict::Accept,
         b't' => Verdict::Tempfail,
         b'r' => Verdict::Reject,
