@@ -8,7 +8,6 @@
 
 use crate::common::redis::{RedisServer, Sentinel};
 use crate::common::*;
-use indymilter_test::*;
 use std::time::{Duration, Instant};
 
 /// How long a lock change may take to reach the other host here. The
@@ -42,7 +41,7 @@ fleet_size = 2
 }
 
 fn tempfailed(out: &Outcome) -> bool {
-    matches!(out.mail, Some(Status::Tempfail { .. }))
+    out.tempfailed()
 }
 
 #[tokio::test]

@@ -17,10 +17,7 @@ async fn refused_mail_does_not_eat_the_quota() {
     }
     // Two refusals (attempts, below the lock rule's 6) ...
     for _ in 0..2 {
-        assert!(matches!(
-            Mta::send(m.addr, &alice).await.mail,
-            Some(Status::Tempfail { .. })
-        ));
+        assert!(Mta::send(m.addr, &alice).await.tempfailed());
     }
     // ... do not delay the next one: it fits as soon as the minute of the
     // first three is over (3/1m: never a 4th within a minute of them).
@@ -84,7 +81,7 @@ async fn null_sender_mail_of_a_sasl_user_is_counted_like_any_other() {
     }
     let out = Mta::send(m.addr, &bounce).await;
     assert!(
-        matches!(out.mail, Some(Status::Tempfail { .. })),
+        out.tempfailed(),
         "a fourth null-sender message in a minute is throttled: {out:?}"
     );
     // Attempts count towards the lock rule too: pushing on locks bob.

@@ -213,6 +213,14 @@ impl Outcome {
         })
     }
 
+    /// Whether the whole message was refused with 4xx, at whatever stage
+    /// (a message throttle is asked at MAIL and refuses once the envelope
+    /// is known: at DATA through an MTA, here at the end of the headers).
+    pub fn tempfailed(&self) -> bool {
+        let whole = self.mail.iter().chain(&self.eoh).chain(&self.eom);
+        whole.into_iter().any(|s| matches!(s, Status::Tempfail { .. }))
+    }
+
     pub fn held(&self) -> bool {
         self.actions.as_ref().is_some_and(|a| a.has_quarantine(any()))
     }
@@ -233,13 +241,22 @@ pub struct Msg {
     pub queue_id: String,
 }
 
+/// A number no other message of the test run has: `{n}` in a recipient
+/// becomes it at each send, so that each message sent is a new envelope, as
+/// a sender's new mail is (the milter does not count a client's retry of an
+/// envelope refused with 4xx as a new attempt).
+fn next_message() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 impl Msg {
     pub fn from_user(login: &str) -> Msg {
         Msg {
             client: [192, 0, 2, 10],
             auth: Some(login.into()),
             from: format!("<{login}>"),
-            rcpts: vec!["<friend@example.net>".into()],
+            rcpts: vec!["<friend-{n}@example.net>".into()],
             headers: vec![("Subject".into(), "hello".into())],
             queue_id: "4ABCDEF".into(),
         }
@@ -250,14 +267,14 @@ impl Msg {
             client,
             auth: None,
             from: format!("<{from}>"),
-            rcpts: vec!["<friend@example.net>".into()],
+            rcpts: vec!["<friend-{n}@example.net>".into()],
             headers: vec![("Subject".into(), "hello".into())],
             queue_id: "4ABCDEF".into(),
         }
     }
 
     pub fn rcpts(mut self, n: usize) -> Msg {
-        self.rcpts = (0..n).map(|i| format!("<r{i}@example.net>")).collect();
+        self.rcpts = (0..n).map(|i| format!("<r{i}-{{n}}@example.net>")).collect();
         self
     }
 
@@ -339,11 +356,13 @@ impl Mta {
             conn.abort().await.unwrap();
             return out;
         }
+        let n = next_message().to_string();
         for rcpt in &msg.rcpts {
             conn.macros(MacroStage::Rcpt, [("i", msg.queue_id.as_str())])
                 .await
                 .unwrap();
-            out.rcpts.push(conn.rcpt([rcpt.as_str()]).await.unwrap());
+            out.rcpts
+                .push(conn.rcpt([rcpt.replace("{n}", &n).as_str()]).await.unwrap());
         }
         if out.rcpts.iter().all(refused) {
             conn.abort().await.unwrap();
@@ -380,8 +399,12 @@ impl Mta {
         }
         conn.macros(MacroStage::Mail, macros).await.unwrap();
         assert_eq!(conn.mail([msg.from.as_str()]).await.unwrap(), Status::Continue);
+        let n = next_message().to_string();
         for rcpt in &msg.rcpts {
-            assert_eq!(conn.rcpt([rcpt.as_str()]).await.unwrap(), Status::Continue);
+            assert_eq!(
+                conn.rcpt([rcpt.replace("{n}", &n).as_str()]).await.unwrap(),
+                Status::Continue
+            );
         }
         conn.abort().await.unwrap();
     }

@@ -47,7 +47,8 @@ pub struct Connection {
 /// The callbacks of every connection: each one takes the policy current
 /// when it starts, and reports to `reporting`.
 pub fn make_callbacks(current: CurrentPolicy, reporting: Reporting) -> Callbacks<Connection> {
-    let (c1, c2, c3, c4, c5, c6, c7) = (
+    let (c1, c2, c3, c4, c5, c6, c7, c8) = (
+        current.clone(),
         current.clone(),
         current.clone(),
         current.clone(),
@@ -63,6 +64,7 @@ pub fn make_callbacks(current: CurrentPolicy, reporting: Reporting) -> Callbacks
         .on_connect(move |cx, _host, socket| Box::pin(handle_connect(c1.clone(), cx, socket)))
         .on_mail(move |cx, args| Box::pin(handle_mail(c2.clone(), cx, args)))
         .on_rcpt(move |cx, args| Box::pin(handle_rcpt(c3.clone(), cx, args)))
+        .on_data(move |cx| Box::pin(handle_data(c8.clone(), cx)))
         .on_header(move |cx, name, value| Box::pin(handle_header(c4.clone(), cx, name, value)))
         .on_eoh(move |cx| Box::pin(handle_eoh(c5.clone(), cx)))
         .on_body(move |cx, chunk| Box::pin(handle_body(c7.clone(), cx, chunk)))
@@ -123,7 +125,7 @@ async fn handle_negotiate(
     }
     // One list per stage; it replaces the MTA's own list for that stage.
     cx.requested_macros.insert(MacroStage::Mail, c"i {auth_authen}".into());
-    for stage in [MacroStage::Rcpt, MacroStage::Eoh, MacroStage::Eom] {
+    for stage in [MacroStage::Rcpt, MacroStage::Data, MacroStage::Eoh, MacroStage::Eom] {
         cx.requested_macros.insert(stage, c"i".into());
     }
     let skip = cx.requested_opts.contains(ProtoOpts::SKIP);
@@ -167,6 +169,19 @@ async fn handle_rcpt(current: CurrentPolicy, cx: &mut Context<Connection>, args:
     let rcpt = args.first().map_or(&b""[..], |a| a.as_bytes());
     let started = conn.session.reporting().observer.start();
     let verdict = conn.session.rcpt(rcpt, &queue_id).await;
+    conn.decided += conn.session.reporting().observer.finish(Stage::Rcpt, started);
+    if let Some(pending) = PendingLock::of(&conn.session, &verdict) {
+        pending.written(&queue_id).await;
+    }
+    answer(&mut cx.reply, verdict)
+}
+
+async fn handle_data(current: CurrentPolicy, cx: &mut Context<Connection>) -> Status {
+    let queue_id = queue_id(&cx.macros);
+    let conn = connection!(current, cx);
+    let started = conn.session.reporting().observer.start();
+    let verdict = conn.session.data(&queue_id).await;
+    // Timed with RCPT: DATA ends the recipients' phase.
     conn.decided += conn.session.reporting().observer.finish(Stage::Rcpt, started);
     if let Some(pending) = PendingLock::of(&conn.session, &verdict) {
         pending.written(&queue_id).await;
@@ -232,8 +247,9 @@ async fn handle_eom(current: CurrentPolicy, cx: &mut EomContext<Connection>) -> 
 }
 
 async fn handle_abort(cx: &mut Context<Connection>) -> Status {
+    let queue_id = queue_id(&cx.macros).into_owned();
     if let Some(conn) = cx.data.as_mut() {
-        conn.session.abort();
+        conn.session.abandon(&queue_id).await;
         conn.decided = Duration::ZERO;
     }
     Status::Continue

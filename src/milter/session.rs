@@ -8,7 +8,10 @@
 //! Where each refusal happens:
 //! - a locked identity known at MAIL: refused at RCPT for every recipient
 //!   that is not a support address (at MAIL itself if there are none);
-//! - an identity over a message limit: at MAIL;
+//! - an identity over a message limit: at DATA, when the whole envelope is
+//!   known (asked at MAIL): an attempt is counted against the lock rules
+//!   there, and a client's retry of an envelope refused with 4xx is told by
+//!   it and not counted again (see [`Policy::is_retry`]);
 //! - an identity over a recipient limit, or a message over the per-message
 //!   recipient cap: at that RCPT, for that recipient only;
 //! - an identity known only from a header: after the headers, whole message;
@@ -117,6 +120,18 @@ struct Message {
     /// Postfix puts on what a local user submits; decided at the end of the
     /// headers (see [`MtaNotice`]).
     notice: MtaNotice,
+    /// What the rules said at MAIL, acted on once the envelope is complete
+    /// (see [`Decider::settle`]).
+    held: Vec<Trip>,
+    /// The recipients tried (accepted or refused), and their values for the
+    /// distinct rules: what the attempt is counted as.
+    attempted: u32,
+    attempted_values: Vec<RecipientValue>,
+    /// The envelope so far (see [`Policy::envelope_value`]).
+    envelope: u64,
+    /// The attempt has been counted (at DATA, or at the end of the headers
+    /// or of the message where the MTA sends no DATA).
+    settled: bool,
 }
 
 impl Message {
@@ -229,6 +244,11 @@ impl Session {
             foreign: false,
             bounce_text,
             notice,
+            held: Vec::new(),
+            attempted: 0,
+            attempted_values: Vec::new(),
+            envelope: 0,
+            settled: false,
         });
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         if outbound.is_none() {
@@ -264,13 +284,16 @@ impl Session {
         if message.lock.is_some() {
             return cx.locked(message, Stage::Mail, false);
         }
+        // Asked now, acted on at DATA: an attempt is counted (and a
+        // throttle refuses it) once its envelope tells whether it is a
+        // client's retry.
         let demand = Demand {
             messages: 1,
             client: self.client.map(|c| cx.policy.client_value(c.ip())),
             ..Demand::default()
         };
-        let trips = cx.policy.check(&[plan], &demand, &demand).await;
-        cx.act(message, trips, Stage::Mail)
+        message.held = cx.policy.check(&[plan], &Demand::default(), &demand).await;
+        Verdict::Continue
     }
 
     /// RCPT TO.
@@ -286,8 +309,11 @@ impl Session {
         if cap > 0 && message.recipients >= cap {
             return cx.too_many_recipients(message, rcpt, cap);
         }
-        let value = (cx.policy.counts_distinct_recipients() && message.recipient_values.len() < MAX_RECIPIENT_VALUES)
+        let value = (cx.policy.counts_distinct_recipients() && message.attempted_values.len() < MAX_RECIPIENT_VALUES)
             .then(|| cx.policy.recipient_value(rcpt));
+        message.envelope = cx.policy.envelope_value(&message.envelope_from, message.envelope, rcpt);
+        message.attempted += 1;
+        message.attempted_values.extend(value);
         let Some(plan) = &message.plan else {
             // Identity pending until the headers: remember what is needed to
             // tell, should it be locked, whether it writes to support only.
@@ -309,19 +335,16 @@ impl Session {
             }
             return verdict;
         }
+        // Attempts are counted at DATA (see `data`); here the recipient is
+        // only asked for.
         let this: Vec<RecipientValue> = value.into_iter().collect();
         let with_this: Vec<RecipientValue> = message.recipient_values.iter().chain(&this).copied().collect();
-        let attempt = Demand {
-            recipients: 1,
-            recipient_values: &this,
-            ..Demand::default()
-        };
         let peek = Demand {
             recipients: message.recipients + 1,
             recipient_values: &with_this,
             ..Demand::default()
         };
-        let trips = cx.policy.check(&[plan], &attempt, &peek).await;
+        let trips = cx.policy.check(&[plan], &Demand::default(), &peek).await;
         let verdict = cx.act(message, trips, Stage::Rcpt);
         if verdict == Verdict::Continue {
             message.recipients += 1;
@@ -390,6 +413,14 @@ impl Session {
             debug!(queue_id, "the MTA's own null-sender notice: passed untouched");
             message.outbound = None;
             return Verdict::Continue;
+        }
+        if message.plan.is_some() && !message.settled && message.lock.is_none() {
+            // An MTA that sends no DATA (Postfix's cleanup for local
+            // submissions): the attempt is counted here.
+            let verdict = cx.settle(message, self.client, Stage::Eoh).await;
+            if verdict != Verdict::Continue {
+                return verdict;
+            }
         }
         if let Some(plan) = &message.plan {
             // Known since MAIL: only the foreign-sender rules are left to ask.
@@ -467,9 +498,16 @@ impl Session {
         };
         let plans: Vec<&Plan> = std::iter::once(plan).chain(message.stamper.as_ref()).collect();
         let demand = message.whole(cx.policy, self.client);
-        let trips = cx.policy.check(&plans, &demand, &demand).await;
+        // A client's retry of an envelope refused with 4xx is not a new
+        // attempt.
+        let retry = cx.policy.is_retry(plan, message.envelope);
+        let attempt = if retry { Demand::default() } else { demand };
+        let trips = cx.policy.check(&plans, &attempt, &demand).await;
         message.support_only = false;
-        cx.act(message, trips, Stage::Eoh)
+        message.settled = true;
+        let verdict = cx.act(message, trips, Stage::Eoh);
+        cx.remember_if_deferred(message, &verdict);
+        verdict
     }
 
     /// A chunk of the body; returns whether more is wanted (only the
@@ -494,13 +532,23 @@ impl Session {
         let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
             return Verdict::Continue;
         };
-        let Some(plan) = &message.plan else {
+        if message.plan.is_none() {
             // No MAIL or identity seen: nothing to count.
             return Verdict::Continue;
-        };
+        }
         if message.lock.is_some() {
             return cx.locked(message, Stage::Eom, message.support_only);
         }
+        if !message.settled {
+            // No DATA and no headers: the attempt is counted here.
+            let verdict = cx.settle(message, self.client, Stage::Eom).await;
+            if verdict != Verdict::Continue || message.lock.is_some() {
+                return verdict;
+            }
+        }
+        let Some(plan) = &message.plan else {
+            return Verdict::Continue;
+        };
         let plans: Vec<&Plan> = std::iter::once(plan).chain(message.stamper.as_ref()).collect();
         let demand = message.whole(cx.policy, self.client);
         let trips = cx.policy.commit_all(&plans, &demand).await;
@@ -538,8 +586,38 @@ impl Session {
         self.message.as_ref()?.lock.as_ref().map(|l| l.identity.as_str())
     }
 
-    /// The message was aborted: forget it (nothing was counted).
+    /// DATA: every recipient is known. The attempt is counted against the
+    /// lock rules, unless it is a client's retry of an envelope refused
+    /// with 4xx, and what the rules said at MAIL is acted on.
+    pub async fn data(&mut self, queue_id: &str) -> Verdict {
+        let cx = Decider::new(&self.policy, &self.reporting, queue_id);
+        let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
+            return Verdict::Continue;
+        };
+        if message.plan.is_none() || message.settled || message.lock.is_some() {
+            return Verdict::Continue;
+        }
+        cx.settle(message, self.client, Stage::Data).await
+    }
+
+    /// The message is over: forget it.
     pub fn abort(&mut self) {
+        self.message = None;
+    }
+
+    /// The client gave up before DATA (RSET, QUIT, or every recipient
+    /// refused): its attempt still counts against the lock rules, which may
+    /// lock it; nothing else is done.
+    pub async fn abandon(&mut self, queue_id: &str) {
+        let cx = Decider::new(&self.policy, &self.reporting, queue_id);
+        if let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some())
+            && message.plan.is_some()
+            && !message.settled
+            && message.lock.is_none()
+            && message.attempted > 0
+        {
+            cx.count_abandoned(message, self.client).await;
+        }
         self.message = None;
     }
 }
@@ -557,6 +635,69 @@ impl<'a> Decider<'a> {
             policy,
             reporting,
             queue_id,
+        }
+    }
+
+    /// Counts a transaction's attempt against the lock rules (as nothing if
+    /// it is a retry of an envelope refused with 4xx) and acts on that and
+    /// on what the rules said at MAIL; remembers the envelope when the
+    /// verdict is a 4xx.
+    async fn settle(&self, message: &mut Message, client: Option<SocketAddr>, stage: Stage) -> Verdict {
+        message.settled = true;
+        let mut trips = std::mem::take(&mut message.held);
+        if let Some(plan) = &message.plan {
+            let retry = self.policy.is_retry(plan, message.envelope);
+            if retry {
+                debug!(queue_id = self.queue_id, identity = %plan.identity, "a retry of an envelope refused with 4xx: not counted again");
+            } else {
+                let attempt = Demand {
+                    messages: 1,
+                    recipients: message.attempted,
+                    recipient_values: &message.attempted_values,
+                    client: client.map(|c| self.policy.client_value(c.ip())),
+                    foreign: false,
+                };
+                trips.extend(self.policy.check(&[plan], &attempt, &Demand::default()).await);
+            }
+        }
+        let verdict = self.act(message, trips, stage);
+        self.remember_if_deferred(message, &verdict);
+        verdict
+    }
+
+    /// A 4xx refusal of a whole transaction: its envelope is remembered, so
+    /// that the client's retry of it is not counted as a new attempt.
+    fn remember_if_deferred(&self, message: &Message, verdict: &Verdict) {
+        if let (Verdict::Refuse(reply), Some(plan)) = (verdict, &message.plan)
+            && reply.is_temporary()
+        {
+            self.policy.remember_deferred(plan, message.envelope);
+        }
+    }
+
+    /// A transaction given up before DATA: its attempt counts; a lock rule
+    /// it trips locks the identity (nothing is left to refuse).
+    async fn count_abandoned(&self, message: &mut Message, client: Option<SocketAddr>) {
+        message.settled = true;
+        let Some(plan) = &message.plan else {
+            return;
+        };
+        if self.policy.is_retry(plan, message.envelope) {
+            return;
+        }
+        let attempt = Demand {
+            messages: 1,
+            recipients: message.attempted,
+            recipient_values: &message.attempted_values,
+            client: client.map(|c| self.policy.client_value(c.ip())),
+            foreign: false,
+        };
+        let trips = self.policy.check(&[plan], &attempt, &Demand::default()).await;
+        if let Some(worst) = most_severe(&trips).filter(|t| t.action == Action::Lock)
+            && self.policy.enforcing()
+        {
+            let worst = worst.clone();
+            self.lock(message, &worst, Stage::Rcpt);
         }
     }
 
@@ -1102,24 +1243,34 @@ action = "lock"
         for r in rcpts {
             let v = block_on(s.rcpt(r.as_bytes(), "Q"));
             if v != Verdict::Continue {
+                block_on(s.abandon("Q"));
                 return v;
             }
         }
-        let v = block_on(s.eoh("Q"));
-        if v != Verdict::Continue {
-            return v;
+        for v in [block_on(s.data("Q")), block_on(s.eoh("Q"))] {
+            if v != Verdict::Continue {
+                block_on(s.abandon("Q"));
+                return v;
+            }
         }
-        block_on(s.eom("Q"))
+        let v = block_on(s.eom("Q"));
+        s.abort();
+        v
     }
 
     #[test]
-    fn a_message_limit_refuses_at_mail_and_counts_only_accepted_mail() {
+    fn a_message_limit_refuses_at_data_and_counts_only_accepted_mail() {
         let f = fixture("");
         let mut s = f.session("192.0.2.1");
         assert_eq!(send(&mut s, "alice@example.com", &["x@example.net"]), Verdict::Continue);
         assert_eq!(send(&mut s, "alice@example.com", &["x@example.net"]), Verdict::Continue);
-        let third = block_on(s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q"));
+        // Asked at MAIL, refused at DATA, once the envelope is known.
+        let mail = block_on(s.mail(b"<a@example.com>", Some(b"alice@example.com"), "Q"));
+        assert_eq!(mail, Verdict::Continue);
+        assert_eq!(block_on(s.rcpt(b"<y@example.net>", "Q")), Verdict::Continue);
+        let third = block_on(s.data("Q"));
         assert!(refused_with(&third, "451"), "{third:?}");
+        block_on(s.abandon("Q"));
         // Another login is counted on its own.
         assert_eq!(send(&mut s, "bob@example.com", &["x@example.net"]), Verdict::Continue);
     }
@@ -1261,11 +1412,11 @@ action = "lock"
     fn the_lock_rule_locks_and_the_tripping_attempt_is_refused_as_locked() {
         let f = fixture("");
         let mut s = f.session("192.0.2.1");
-        // Attempts are counted at MAIL whether or not they are accepted:
-        // two accepted, then throttled retries until the lock rule trips.
+        // Attempts are counted whether or not they are accepted: two
+        // accepted, then throttled ones until the lock rule trips.
         let mut verdicts = Vec::new();
-        for _ in 0..6 {
-            verdicts.push(send(&mut s, "mallory@example.com", &["x@example.net"]));
+        for i in 0..6 {
+            verdicts.push(send(&mut s, "mallory@example.com", &[&format!("x{i}@example.net")]));
         }
         assert!(refused_with(&verdicts[2], "451"), "{verdicts:?}");
         assert!(refused_with(&verdicts[5], "550"), "{verdicts:?}");
@@ -1280,6 +1431,66 @@ action = "lock"
         let v = block_on(other.rcpt(b"<x@example.net>", "Q"));
         assert!(refused_with(&v, "550"), "{v:?}");
         assert_eq!(block_on(other.rcpt(b"<abuse@example.com>", "Q")), Verdict::Continue);
+    }
+
+    #[test]
+    fn a_clients_retries_of_a_deferred_envelope_are_not_new_attempts() {
+        let f = fixture("");
+        let mut s = f.session("192.0.2.1");
+        // A customer's MTA (rules: 2 a minute, lock at 5 attempts an hour):
+        // two messages through, two deferred (451) and retried ten times
+        // each on its schedule: four attempts in all.
+        let queue: Vec<String> = (0..4).map(|i| format!("<c{i}@example.net>")).collect();
+        for r in &queue[..2] {
+            assert_eq!(send(&mut s, "mta@example.com", &[r]), Verdict::Continue);
+        }
+        // Two more are deferred, and retried many times: never a lock.
+        for _ in 0..10 {
+            for r in &queue[2..] {
+                assert!(refused_with(&send(&mut s, "mta@example.com", &[r]), "451"));
+            }
+        }
+        assert!(f.policy.lock_of("mta@example.com").is_none(), "4 attempts");
+        // A new message (another envelope) is a new attempt: the fifth is
+        // throttled, the sixth trips the lock rule.
+        assert!(refused_with(
+            &send(&mut s, "mta@example.com", &["<new1@example.net>"]),
+            "451"
+        ));
+        assert!(refused_with(
+            &send(&mut s, "mta@example.com", &["<new2@example.net>"]),
+            "550"
+        ));
+        assert!(f.policy.lock_of("mta@example.com").is_some());
+        // The same recipient with another envelope sender is new too.
+        let g = fixture("");
+        let mut s = g.session("192.0.2.1");
+        for i in 0..6 {
+            let v = block_on(s.mail(format!("<b{i}@example.com>").as_bytes(), Some(b"bot@example.com"), "Q"));
+            assert_eq!(v, Verdict::Continue);
+            block_on(s.rcpt(b"<victim@example.net>", "Q"));
+            let _ = block_on(s.data("Q"));
+            block_on(s.abandon("Q"));
+        }
+        assert!(g.policy.lock_of("bot@example.com").is_some());
+    }
+
+    #[test]
+    fn a_transaction_given_up_before_data_still_counts() {
+        let f = fixture("");
+        let mut s = f.session("192.0.2.1");
+        for i in 0..6 {
+            assert_eq!(
+                block_on(s.mail(b"<m@example.com>", Some(b"mallory@example.com"), "Q")),
+                Verdict::Continue
+            );
+            block_on(s.rcpt(format!("<v{i}@example.net>").as_bytes(), "Q"));
+            block_on(s.abandon("Q"));
+        }
+        assert!(
+            f.policy.lock_of("mallory@example.com").is_some(),
+            "5 attempts, then the lock"
+        );
     }
 
     #[test]

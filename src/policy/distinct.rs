@@ -67,7 +67,9 @@ impl DistinctSets {
     pub fn new(limit: u32, window: Duration, clock: Clock) -> Self {
         Self {
             limit: limit.max(1),
-            window: u64::try_from(window.as_nanos() / u128::from(TICK)).unwrap_or(u64::MAX).max(1),
+            window: u64::try_from(window.as_nanos() / u128::from(TICK))
+                .unwrap_or(u64::MAX)
+                .max(1),
             clock,
             sets: DashMap::default(),
             tracked: AtomicUsize::new(0),
@@ -139,6 +141,15 @@ impl DistinctSets {
         }
     }
 
+    /// Whether `value` is in the set of `key`, within the window.
+    pub fn contains(&self, key: BucketKey, value: u64) -> bool {
+        let now = self.now();
+        let value = short(value);
+        self.sets
+            .get(&key)
+            .is_some_and(|set| set.iter().any(|s| s.value == value && self.live(s, now)))
+    }
+
     /// Uses `values`: each one already in the set is refreshed, each new one
     /// is added while there is room. Returns what [`DistinctSets::peek`]
     /// would have answered before; when that is not `Allowed`, the values
@@ -175,7 +186,9 @@ impl DistinctSets {
         Usage {
             used: u32::try_from(used).unwrap_or(u32::MAX),
             limit: self.limit,
-            reset_in: youngest.map_or(Duration::ZERO, |age| self.ticks_from(0, self.window.saturating_sub(age))),
+            reset_in: youngest.map_or(Duration::ZERO, |age| {
+                self.ticks_from(0, self.window.saturating_sub(age))
+            }),
         }
     }
 

@@ -16,6 +16,8 @@ pub enum Stage {
     Mail,
     /// RCPT TO, once per recipient.
     Rcpt,
+    /// DATA: every recipient is known; the attempt is counted.
+    Data,
     /// End of headers: an identity taken from a header is known.
     Eoh,
     /// End of message: the message is counted, held or refused.
@@ -27,6 +29,7 @@ impl fmt::Display for Stage {
         f.write_str(match self {
             Stage::Mail => "mail",
             Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
             Stage::Eoh => "eoh",
             Stage::Eom => "eom",
         })
@@ -62,7 +65,7 @@ pub fn locked_step(stage: Stage, action: LockedAction, support: bool, has_except
     let hold = action == LockedAction::Hold;
     match stage {
         Stage::Mail if hold || has_exceptions => LockedStep::Continue,
-        Stage::Rcpt | Stage::Eoh if hold || support => LockedStep::Continue,
+        Stage::Rcpt | Stage::Data | Stage::Eoh if hold || support => LockedStep::Continue,
         Stage::Eom if support => LockedStep::DeliverToSupport,
         Stage::Eom if hold => LockedStep::Hold,
         _ => LockedStep::Refuse,

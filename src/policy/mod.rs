@@ -240,6 +240,20 @@ const SENT_TALLY_RULE: &str = "(sent)";
 /// that it never refuses and only counts.
 const SENT_TALLY_COUNT: u32 = 10_000_000;
 
+/// The registry name of the envelopes refused with 4xx (see
+/// [`Policy::is_retry`]).
+const RETRY_RULE: &str = "(retries)";
+
+/// The registry name of the budget of free retries per envelope.
+const RETRY_BUDGET_RULE: &str = "(retry budget)";
+
+/// Retries of one envelope that are free, per hour of the shortest lock
+/// window: Postfix retries a deferred message at most every
+/// `queue_run_delay` (5 minutes by default), 12 times an hour. A client
+/// that resends one envelope faster is no MTA working off its queue, and
+/// its attempts count again.
+const FREE_RETRIES_PER_HOUR: u32 = 12;
+
 /// A count divided among the hosts of a fleet, at least 1.
 fn divided(n: NonZeroU32, by: u32) -> NonZeroU32 {
     NonZeroU32::new(n.get() / by.max(1)).unwrap_or(NonZeroU32::MIN)
@@ -285,6 +299,12 @@ pub struct Policy {
     /// How long a shared store keeps an identity's and a domain's buckets
     /// after a count (see [`SharedOp::ttl`]).
     shared_ttl: [Duration; 2],
+    /// The envelopes of each identity refused with 4xx within the longest
+    /// lock window, as many as the largest lock rule's count: a retry of
+    /// one is not a new attempt (see [`Policy::is_retry`]).
+    retries: Option<Arc<DistinctSets>>,
+    /// Free retries per identity and envelope ([`FREE_RETRIES_PER_HOUR`]).
+    retry_budget: Option<Arc<dyn RateBuckets>>,
 }
 
 /// How mail reached the MTA.
@@ -611,6 +631,54 @@ impl Policy {
             }
             map.insert(target, compiled);
         }
+        // Retries are told by their envelope, per host: a client retries
+        // through the host that refused it (or another one, where the
+        // attempt counts once more).
+        let lock_rates = config
+            .rules
+            .iter()
+            .filter(|r| r.action == Action::Lock)
+            .map(|r| (r.rate.count.get(), r.rate.window));
+        let shortest_lock_window = lock_rates.clone().map(|(_, w)| w).min();
+        let retry_budget = shortest_lock_window.map(|window| {
+            let hours = window.as_secs_f64() / 3600.0;
+            let free = ((f64::from(FREE_RETRIES_PER_HOUR) * hours).ceil() as u32).max(1);
+            let rate = Rate {
+                count: NonZeroU32::new(free).unwrap_or(NonZeroU32::MIN),
+                window,
+            };
+            let id = LimiterId {
+                rule: RETRY_BUDGET_RULE.into(),
+                count: Counted::Messages,
+                per: Scope::Identity,
+                rate,
+                burst: None,
+                variant: None,
+                divisor: 1,
+            };
+            limiter(id, rate).local
+        });
+        let retries = lock_rates
+            .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)))
+            .and_then(|(count, window)| {
+                let rate = Rate {
+                    count: NonZeroU32::new(count)?,
+                    window,
+                };
+                let id = LimiterId {
+                    rule: RETRY_RULE.into(),
+                    count: Counted::DistinctRecipients,
+                    per: Scope::Identity,
+                    rate,
+                    burst: None,
+                    variant: None,
+                    divisor: 1,
+                };
+                match meter(id, rate, &mut limiter) {
+                    Meter::Distinct(sets) => Some(sets),
+                    Meter::Rate(_) => None,
+                }
+            });
         // Held messages are counted per host, never shared nor divided.
         let holds = limiter(
             LimiterId {
@@ -661,6 +729,8 @@ impl Policy {
             domain_overrides,
             holds,
             shared_ttl,
+            retries,
+            retry_budget,
         }
     }
 
@@ -873,6 +943,50 @@ impl Policy {
     /// `From:` header is needed).
     pub fn counts_foreign_senders(&self) -> bool {
         self.rules.iter().any(|r| r.count == Counted::ForeignSenders)
+    }
+
+    /// A transaction's envelope as a client's retry repeats it: the
+    /// envelope sender and the recipients in order (`rcpts` is the hash of
+    /// the recipients so far; start with 0).
+    pub fn envelope_value(&self, envelope_from: &[u8], rcpts: u64, rcpt: &[u8]) -> u64 {
+        let from = String::from_utf8_lossy(envelope_from).to_lowercase();
+        let rcpt = String::from_utf8_lossy(rcpt).to_lowercase();
+        self.counters.key(&format!("e:{from}\0{rcpts:016x}\0{rcpt}"))
+    }
+
+    /// Whether a transaction of `plan`'s identity with this envelope (see
+    /// [`Policy::envelope_value`]) was refused with 4xx within the longest
+    /// lock window: then it is a client's retry of the same message (a
+    /// customer's MTA working off its queue), not a new attempt, and lock
+    /// rules do not count it again. A new message, or the same one to other
+    /// recipients, is a new envelope. The memory is per host, as large as
+    /// the largest lock rule's count per identity, 8 bytes an envelope.
+    ///
+    /// Free only while the envelope is retried at a pace an MTA's queue
+    /// has: [`FREE_RETRIES_PER_HOUR`] an hour of the shortest lock window;
+    /// beyond, a retry counts as a new attempt again, so a bot that resends
+    /// one envelope as fast as it is told 4xx is locked all the same.
+    pub fn is_retry(&self, plan: &Plan, envelope: u64) -> bool {
+        let (Some(retries), Some(budget)) = (&self.retries, &self.retry_budget) else {
+            return false;
+        };
+        let key = self.counters.key(&plan.identity.value);
+        if !retries.contains(key, envelope) {
+            return false;
+        }
+        let cap = self.config.limits.max_tracked_identities;
+        let per_envelope = bucket_key(key ^ envelope.rotate_left(17));
+        budget.commit(budget.route(per_envelope, cap), 1).is_allowed()
+    }
+
+    /// Remembers that a transaction of `plan`'s identity with this envelope
+    /// was refused with 4xx (see [`Policy::is_retry`]).
+    pub fn remember_deferred(&self, plan: &Plan, envelope: u64) {
+        if let Some(retries) = &self.retries {
+            let cap = self.config.limits.max_tracked_identities;
+            let key = retries.route(self.counters.key(&plan.identity.value), cap);
+            retries.commit(key, &[envelope]);
+        }
     }
 
     /// Whether any rule counts distinct recipients or recipient domains.
