@@ -526,7 +526,7 @@ fn fleet_fixture_self_test_with_memory_backend() {
     for shot in shots.iter().filter(|s| !s.outcome.accepted()) {
         assert_refused(
             &shot.outcome,
-            Stage::MailFrom,
+            Stage::Data,
             451,
             "4.7.1",
             &throttled_text(THROTTLE_RULE, "blaster@example.com"),
@@ -591,11 +591,11 @@ fn fleet_blaster_over_both_doors_gets_only_the_single_host_allowance() {
     for (i, shot) in shots.iter().enumerate().skip(allowance) {
         let reply = shot.outcome.refusal();
         assert!(
-            shot.outcome.refused_at() == Some(Stage::MailFrom)
+            shot.outcome.refused_at() == Some(Stage::Data)
                 && reply.is_some_and(|r| r.code == 451
                     && r.enhanced.as_deref() == Some("4.7.1")
                     && r.text().starts_with(&throttled_text(THROTTLE_RULE, blaster))),
-            "attempt {i} on host {}: expected the throttle at MAIL FROM:\n{}\n{}",
+            "attempt {i} on host {}: expected the throttle at DATA:\n{}\n{}",
             ["A", "B"][shot.host],
             shot.outcome.transcript,
             fleet.tails()
@@ -870,7 +870,7 @@ fn fleet_redis_killed_mid_blast() {
         for shot in after.iter().filter(|s| !s.outcome.accepted()) {
             assert_refused(
                 &shot.outcome,
-                Stage::MailFrom,
+                Stage::Data,
                 451,
                 "4.7.1",
                 &throttled_text(THROTTLE_RULE, blaster),

@@ -197,7 +197,11 @@ fn a_lock_tripped_through_postfix_sends_an_arf_report() {
     assert_eq!(field("User-Agent"), [USER_AGENT]);
     assert_eq!(field("Version"), ["1"]);
     assert_eq!(field("Original-Mail-From"), [format!("<{login}>")]);
-    assert_eq!(field("Original-Rcpt-To"), ["<rcpt@remote.test>"]);
+    assert_eq!(
+        field("Original-Rcpt-To"),
+        ["<arf-3@remote.test>"],
+        "the last accepted message's"
+    );
     assert_eq!(field("Source-IP"), ["127.0.0.1"]);
     assert_eq!(field("Reported-Domain"), ["example.com"]);
     assert_eq!(field("Incidents"), ["6"]);

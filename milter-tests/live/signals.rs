@@ -136,7 +136,8 @@ fn one_login_from_many_client_addresses_is_locked() {
         &["x@remote.test"],
         Some(Ipv4Addr::new(127, 0, 1, 5)),
     );
-    assert_refused(&fifth, Stage::RcptTo, 550, "5.7.1", &locked_text("mallory@example.com"));
+    // Its attempt is counted at DATA, where the lock trips.
+    assert_refused(&fifth, Stage::Data, 550, "5.7.1", &locked_text("mallory@example.com"));
     let lock = live
         .milter
         .wait_for_lock("mallory@example.com", WAIT)

@@ -9,9 +9,10 @@
 //! - a locked identity known at MAIL: refused at RCPT for every recipient
 //!   that is not a support address (at MAIL itself if there are none);
 //! - an identity over a message limit: at DATA, when the whole envelope is
-//!   known (asked at MAIL): an attempt is counted against the lock rules
-//!   there, and a client's retry of an envelope refused with 4xx is told by
-//!   it and not counted again (see [`Policy::is_retry`]);
+//!   known (asked at MAIL): the message's attempt is counted against the
+//!   lock rules there, each recipient's at its RCPT, and a client's retry
+//!   of an envelope (or recipient) refused with 4xx is told by it and not
+//!   counted again (see [`Policy::is_retry`]);
 //! - an identity over a recipient limit, or a message over the per-message
 //!   recipient cap: at that RCPT, for that recipient only;
 //! - an identity known only from a header: after the headers, whole message;
@@ -123,10 +124,11 @@ struct Message {
     /// What the rules said at MAIL, acted on once the envelope is complete
     /// (see [`Decider::settle`]).
     held: Vec<Trip>,
-    /// The recipients tried (accepted or refused), and their values for the
-    /// distinct rules: what the attempt is counted as.
+    /// The recipients tried (accepted or refused), each as a retry of it
+    /// would present it again (see [`Policy::recipient_retry_value`];
+    /// bounded by [`MAX_RECIPIENT_VALUES`]).
     attempted: u32,
-    attempted_values: Vec<RecipientValue>,
+    recipient_keys: Vec<u64>,
     /// The envelope so far (see [`Policy::envelope_value`]).
     envelope: u64,
     /// The attempt has been counted (at DATA, or at the end of the headers
@@ -246,7 +248,7 @@ impl Session {
             notice,
             held: Vec::new(),
             attempted: 0,
-            attempted_values: Vec::new(),
+            recipient_keys: Vec::new(),
             envelope: 0,
             settled: false,
         });
@@ -309,11 +311,14 @@ impl Session {
         if cap > 0 && message.recipients >= cap {
             return cx.too_many_recipients(message, rcpt, cap);
         }
-        let value = (cx.policy.counts_distinct_recipients() && message.attempted_values.len() < MAX_RECIPIENT_VALUES)
+        let value = (cx.policy.counts_distinct_recipients() && message.recipient_values.len() < MAX_RECIPIENT_VALUES)
             .then(|| cx.policy.recipient_value(rcpt));
         message.envelope = cx.policy.envelope_value(&message.envelope_from, message.envelope, rcpt);
         message.attempted += 1;
-        message.attempted_values.extend(value);
+        let retry_key = cx.policy.recipient_retry_value(&message.envelope_from, rcpt);
+        if message.recipient_keys.len() < MAX_RECIPIENT_VALUES {
+            message.recipient_keys.push(retry_key);
+        }
         let Some(plan) = &message.plan else {
             // Identity pending until the headers: remember what is needed to
             // tell, should it be locked, whether it writes to support only.
@@ -335,17 +340,32 @@ impl Session {
             }
             return verdict;
         }
-        // Attempts are counted at DATA (see `data`); here the recipient is
-        // only asked for.
+        // The recipient's attempt counts against the lock rules, unless a
+        // client retries it after a 4xx (the message's own attempt is
+        // counted at DATA, see `data`).
         let this: Vec<RecipientValue> = value.into_iter().collect();
         let with_this: Vec<RecipientValue> = message.recipient_values.iter().chain(&this).copied().collect();
+        let attempt = if cx.policy.is_retry(plan, retry_key) {
+            Demand::default()
+        } else {
+            Demand {
+                recipients: 1,
+                recipient_values: &this,
+                ..Demand::default()
+            }
+        };
         let peek = Demand {
             recipients: message.recipients + 1,
             recipient_values: &with_this,
             ..Demand::default()
         };
-        let trips = cx.policy.check(&[plan], &Demand::default(), &peek).await;
+        let trips = cx.policy.check(&[plan], &attempt, &peek).await;
         let verdict = cx.act(message, trips, Stage::Rcpt);
+        if let (Verdict::Refuse(reply), Some(plan)) = (&verdict, &message.plan)
+            && reply.is_temporary()
+        {
+            cx.policy.remember_deferred(plan, &[retry_key]);
+        }
         if verdict == Verdict::Continue {
             message.recipients += 1;
             message.support_only = false;
@@ -652,10 +672,8 @@ impl<'a> Decider<'a> {
             } else {
                 let attempt = Demand {
                     messages: 1,
-                    recipients: message.attempted,
-                    recipient_values: &message.attempted_values,
                     client: client.map(|c| self.policy.client_value(c.ip())),
-                    foreign: false,
+                    ..Demand::default()
                 };
                 trips.extend(self.policy.check(&[plan], &attempt, &Demand::default()).await);
             }
@@ -665,13 +683,16 @@ impl<'a> Decider<'a> {
         verdict
     }
 
-    /// A 4xx refusal of a whole transaction: its envelope is remembered, so
-    /// that the client's retry of it is not counted as a new attempt.
+    /// A 4xx refusal of a whole transaction: its envelope and recipients
+    /// are remembered, so that the client's retry of it is not counted as a
+    /// new attempt.
     fn remember_if_deferred(&self, message: &Message, verdict: &Verdict) {
         if let (Verdict::Refuse(reply), Some(plan)) = (verdict, &message.plan)
             && reply.is_temporary()
         {
-            self.policy.remember_deferred(plan, message.envelope);
+            let mut keys = message.recipient_keys.clone();
+            keys.push(message.envelope);
+            self.policy.remember_deferred(plan, &keys);
         }
     }
 
@@ -687,10 +708,8 @@ impl<'a> Decider<'a> {
         }
         let attempt = Demand {
             messages: 1,
-            recipients: message.attempted,
-            recipient_values: &message.attempted_values,
             client: client.map(|c| self.policy.client_value(c.ip())),
-            foreign: false,
+            ..Demand::default()
         };
         let trips = self.policy.check(&[plan], &attempt, &Demand::default()).await;
         if let Some(worst) = most_severe(&trips).filter(|t| t.action == Action::Lock)

@@ -979,13 +979,22 @@ impl Policy {
         budget.commit(budget.route(per_envelope, cap), 1).is_allowed()
     }
 
-    /// Remembers that a transaction of `plan`'s identity with this envelope
-    /// was refused with 4xx (see [`Policy::is_retry`]).
-    pub fn remember_deferred(&self, plan: &Plan, envelope: u64) {
+    /// One recipient of an envelope sender as a retry presents it again
+    /// (alone or with others): the key of [`Policy::is_retry`] for the
+    /// recipient's own attempt.
+    pub fn recipient_retry_value(&self, envelope_from: &[u8], rcpt: &[u8]) -> u64 {
+        let from = String::from_utf8_lossy(envelope_from).to_lowercase();
+        let rcpt = String::from_utf8_lossy(rcpt).to_lowercase();
+        self.counters.key(&format!("t:{from}\0{rcpt}"))
+    }
+
+    /// Remembers that transactions (or recipients) of `plan`'s identity with
+    /// these envelopes were refused with 4xx (see [`Policy::is_retry`]).
+    pub fn remember_deferred(&self, plan: &Plan, envelopes: &[u64]) {
         if let Some(retries) = &self.retries {
             let cap = self.config.limits.max_tracked_identities;
             let key = retries.route(self.counters.key(&plan.identity.value), cap);
-            retries.commit(key, &[envelope]);
+            retries.commit(key, envelopes);
         }
     }
 
