@@ -567,12 +567,14 @@ impl Evidence {
         }
         if style.kind != Kind::Attacker {
             if let (Some(first), Some(last)) = (first, last) {
-                let planned_span: Duration = style
+                // The longest session, from its first message to its last.
+                let planned_span = style
                     .actors
                     .iter()
-                    .flat_map(|a| a.sessions.iter().flat_map(|s| s.iter().skip(1)))
-                    .map(|m| m.gap)
-                    .sum();
+                    .flat_map(|a| &a.sessions)
+                    .map(|session| session.iter().skip(1).map(|m| m.gap).sum::<Duration>())
+                    .max()
+                    .unwrap_or_default();
                 notes.push(format!(
                     "sent {} of {planned} planned messages over {} (planned {})",
                     attempts.len(),
