@@ -123,6 +123,17 @@ impl MilterConfig {
             .expect("rule is an array of tables")
     }
 
+    /// The configuration as a TOML table, to read it whole.
+    pub fn table(&self) -> &toml::Table {
+        &self.table
+    }
+
+    /// The configuration as a TOML table, to change more than single keys
+    /// (append tables, rewrite every rate).
+    pub fn table_mut(&mut self) -> &mut toml::Table {
+        &mut self.table
+    }
+
     /// The value at a dotted path, if set.
     pub fn get(&self, dotted: &str) -> Option<&toml::Value> {
         let mut keys = dotted.split('.');

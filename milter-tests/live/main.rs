@@ -8,6 +8,7 @@
 //! (milter-tests/install-deps.sh); otherwise each one says it is skipped.
 
 mod desk;
+mod detection;
 mod egress;
 mod fleet;
 mod harness;
