@@ -247,11 +247,11 @@ const RETRY_RULE: &str = "(retries)";
 /// The registry name of the budget of free retries per envelope.
 const RETRY_BUDGET_RULE: &str = "(retry budget)";
 
-/// Retries of one envelope that are free, per hour of the shortest lock
-/// window: Postfix retries a deferred message at most every
-/// `queue_run_delay` (5 minutes by default), 12 times an hour. A client
-/// that resends one envelope faster is no MTA working off its queue, and
-/// its attempts count again.
+/// Retries of one envelope that are free in the shortest lock window (one
+/// hour or less), and as many per hour of a longer one: Postfix retries a
+/// deferred message at most every `queue_run_delay` (5 minutes by default),
+/// 12 times an hour. A client that resends one envelope faster is no MTA
+/// working off its queue, and its attempts count again.
 const FREE_RETRIES_PER_HOUR: u32 = 12;
 
 /// A count divided among the hosts of a fleet, at least 1.
@@ -641,8 +641,8 @@ impl Policy {
             .map(|r| (r.rate.count.get(), r.rate.window));
         let shortest_lock_window = lock_rates.clone().map(|(_, w)| w).min();
         let retry_budget = shortest_lock_window.map(|window| {
-            let hours = window.as_secs_f64() / 3600.0;
-            let free = ((f64::from(FREE_RETRIES_PER_HOUR) * hours).ceil() as u32).max(1);
+            let hours = (window.as_secs_f64() / 3600.0).max(1.0);
+            let free = (f64::from(FREE_RETRIES_PER_HOUR) * hours).ceil() as u32;
             let rate = Rate {
                 count: NonZeroU32::new(free).unwrap_or(NonZeroU32::MIN),
                 window,
@@ -963,7 +963,8 @@ impl Policy {
     /// the largest lock rule's count per identity, 8 bytes an envelope.
     ///
     /// Free only while the envelope is retried at a pace an MTA's queue
-    /// has: [`FREE_RETRIES_PER_HOUR`] an hour of the shortest lock window;
+    /// has: [`FREE_RETRIES_PER_HOUR`] in the shortest lock window (and as
+    /// many per hour of it, if it is longer than an hour);
     /// beyond, a retry counts as a new attempt again, so a bot that resends
     /// one envelope as fast as it is told 4xx is locked all the same.
     pub fn is_retry(&self, plan: &Plan, envelope: u64) -> bool {
