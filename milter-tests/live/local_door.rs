@@ -44,14 +44,15 @@ const LOCAL_DOOR_CONFIG: &str = "/run/egress-milter-tests/local-door/etc";
 /// Serialises the tests that point [`LOCAL_DOOR_CONFIG`] at their instance.
 const LOCAL_DOOR_LOCK: &str = "/run/egress-milter-tests/local-door.lock";
 /// The test users install-deps.sh makes.
-const WEB1: &str = "egress-web1";
-const WEB2: &str = "egress-web2";
+pub(crate) const WEB1: &str = "egress-web1";
+pub(crate) const WEB2: &str = "egress-web2";
 /// `myorigin` of the instances: sendmail's default sender is `USER@` this.
-const ORIGIN: &str = "mta.egress-test.invalid";
+pub(crate) const ORIGIN: &str = "mta.egress-test.invalid";
 const HINT: &str = "run `bash milter-tests/install-deps.sh` as root";
 
 /// [`LOCAL_DOOR_CONFIG`] pointing at one instance's `etc/`, while held.
-struct LocalDoor {
+/// The detection benchmark holds one for its run too (its local styles).
+pub(crate) struct LocalDoor {
     link: PathBuf,
     /// The exclusive lock on [`LOCAL_DOOR_LOCK`]; released on drop.
     _lock: fs::File,
@@ -61,7 +62,7 @@ impl LocalDoor {
     /// Waits for the lock, then points the link at `postfix`'s `etc/`.
     /// Panics with what to run when install-deps.sh has not prepared the
     /// machine.
-    fn claim(postfix: &PostfixInstance) -> LocalDoor {
+    pub(crate) fn claim(postfix: &PostfixInstance) -> LocalDoor {
         let dirs = Command::new("/usr/sbin/postconf")
             .args(["-c", "/etc/postfix", "-h", "alternate_config_directories"])
             .output()
@@ -94,33 +95,48 @@ impl LocalDoor {
     /// on its standard input, in a clean environment; panics unless
     /// sendmail says it took the message.
     fn submit(&self, user: &User, rcpt: &str, content: &str) {
-        let mut child = Command::new("/usr/sbin/sendmail")
-            .arg("-C")
-            .arg(&self.link)
-            .args(["-i", "--", rcpt])
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/bin")
-            .uid(user.uid.as_raw())
-            .gid(user.gid.as_raw())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run /usr/sbin/sendmail");
-        child
-            .stdin
-            .take()
-            .expect("sendmail's stdin")
-            .write_all(content.as_bytes())
-            .expect("write the message to sendmail");
-        let out = child.wait_with_output().expect("wait for sendmail");
-        assert!(
-            out.status.success(),
+        sendmail(user, &[rcpt.to_string()], content).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// `user` runs `sendmail -C LOCAL_DOOR_CONFIG -i RCPT...` with `content` on
+/// its standard input, in a clean environment, as a PHP `mail()` or a cron
+/// job does; Ok when sendmail says it took the message (it exits 0 once
+/// the message is in the maildrop, whatever the milter says later). Only
+/// while a [`LocalDoor`] is held.
+pub(crate) fn sendmail(user: &User, rcpts: &[String], content: &str) -> Result<(), String> {
+    let mut child = Command::new("/usr/sbin/sendmail")
+        .arg("-C")
+        .arg(LOCAL_DOOR_CONFIG)
+        .args(["-i", "--"])
+        .args(rcpts)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/bin")
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run /usr/sbin/sendmail: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("sendmail's stdin")
+        .write_all(content.as_bytes())
+        .map_err(|e| format!("cannot write the message to sendmail: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("cannot wait for sendmail: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
             "sendmail as {} failed ({}): {}",
             user.name,
             out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -130,7 +146,9 @@ impl Drop for LocalDoor {
     }
 }
 
-fn user(name: &str) -> User {
+/// The Unix user `name` (one that install-deps.sh makes); panics with what
+/// to run when it is missing.
+pub(crate) fn user(name: &str) -> User {
     User::from_name(name)
         .unwrap_or_else(|e| panic!("look up {name}: {e}"))
         .unwrap_or_else(|| panic!("no user {name} ({HINT})"))

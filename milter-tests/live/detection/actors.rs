@@ -3,7 +3,8 @@
 // SPDX-License-Identifier: GPL-3.0-or-later
 
 //! The senders the benchmark plays itself over SMTP: people with their mail
-//! clients, a newsletter's software, and the attackers. Each is a
+//! clients, a newsletter's software, and the attackers; and the local users
+//! that run Postfix's sendmail instead ([`DriverActor::local_user`]). Each is a
 //! [`DriverActor`]: one or more sessions, each a list of planned messages
 //! with the real-time gap before each, played [`Timeline::factor`] times
 //! faster. A gap runs from the start of the previous message, so a machine
@@ -162,6 +163,13 @@ pub struct DriverActor {
     pub connections: Connections,
     /// An attacker gives up on a session once it is told it is locked.
     pub stop_when_locked: bool,
+    /// Instead of SMTP, this Unix user runs Postfix's sendmail command for
+    /// each message (a PHP script's `mail()`, a cron job), through the
+    /// local door (pickup, `non_smtpd_milters`); `auth`, `port`, `source`
+    /// and `connections` are then unused. Sendmail takes every message (it
+    /// exits 0 once the message is in the maildrop): what egress-milter
+    /// decided is in its log, what got out at the sink.
+    pub local_user: Option<String>,
 }
 
 impl DriverActor {
@@ -318,6 +326,7 @@ fn run_session(
     stop: &AtomicBool,
 ) -> Vec<Attempt> {
     let mut attempts = Vec::with_capacity(plan.len());
+    let local_user = actor.local_user.as_deref().map(crate::local_door::user);
     let mut client: Option<SmtpClient> = None;
     let mut on_connection = 0;
     let mut next = begin;
@@ -330,6 +339,21 @@ fn run_session(
         // A late start moves the rest of the schedule, never bunches it.
         next = next.max(started);
         let serial = session * 1_000_000 + i;
+        if let Some(user) = &local_user {
+            let content = message.content(&actor.style, serial);
+            let outcome = match crate::local_door::sendmail(user, &message.rcpts, &content) {
+                Ok(()) => Outcome::Accepted,
+                Err(e) => Outcome::Failed(e),
+            };
+            attempts.push(Attempt {
+                at: started,
+                outcome,
+                deliverable: message.deliverable(),
+                recipients_throttled: 0,
+                recipients_refused: 0,
+            });
+            continue;
+        }
         let mut envelope = Envelope::new(actor.port, &message.mail_from, &[])
             .source(message.source)
             .content(&message.content(&actor.style, serial));

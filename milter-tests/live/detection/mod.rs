@@ -18,7 +18,8 @@
 //!    the botnet 127.0.1.1-50)                  │  submission + relay  │     unknown.*@; Postfix
 //! customer MTAs (Postfix, 127.0.0.3/.4) ─AUTH─▶│  smtpd_milters and   │     bounces them: DSNs
 //! webmail relay (Postfix, 127.0.0.2) ─relay──▶ │  non_smtpd_milters   │     back through the
-//!                                              └──────────┬───────────┘     milter, to the sink)
+//! local users (sendmail as egress-web1/2) ───▶ │  pickup (stamped)    │     milter, to the sink)
+//!                                              └──────────┬───────────┘
 //!                                                         ▼
 //!                                                   egress-milter
 //! ```
@@ -35,6 +36,7 @@ mod traffic;
 
 use crate::egress::{EgressMilter, MilterConfig};
 use crate::harness::{LiveMta, skip_unless_live};
+use crate::local_door::LocalDoor;
 use crate::postfix::{PostfixInstance, PostfixOptions, TRUSTED_UPSTREAM};
 use crate::sink::ReceivedMessage;
 use actors::{ACTOR_HEADER, Connections, DriverActor, DriverLog, Outcome, Timeline, run_driver};
@@ -153,6 +155,8 @@ struct Bench {
     mta: LiveMta,
     milter: EgressMilter,
     styles: Styles,
+    /// The local door, held (and pointing at `mta`) for the run.
+    _door: LocalDoor,
 }
 
 impl Bench {
@@ -180,7 +184,13 @@ impl Bench {
                 // signal counts them), through the non-SMTP door.
                 .main_cf("internal_mail_filter_classes = bounce")
                 .main_cf(&format!("non_smtpd_milters = {socket}"))
+                // The local styles' sendmail: pickup stamps the submitting
+                // uid for the local-user and php-script sources.
+                .local_submission()
         });
+        // The local styles run sendmail as real users against this
+        // instance: the local door's link points here for the whole run.
+        let door = LocalDoor::claim(&mta.postfix);
         let webmail = relaying_postfix(
             "webmail",
             TRUSTED_UPSTREAM,
@@ -222,6 +232,7 @@ impl Bench {
             mta,
             milter,
             styles,
+            _door: door,
         }
     }
 
@@ -296,7 +307,17 @@ impl Bench {
         let evidence = Evidence::gather(self, &monitor);
         let mut rows = Vec::new();
         for (style, logs) in self.styles.drivers.iter().zip(&driver_logs) {
-            rows.push(evidence.driver_row(style, logs, &timeline));
+            let maildrop = if style.local() {
+                self.mta
+                    .postfix
+                    .queue_dir()
+                    .join("maildrop")
+                    .read_dir()
+                    .map_or(0, Iterator::count)
+            } else {
+                0
+            };
+            rows.push(evidence.driver_row(style, logs, &timeline, maildrop));
         }
         for ((customer, postfix), released) in self.customers.iter().zip(&releases) {
             rows.push(evidence.customer_row(
@@ -402,6 +423,7 @@ fn inject_batch(customer: &CustomerMta, postfix: &PostfixInstance) {
         sessions: plans,
         connections: Connections::Reused { per_connection: 100 },
         stop_when_locked: false,
+        local_user: None,
     };
     let timeline = Timeline {
         start: Instant::now(),
@@ -545,7 +567,7 @@ impl Evidence {
             .collect()
     }
 
-    fn driver_row(&self, style: &styles::DriverStyle, logs: &[DriverLog], timeline: &Timeline) -> Row {
+    fn driver_row(&self, style: &styles::DriverStyle, logs: &[DriverLog], timeline: &Timeline, maildrop: usize) -> Row {
         let attempts: Vec<&actors::Attempt> = logs.iter().flat_map(|l| &l.attempts).collect();
         let count = |f: &dyn Fn(&Outcome) -> bool| attempts.iter().filter(|a| f(&a.outcome)).count();
         let first = logs.iter().filter_map(DriverLog::first).min();
@@ -589,7 +611,7 @@ impl Evidence {
                 notes.push(format!("{n} × `{text}`"));
             }
         }
-        Row {
+        let mut row = Row {
             style: style.name.clone(),
             kind: style.kind,
             mta: false,
@@ -613,9 +635,58 @@ impl Evidence {
                 .map(|a| a.recipients_throttled + a.recipients_refused)
                 .sum(),
             locks: self.locks_of(&style.identities, first, timeline),
+            any_lock: style.any_lock,
             locked_in_first_pass: None,
             notes,
+        };
+        if style.local() {
+            self.local_decisions(&mut row, maildrop);
         }
+        row
+    }
+
+    /// A local style's sendmail took every message: what egress-milter
+    /// told pickup (each refused message offered again at every scan is a
+    /// new attempt) is in its log, under the style's identities.
+    fn local_decisions(&self, row: &mut Row, maildrop: usize) {
+        let mut decided = report::Decisions::default();
+        for identity in &row.identities {
+            let d = decisions(&self.log, identity);
+            decided.accepted += d.accepted;
+            decided.throttled += d.throttled;
+            decided.rejected += d.rejected;
+            decided.locked_refusals += d.locked_refusals;
+        }
+        row.notes.insert(
+            0,
+            format!(
+                "{} sendmail runs (each exits 0); egress-milter decided {} attempts from pickup: {} accepted, {} \
+                 throttled (left in the maildrop, offered again), {} rejected, {} refused as locked (bounced to \
+                 the sender); {maildrop} still in the maildrop at the end",
+                row.attempts,
+                decided.attempts(),
+                decided.accepted,
+                decided.throttled,
+                decided.rejected,
+                decided.locked_refusals
+            ),
+        );
+        if !row.locks.is_empty() {
+            let who: Vec<&str> = row.locks.iter().map(|l| l.identity.as_str()).collect();
+            row.notes.insert(
+                1,
+                format!(
+                    "locked as {}; its rcpts bounced back include every message refused as locked (cleanup \
+                     bounces it to the sender)",
+                    who.join(", ")
+                ),
+            );
+        }
+        row.attempts = decided.attempts();
+        row.accepted = decided.accepted;
+        row.throttled = decided.throttled;
+        row.refused += decided.rejected;
+        row.locked_replies = decided.locked_refusals;
     }
 
     fn customer_row(
@@ -667,6 +738,7 @@ impl Evidence {
             locked_replies: upstream.bounced_locked,
             recipients_refused: 0,
             locks,
+            any_lock: false,
             locked_in_first_pass: first_pass,
             notes,
         }
@@ -712,6 +784,7 @@ impl Evidence {
             locked_replies: upstream.bounced_locked,
             recipients_refused: 0,
             locks: self.locks_of(identities, log.first(), timeline),
+            any_lock: false,
             locked_in_first_pass: None,
             notes: vec![format!(
                 "{without_header} of its messages had no identity header (counted under {TRUSTED_UPSTREAM}); \

@@ -174,6 +174,9 @@ pub struct Row {
     /// Recipients refused (4xx or 5xx) in messages otherwise accepted.
     pub recipients_refused: usize,
     pub locks: Vec<SeenLock>,
+    /// A lock of any one identity locks the style (a PHP script and its
+    /// Unix user); otherwise every identity must be locked.
+    pub any_lock: bool,
     /// For the expected lock: the lock came before the first retry.
     pub locked_in_first_pass: Option<bool>,
     pub notes: Vec<String>,
@@ -181,13 +184,22 @@ pub struct Row {
 
 impl Row {
     pub fn all_locked(&self) -> bool {
+        if self.any_lock {
+            return !self.locks.is_empty();
+        }
         !self.identities.is_empty() && self.locks.len() == self.identities.len()
     }
 
     /// The time until every identity of the style was locked.
     pub fn time_to_lock(&self) -> Option<Duration> {
-        self.all_locked()
-            .then(|| self.locks.iter().map(|l| l.after).max().unwrap_or_default())
+        let after = self.locks.iter().map(|l| l.after);
+        self.all_locked().then(|| {
+            if self.any_lock {
+                after.min().unwrap_or_default()
+            } else {
+                after.max().unwrap_or_default()
+            }
+        })
     }
 
     /// Ok, or why the style misses the goal.
@@ -293,7 +305,8 @@ pub fn markdown(info: &RunInfo, rows: &[Row], descriptions: &[(String, String)])
             (Kind::Honest, true) => "honest (retrying MTA)",
             (Kind::Honest, false) => "honest",
         };
-        let locked = format!("{}/{}", row.locks.len(), row.identities.len());
+        let either = if row.any_lock { " (one suffices)" } else { "" };
+        let locked = format!("{}/{}{either}", row.locks.len(), row.identities.len());
         let time = row.time_to_lock().map_or_else(|| "–".to_string(), minutes_seconds);
         let rules: Vec<String> = row
             .locks
@@ -461,6 +474,7 @@ Dec  2 02:20:02 mta postfix/smtp[1]: A4: to=<d@x.test>, relay=127.0.0.1[127.0.0.
             locked_replies: 0,
             recipients_refused: 0,
             locks: Vec::new(),
+            any_lock: false,
             locked_in_first_pass: None,
             notes: Vec::new(),
         }
@@ -508,6 +522,15 @@ Dec  2 02:20:02 mta postfix/smtp[1]: A4: to=<d@x.test>, relay=127.0.0.1[127.0.0.
         let mut locked = row(Kind::Honest);
         locked.locks.push(lock(900, 900));
         assert!(locked.verdict().unwrap_err().contains("locked: a@x"));
+
+        // A PHP script or its user: one lock of the two is enough.
+        let mut script = row(Kind::Attacker);
+        script.identities.push("local:u".into());
+        script.locks.push(lock(900, 900));
+        assert!(script.verdict().is_err(), "every identity, unless any lock suffices");
+        script.any_lock = true;
+        assert!(script.verdict().is_ok());
+        assert_eq!(script.time_to_lock(), Some(Duration::from_secs(250)));
 
         let mut expected = row(Kind::HonestExpectedLock);
         assert!(expected.verdict().is_err());

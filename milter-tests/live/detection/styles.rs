@@ -10,6 +10,7 @@
 
 use super::actors::{Connections, DriverActor, Planned};
 use super::traffic::{AddressList, FREEMAIL, Rng, VolumeLimits, person_at, small_domain};
+use crate::local_door::{ORIGIN, WEB1, WEB2};
 use crate::postfix::TRUSTED_UPSTREAM;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -56,6 +57,11 @@ pub const NULL_BLASTER: &str = "stolen.null@example.com";
 pub const SLOW_BLASTER: &str = "stolen.slow@example.com";
 pub const BOTNET: &str = "stolen.botnet@example.net";
 pub const LIST_SPAMMER: &str = "stolen.list@example.org";
+/// The hijacked PHP script of [`WEB1`].
+pub const PHP_SCRIPT: &str = "contact.php";
+/// Its pace: one message every 5 s, 720 an hour (over the hourly limit of
+/// 300; a script that spams does not read the configuration).
+const PHP_GAP: Duration = Duration::from_secs(5);
 /// Client addresses of the botnet that uses one login.
 pub const BOTNET_IPS: u8 = 50;
 
@@ -98,6 +104,10 @@ pub struct DriverStyle {
     pub name: String,
     /// The identities egress-milter counts it under.
     pub identities: Vec<String>,
+    /// A lock of any one of `identities` stops the style (a PHP script and
+    /// its Unix user: a locked user locks all its scripts, a locked script
+    /// stops the script); otherwise every one must be locked.
+    pub any_lock: bool,
     pub actors: Vec<DriverActor>,
 }
 
@@ -107,8 +117,14 @@ impl DriverStyle {
             kind,
             name: actor.style.clone(),
             identities: vec![identity.to_string()],
+            any_lock: false,
             actors: vec![actor],
         }
+    }
+
+    /// Whether its actors submit through the local door (sendmail).
+    pub fn local(&self) -> bool {
+        self.actors.iter().any(|a| a.local_user.is_some())
     }
 }
 
@@ -176,6 +192,10 @@ pub fn build(
     let (newsletter, what) = newsletter(submission, pop.newsletter_messages);
     describe(&newsletter.style, what);
     drivers.push(DriverStyle::one(Kind::Honest, NEWSLETTER, newsletter));
+
+    let (cron, what) = cron_report();
+    describe(&cron.style, what);
+    drivers.push(DriverStyle::one(Kind::Honest, &format!("local:{WEB2}"), cron));
 
     let customers = vec![
         customer(
@@ -330,6 +350,7 @@ pub fn build(
         kind: Kind::Attacker,
         name: "many logins".into(),
         identities: many,
+        any_lock: false,
         actors: many_actors,
     });
 
@@ -389,6 +410,29 @@ pub fn build(
         ),
     );
     drivers.push(DriverStyle::one(Kind::Attacker, LIST_SPAMMER, list_spam));
+
+    let php_uid = crate::local_door::user(WEB1).uid;
+    let php = php_script(php_uid.as_raw(), horizon, &mut purchased_list);
+    describe(
+        &php.style,
+        format!(
+            "a hijacked contact form of the local user `{WEB1}`: PHP's `mail()`, i.e. Postfix's sendmail run as \
+             `{WEB1}` (uid {php_uid}), into pickup and `non_smtpd_milters`, with \
+             `X-PHP-Originating-Script: {php_uid}:{PHP_SCRIPT}`: from 1 min on, one message every {:.0} s of 1–3 \
+             purchased-list recipients, for the whole run, not knowing what the milter says (sendmail always \
+             exits 0; a 4xx leaves the message in the maildrop for pickup to offer again at each scan, a 5xx \
+             bounces it to `{WEB1}@{ORIGIN}`); locked when its script (`php:{WEB1}:{PHP_SCRIPT}`) or its user \
+             (`local:{WEB1}`, counted beside it) is",
+            PHP_GAP.as_secs_f64()
+        ),
+    );
+    drivers.push(DriverStyle {
+        kind: Kind::Attacker,
+        name: php.style.clone(),
+        identities: vec![format!("php:{WEB1}:{PHP_SCRIPT}"), format!("local:{WEB1}")],
+        any_lock: true,
+        actors: vec![php],
+    });
 
     Styles {
         drivers,
@@ -461,6 +505,7 @@ fn holiday_person(port: u16) -> (DriverActor, String) {
         sessions: vec![plan],
         connections: Connections::PerMessage,
         stop_when_locked: false,
+        local_user: None,
     };
     let what = format!(
         "`{HOLIDAY}` from {source}, one connection a message, from 1 min on: 15 replies 20–60 s apart, then 30 more \
@@ -515,6 +560,7 @@ fn club_mailing(port: u16) -> (DriverActor, String) {
         sessions: vec![plan],
         connections: Connections::PerMessage,
         stop_when_locked: false,
+        local_user: None,
     };
     let what = format!(
         "`{LIST_OWNER}` from {source}: at 15 min the club's letter to its 150 members at 36 domains, Bcc in 3 \
@@ -562,6 +608,7 @@ fn newsletter(port: u16, messages: usize) -> (DriverActor, String) {
         sessions,
         connections: Connections::Reused { per_connection: 100 },
         stop_when_locked: false,
+        local_user: None,
     };
     let what = format!(
         "`{NEWSLETTER}` from {source} (its `[[override]]`: milter-tests/live/fixtures/detection-site.toml): at 10 \
@@ -569,6 +616,80 @@ fn newsletter(port: u16, messages: usize) -> (DriverActor, String) {
          domains, 2 % stale), 50 a minute over two connections (each a new one every 100 messages)"
     );
     (actor, what)
+}
+
+/// An honest local user: [`WEB2`]'s cron job mails the site's report to
+/// its administrator every 5 minutes, through sendmail (no PHP header).
+fn cron_report() -> (DriverActor, String) {
+    let sender = format!("{WEB2}@{ORIGIN}");
+    let plan = (0..12)
+        .map(|i| {
+            Planned::new(
+                if i == 0 { minutes(2) } else { minutes(5) },
+                &sender,
+                vec!["webmaster@example.com".into()],
+                format!("Cron <{WEB2}> report {i}"),
+                Ipv4Addr::LOCALHOST,
+            )
+        })
+        .collect();
+    let actor = DriverActor {
+        style: "local cron job".into(),
+        auth: None,
+        port: 0,
+        start: Duration::ZERO,
+        sessions: vec![plan],
+        connections: Connections::PerMessage,
+        stop_when_locked: false,
+        local_user: Some(WEB2.into()),
+    };
+    let what = format!(
+        "the local user `{WEB2}`'s cron job: Postfix's sendmail run as `{WEB2}` (pickup, `non_smtpd_milters`, \
+         counted as `local:{WEB2}`), from 2 min on a report to `webmaster@example.com` every 5 min (12 in all)"
+    );
+    (actor, what)
+}
+
+/// A hijacked PHP script of [`WEB1`] (uid `uid`): one message of 1–3
+/// purchased-list recipients every [`PHP_GAP`] from 1 min to the horizon,
+/// each a sendmail run with PHP's `X-PHP-Originating-Script`.
+fn php_script(uid: u32, horizon: Duration, list: &mut impl FnMut(usize) -> Vec<String>) -> DriverActor {
+    let start = minutes(1);
+    let n = (horizon.saturating_sub(start).as_secs_f64() / PHP_GAP.as_secs_f64()).ceil() as usize;
+    let sender = format!("{WEB1}@{ORIGIN}");
+    let mut rng = Rng::new(0x5EED_0003);
+    let sizes: Vec<usize> = (0..n).map(|_| 1 + rng.below(3)).collect();
+    let addresses = list(sizes.iter().sum());
+    let mut rest = addresses.as_slice();
+    let plan = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            let (rcpts, tail) = rest.split_at(k);
+            rest = tail;
+            let mut message = Planned::new(
+                if i == 0 { Duration::ZERO } else { PHP_GAP },
+                &sender,
+                rcpts.to_vec(),
+                format!("Your enquiry {i}"),
+                Ipv4Addr::LOCALHOST,
+            );
+            message
+                .extra_headers
+                .push(("X-PHP-Originating-Script".into(), format!("{uid}:{PHP_SCRIPT}")));
+            message
+        })
+        .collect();
+    DriverActor {
+        style: "local PHP script".into(),
+        auth: None,
+        port: 0,
+        start,
+        sessions: vec![plan],
+        connections: Connections::PerMessage,
+        stop_when_locked: false,
+        local_user: Some(WEB1.into()),
+    }
 }
 
 /// A customer's batch: `n` order mails from `orders@DOMAIN`.
@@ -678,6 +799,7 @@ fn trusted_relay(port: u16, users: usize, horizon: Duration) -> (DriverActor, Ve
         sessions: vec![plan],
         connections: Connections::PerMessage,
         stop_when_locked: false,
+        local_user: None,
     };
     let what = format!(
         "a webmail host: a private Postfix relaying from {TRUSTED_UPSTREAM} (trusted) to the relay port, for {users} \
@@ -728,6 +850,7 @@ fn blaster(
         sessions,
         connections: Connections::Reused { per_connection: 50 },
         stop_when_locked: true,
+        local_user: None,
     }
 }
 
@@ -772,5 +895,6 @@ fn paced(
         sessions: vec![plan],
         connections: Connections::PerMessage,
         stop_when_locked: true,
+        local_user: None,
     }
 }
