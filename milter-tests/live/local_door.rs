@@ -412,17 +412,7 @@ fn master_cf_local_submission_example_is_valid() {
     let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/postfix");
     fs::copy(conf.join("master.cf.local-submission"), dir.path().join("master.cf")).expect("copy");
     fs::write(dir.path().join("main.cf"), crate::postfix::MAIN_CF_MILTER).expect("write main.cf");
-    let postconf = |args: &[&str]| {
-        let out = Command::new("/usr/sbin/postconf")
-            .arg("-c")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .expect("run postconf");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success() && stderr.is_empty(), "postconf {args:?}: {stderr}");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let postconf = |args: &[&str]| crate::postfix::postconf_in(dir.path(), args);
     assert_eq!(
         postconf(&["-P", "-h", "pickup/unix/cleanup_service_name"]),
         "egress-cleanup"

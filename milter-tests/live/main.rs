@@ -253,17 +253,7 @@ fn master_cf_submission_example_is_valid() {
             .collect::<String>(),
     )
     .expect("write main.cf");
-    let postconf = |args: &[&str]| {
-        let out = Command::new("/usr/sbin/postconf")
-            .arg("-c")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .expect("run postconf (install Postfix with milter-tests/install-deps.sh)");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success() && stderr.is_empty(), "postconf {args:?}: {stderr}");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
+    let postconf = |args: &[&str]| postfix::postconf_in(dir.path(), args);
     assert_eq!(
         postconf(&["-P", "-h", "submission/inet/smtpd_milters"]),
         "unix:/egress-milter/milter.sock"

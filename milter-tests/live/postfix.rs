@@ -54,6 +54,20 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+/// `postconf -c DIR ARGS...`: what Postfix reads from the configuration
+/// files in `dir` (no instance needed); panics on any error or warning.
+pub fn postconf_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("/usr/sbin/postconf")
+        .arg("-c")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run postconf (install Postfix with milter-tests/install-deps.sh)");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success() && stderr.is_empty(), "postconf {args:?}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// The admin-facing milter snippet, loaded into every instance with a milter.
 pub const MAIN_CF_MILTER: &str = include_str!("../../conf/postfix/main.cf.milter");
 /// The admin-facing master.cf lines of the pickup stamp, loaded into an
