@@ -155,7 +155,7 @@ check "after the reload: same main PID, journal says configuration reloaded" \
     eval '[ "$(main_pid)" = "$pid" ] && wait_for 5 journal_has "configuration reloaded"'
 check "the changed limit is in force: carol's first message accepted, second refused by rule boot-test" \
     eval 'expect accepted as postfix $sock send carol@example.com &&
-        expect "refused at mail: reply 451 4.7.1 Rate limit \"boot-test\"" as postfix $sock send carol@example.com'
+        expect "refused at data: reply 451 4.7.1 Rate limit \"boot-test\"" as postfix $sock send carol@example.com'
 
 # A broken file: check-config fails the reload, the daemon keeps running
 # on what it had.
@@ -177,7 +177,7 @@ check "systemctl kill -s HUP --kill-whom=main with the broken config: the daemon
         systemctl is-active --quiet $unit && [ "$(main_pid)" = "$pid" ]'
 check "still the 1/1h limit after both: dave's first accepted, second refused" \
     eval 'expect accepted as postfix $sock send dave@example.com &&
-        expect "refused at mail: reply 451" as postfix $sock send dave@example.com'
+        expect "refused at data: reply 451" as postfix $sock send dave@example.com'
 
 # ---------------------------------------------------------------- /run (Sendmail)
 
