@@ -320,6 +320,9 @@ the review desk: releasing locks from a browser, logins, the audit trail
 \fIfleet.md\fR
 fleet mode: many MTAs sharing limits and locks on Redis
 .TP
+\fIdetection.md\fR
+the signals beyond volume: new recipient domains, client addresses per login, bounces, foreign senders
+.TP
 \fImonitoring.md\fR
 the status listener, its metrics and the incident commands
 .TP
