@@ -289,7 +289,11 @@ fn local_users_are_counted_throttled_and_locked_through_pickup() {
     assert!(live.milter.wait_for_log(&["configuration reloaded"], WAIT));
     door.submit(&web1, rcpt, &local_message(WEB1, rcpt, &format!("{WEB1}-held"), &[]));
     let held = postfix
-        .wait_for_queue(WAIT, |q| q.iter().any(|e| e.queue_name == "hold"))
+        // Until pickup is done with it, the message is listed twice: the
+        // maildrop file it reads and the hold queue file cleanup wrote.
+        .wait_for_queue(WAIT, |q| {
+            q.iter().any(|e| e.queue_name == "hold") && q.iter().all(|e| e.queue_name != "maildrop")
+        })
         .expect("postqueue -j");
     let held = held.unwrap_or_else(|| panic!("nothing held\n{}", postfix.log_tail(20)));
     assert_eq!(held.len(), 1, "{held:?}");
