@@ -313,11 +313,17 @@ impl Session {
         }
         let value = (cx.policy.counts_distinct_recipients() && message.recipient_values.len() < MAX_RECIPIENT_VALUES)
             .then(|| cx.policy.recipient_value(rcpt));
-        message.envelope = cx.policy.envelope_value(&message.envelope_from, message.envelope, rcpt);
         message.attempted += 1;
-        let retry_key = cx.policy.recipient_retry_value(&message.envelope_from, rcpt);
-        if message.recipient_keys.len() < MAX_RECIPIENT_VALUES {
-            message.recipient_keys.push(retry_key);
+        // Retries are told apart only while a lock rule exists (the policy
+        // of a session never changes under it).
+        let retry_key = cx.policy.remembers_retries().then(|| {
+            message.envelope = cx.policy.envelope_value(&message.envelope_from, message.envelope, rcpt);
+            cx.policy.recipient_retry_value(&message.envelope_from, rcpt)
+        });
+        if let Some(key) = retry_key
+            && message.recipient_keys.len() < MAX_RECIPIENT_VALUES
+        {
+            message.recipient_keys.push(key);
         }
         let Some(plan) = &message.plan else {
             // Identity pending until the headers: remember what is needed to
@@ -345,7 +351,7 @@ impl Session {
         // counted at DATA, see `data`).
         let this: Vec<RecipientValue> = value.into_iter().collect();
         let with_this: Vec<RecipientValue> = message.recipient_values.iter().chain(&this).copied().collect();
-        let attempt = if cx.policy.is_retry(plan, retry_key) {
+        let attempt = if retry_key.is_some_and(|key| cx.policy.is_retry(plan, key)) {
             Demand::default()
         } else {
             Demand {
@@ -361,10 +367,10 @@ impl Session {
         };
         let trips = cx.policy.check(&[plan], &attempt, &peek).await;
         let verdict = cx.act(message, trips, Stage::Rcpt);
-        if let (Verdict::Refuse(reply), Some(plan)) = (&verdict, &message.plan)
+        if let (Verdict::Refuse(reply), Some(plan), Some(key)) = (&verdict, &message.plan, retry_key)
             && reply.is_temporary()
         {
-            cx.policy.remember_deferred(plan, &[retry_key]);
+            cx.policy.remember_deferred(plan, &[key]);
         }
         if verdict == Verdict::Continue {
             message.recipients += 1;
@@ -665,22 +671,28 @@ impl<'a> Decider<'a> {
     async fn settle(&self, message: &mut Message, client: Option<SocketAddr>, stage: Stage) -> Verdict {
         message.settled = true;
         let mut trips = std::mem::take(&mut message.held);
-        if let Some(plan) = &message.plan {
-            let retry = self.policy.is_retry(plan, message.envelope);
-            if retry {
-                debug!(queue_id = self.queue_id, identity = %plan.identity, "a retry of an envelope refused with 4xx: not counted again");
-            } else {
-                let attempt = Demand {
-                    messages: 1,
-                    client: client.map(|c| self.policy.client_value(c.ip())),
-                    ..Demand::default()
-                };
-                trips.extend(self.policy.check(&[plan], &attempt, &Demand::default()).await);
-            }
+        if let Some(plan) = &message.plan
+            && let Some(attempt) = self.message_attempt(plan, message.envelope, client)
+        {
+            trips.extend(self.policy.check(&[plan], &attempt, &Demand::default()).await);
         }
         let verdict = self.act(message, trips, stage);
         self.remember_if_deferred(message, &verdict);
         verdict
+    }
+
+    /// One message's attempt, as the lock rules count it; `None` if it is a
+    /// client's retry of an envelope refused with 4xx (not counted again).
+    fn message_attempt(&self, plan: &Plan, envelope: u64, client: Option<SocketAddr>) -> Option<Demand<'static>> {
+        if self.policy.is_retry(plan, envelope) {
+            debug!(queue_id = self.queue_id, identity = %plan.identity, "a retry of an envelope refused with 4xx: not counted again");
+            return None;
+        }
+        Some(Demand {
+            messages: 1,
+            client: client.map(|c| self.policy.client_value(c.ip())),
+            ..Demand::default()
+        })
     }
 
     /// A 4xx refusal of a whole transaction: its envelope and recipients
@@ -703,13 +715,8 @@ impl<'a> Decider<'a> {
         let Some(plan) = &message.plan else {
             return;
         };
-        if self.policy.is_retry(plan, message.envelope) {
+        let Some(attempt) = self.message_attempt(plan, message.envelope, client) else {
             return;
-        }
-        let attempt = Demand {
-            messages: 1,
-            client: client.map(|c| self.policy.client_value(c.ip())),
-            ..Demand::default()
         };
         let trips = self.policy.check(&[plan], &attempt, &Demand::default()).await;
         if let Some(worst) = most_severe(&trips).filter(|t| t.action == Action::Lock)

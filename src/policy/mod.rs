@@ -989,6 +989,13 @@ impl Policy {
         self.counters.key(&format!("t:{from}\0{rcpt}"))
     }
 
+    /// Whether retries are told apart from new attempts: only while a lock
+    /// rule exists (nothing else counts attempts). Without, the envelope and
+    /// retry keys need not be computed.
+    pub fn remembers_retries(&self) -> bool {
+        self.retries.is_some()
+    }
+
     /// Remembers that transactions (or recipients) of `plan`'s identity with
     /// these envelopes were refused with 4xx (see [`Policy::is_retry`]).
     pub fn remember_deferred(&self, plan: &Plan, envelopes: &[u64]) {
