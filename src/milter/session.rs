@@ -143,7 +143,7 @@ impl Message {
             messages: 1,
             recipients: self.recipients,
             recipient_values: &self.recipient_values,
-            client: client.map(|c| policy.client_value(c.ip())),
+            client: client.and_then(|c| policy.client_value(c.ip())),
             foreign: self.foreign,
         }
     }
@@ -291,7 +291,7 @@ impl Session {
         // client's retry.
         let demand = Demand {
             messages: 1,
-            client: self.client.map(|c| cx.policy.client_value(c.ip())),
+            client: self.client.and_then(|c| cx.policy.client_value(c.ip())),
             ..Demand::default()
         };
         message.held = cx.policy.check(&[plan], &Demand::default(), &demand).await;
@@ -690,7 +690,7 @@ impl<'a> Decider<'a> {
         }
         Some(Demand {
             messages: 1,
-            client: client.map(|c| self.policy.client_value(c.ip())),
+            client: client.and_then(|c| self.policy.client_value(c.ip())),
             ..Demand::default()
         })
     }

@@ -31,6 +31,7 @@ use crate::policy::shared::{OpAnswer, OpKind, SharedCounters, SharedOp};
 use siphasher::sip::SipHasher13;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hasher;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
@@ -198,6 +199,25 @@ impl Counters {
 
     fn key(&self, s: &str) -> BucketKey {
         bucket_key(self.hasher.hash(s.as_bytes()))
+    }
+
+    /// The key of `parts` (each followed by a 0 byte), ASCII letters folded
+    /// to lower case, without allocating: for the values computed at every
+    /// RCPT. Each caller starts its parts with a tag of its own, so that the
+    /// kinds of value never collide by construction.
+    fn folded_key(&self, parts: &[&[u8]]) -> BucketKey {
+        let mut hasher = self.hasher;
+        let mut buf = [0u8; 64];
+        for part in parts {
+            for chunk in part.chunks(buf.len()) {
+                let folded = &mut buf[..chunk.len()];
+                folded.copy_from_slice(chunk);
+                folded.make_ascii_lowercase();
+                hasher.write(folded);
+            }
+            hasher.write_u8(0);
+        }
+        bucket_key(hasher.finish())
     }
 
     /// Gives an identity a fresh start: its own buckets in every rule are
@@ -933,10 +953,14 @@ impl Policy {
         }
     }
 
-    /// What a message from `client` adds to the sets of client addresses.
-    pub fn client_value(&self, client: std::net::IpAddr) -> u64 {
+    /// What a message from `client` adds to the sets of client addresses;
+    /// `None` (and nothing computed) while no rule counts them.
+    pub fn client_value(&self, client: std::net::IpAddr) -> Option<u64> {
+        if !self.rules.iter().any(|r| r.count == Counted::DistinctClientAddresses) {
+            return None;
+        }
         let key = identity::client_key(client, self.config.identity.client_ipv6_prefix);
-        self.counters.key(&format!("c:{key}"))
+        Some(self.counters.key(&format!("c:{key}")))
     }
 
     /// Whether any rule counts messages sent as a foreign domain (so the
@@ -947,11 +971,10 @@ impl Policy {
 
     /// A transaction's envelope as a client's retry repeats it: the
     /// envelope sender and the recipients in order (`rcpts` is the hash of
-    /// the recipients so far; start with 0).
+    /// the recipients so far; start with 0), ASCII case folded.
     pub fn envelope_value(&self, envelope_from: &[u8], rcpts: u64, rcpt: &[u8]) -> u64 {
-        let from = String::from_utf8_lossy(envelope_from).to_lowercase();
-        let rcpt = String::from_utf8_lossy(rcpt).to_lowercase();
-        self.counters.key(&format!("e:{from}\0{rcpts:016x}\0{rcpt}"))
+        self.counters
+            .folded_key(&[b"e", envelope_from, &rcpts.to_le_bytes(), rcpt])
     }
 
     /// Whether a transaction of `plan`'s identity with this envelope (see
@@ -984,9 +1007,7 @@ impl Policy {
     /// (alone or with others): the key of [`Policy::is_retry`] for the
     /// recipient's own attempt.
     pub fn recipient_retry_value(&self, envelope_from: &[u8], rcpt: &[u8]) -> u64 {
-        let from = String::from_utf8_lossy(envelope_from).to_lowercase();
-        let rcpt = String::from_utf8_lossy(rcpt).to_lowercase();
-        self.counters.key(&format!("t:{from}\0{rcpt}"))
+        self.counters.folded_key(&[b"t", envelope_from, rcpt])
     }
 
     /// Whether retries are told apart from new attempts: only while a lock
@@ -1988,7 +2009,7 @@ rates = {{ per-minute = \"1/1m\" }}
     /// One message through the stages as the session asks them: MAIL, each
     /// RCPT, end of message. Returns the most severe action, if any.
     fn send(p: &Policy, plan: &Plan, client: &str, to: &[&str], foreign: bool) -> Option<Action> {
-        let client = Some(p.client_value(client.parse().unwrap()));
+        let client = p.client_value(client.parse().unwrap());
         let mail = Demand {
             messages: 1,
             client,
@@ -2163,6 +2184,42 @@ action = "lock"
             None,
             "counted per login"
         );
+    }
+
+    #[test]
+    fn retry_keys_fold_case_only_and_client_values_need_a_rule() {
+        let f = fixture(
+            r#"
+[[rule]]
+name = "lock-messages"
+rate = "5/1h"
+action = "lock"
+"#,
+        );
+        let p = &f.policy;
+        // Longer than the 64-byte folding buffer, so chunks are folded too.
+        let long = format!("<{}@Example.ORG>", "Abc".repeat(40));
+        let from = b"<Bob@Example.org>";
+        let e = |from: &[u8], rcpt: &[u8]| p.envelope_value(from, 0, rcpt);
+        assert_eq!(
+            e(from, long.as_bytes()),
+            e(b"<bob@example.org>", long.to_ascii_lowercase().as_bytes())
+        );
+        assert_ne!(e(from, long.as_bytes()), e(from, long.replace("Abc", "Abd").as_bytes()));
+        // The recipients so far are part of the envelope; parts do not run
+        // into each other; an envelope is not a recipient's retry key.
+        let first = e(from, b"<a@y.example>");
+        assert_ne!(
+            p.envelope_value(from, first, b"<b@y.example>"),
+            e(from, b"<b@y.example>")
+        );
+        assert_ne!(e(b"<ab@y.example>", b"<c>"), e(b"<a", b"b@y.example><c>"));
+        assert_ne!(
+            e(from, b"<a@y.example>"),
+            p.recipient_retry_value(from, b"<a@y.example>")
+        );
+        // No distinct-client rule: nothing to compute.
+        assert_eq!(p.client_value("192.0.2.1".parse().unwrap()), None);
     }
 
     #[test]
