@@ -276,11 +276,7 @@ impl Session {
             Resolution::Unidentified => unidentified(),
             Resolution::Pending | Resolution::Conflict { .. } => return Verdict::Continue,
         };
-        let uncounted = cx.policy.bounce_uncounted(
-            &identity,
-            identity::is_null_sender(&message.envelope_from),
-            Door::of(self.client),
-        );
+        let uncounted = cx.policy.bounce_uncounted(&identity, bounce, Door::of(self.client));
         let plan = message.plan.insert(cx.policy.plan(identity, uncounted));
         message.lock = cx.lock_in_force(plan, self.client.map(|c| c.ip()));
         if message.lock.is_some() {
@@ -506,6 +502,7 @@ impl Session {
                 None => message.stamper = Some(login),
             }
         }
+        message.foreign = message.sent_as_foreign(cx.policy, &plan.identity);
         let plan = message.plan.insert(plan);
         message.lock = lock;
         if message.lock.is_some() {
@@ -515,10 +512,6 @@ impl Session {
                     .all(|r| cx.policy.may_write_while_locked(&plan.identity, r));
             return cx.locked(message, Stage::Eoh, message.support_only);
         }
-        let Some(plan) = &message.plan else {
-            return Verdict::Continue;
-        };
-        message.foreign = message.sent_as_foreign(cx.policy, &plan.identity);
         let Some(plan) = &message.plan else {
             return Verdict::Continue;
         };
