@@ -945,11 +945,17 @@ impl Policy {
     /// What recipient `rcpt` (as in RCPT TO) adds to the distinct sets.
     pub fn recipient_value(&self, rcpt: &[u8]) -> RecipientValue {
         let text = String::from_utf8_lossy(rcpt);
-        let address = text.trim().trim_start_matches('<').trim_end_matches('>').to_lowercase();
+        let address = text.trim().trim_start_matches('<').trim_end_matches('>');
+        // `folded_key` folds ASCII; only other letters need a lowercased copy.
+        let address: std::borrow::Cow<'_, str> = if address.is_ascii() {
+            address.into()
+        } else {
+            address.to_lowercase().into()
+        };
         let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
         RecipientValue {
-            address: self.counters.key(&format!("r:{address}")),
-            domain: self.counters.key(&format!("d:{domain}")),
+            address: self.counters.folded_key(&[b"r", address.as_bytes()]),
+            domain: self.counters.folded_key(&[b"d", domain.as_bytes()]),
         }
     }
 
@@ -2187,7 +2193,7 @@ action = "lock"
     }
 
     #[test]
-    fn retry_keys_fold_case_only_and_client_values_need_a_rule() {
+    fn hashed_values_fold_case_and_client_values_need_a_rule() {
         let f = fixture(
             r#"
 [[rule]]
@@ -2218,6 +2224,13 @@ action = "lock"
             e(from, b"<a@y.example>"),
             p.recipient_retry_value(from, b"<a@y.example>")
         );
+        // Recipient values fold case, ASCII or not, and ignore the brackets.
+        let r = |rcpt: &str| p.recipient_value(rcpt.as_bytes());
+        assert_eq!(r("<Zoë@Example.ORG>"), r("zoë@example.org"));
+        assert_eq!(r("<ZOË@x.example>"), r("<zoë@x.example>"));
+        assert_ne!(r("<zoe@x.example>").address, r("<zoë@x.example>").address);
+        assert_eq!(r("<a@X.example>").domain, r("<b@x.EXAMPLE>").domain);
+        assert_ne!(r("<a@x.example>").domain, r("<a@y.example>").domain);
         // No distinct-client rule: nothing to compute.
         assert_eq!(p.client_value("192.0.2.1".parse().unwrap()), None);
     }
