@@ -1221,7 +1221,7 @@ fn from_domains(value: &[u8]) -> Vec<String> {
 /// share one set of counters, so they cannot escape the limits.
 fn unidentified() -> Identity {
     Identity {
-        value: "unknown".into(),
+        value: crate::config::address::UNIDENTIFIED.into(),
         source: IdentitySource::ClientAddress,
     }
 }
