@@ -128,6 +128,11 @@ struct Message {
     /// would present it again (see [`Policy::recipient_retry_value`];
     /// bounded by [`MAX_RECIPIENT_VALUES`]).
     attempted: u32,
+    /// Of the recipients tried, those that were a client's retry of a
+    /// recipient refused with 4xx: when every one is, the transaction is
+    /// the retry of a partly deferred message (the rest of its recipients
+    /// were accepted before), not a new attempt.
+    retried: u32,
     recipient_keys: Vec<u64>,
     /// The envelope so far (see [`Policy::envelope_value`]).
     envelope: u64,
@@ -252,6 +257,7 @@ impl Session {
             notice,
             held: Vec::new(),
             attempted: 0,
+            retried: 0,
             recipient_keys: Vec::new(),
             envelope: 0,
             settled: false,
@@ -353,6 +359,7 @@ impl Session {
         let this: Vec<RecipientValue> = value.into_iter().collect();
         let with_this: Vec<RecipientValue> = message.recipient_values.iter().chain(&this).copied().collect();
         let attempt = if retry_key.is_some_and(|key| cx.policy.is_retry(plan, key)) {
+            message.retried += 1;
             Demand::default()
         } else {
             Demand {
@@ -702,7 +709,7 @@ impl<'a> Decider<'a> {
         message.settled = true;
         let mut trips = std::mem::take(&mut message.held);
         if let Some(plan) = &message.plan
-            && let Some(attempt) = self.message_attempt(plan, message.envelope, client)
+            && let Some(attempt) = self.message_attempt(plan, message, client)
         {
             trips.extend(self.policy.check(&[plan], &attempt, &Demand::default()).await);
         }
@@ -712,9 +719,15 @@ impl<'a> Decider<'a> {
     }
 
     /// One message's attempt, as the lock rules count it; `None` if it is a
-    /// client's retry of an envelope refused with 4xx (not counted again).
-    fn message_attempt(&self, plan: &Plan, envelope: u64, client: Option<SocketAddr>) -> Option<Demand<'static>> {
-        if self.policy.is_retry(plan, envelope) {
+    /// client's retry of an envelope refused with 4xx, or of recipients
+    /// each refused with 4xx before (the rest of a message accepted for its
+    /// other recipients): not counted again.
+    fn message_attempt(&self, plan: &Plan, message: &Message, client: Option<SocketAddr>) -> Option<Demand<'static>> {
+        if message.attempted > 0 && message.retried == message.attempted {
+            debug!(queue_id = self.queue_id, identity = %plan.identity, "a retry of recipients refused with 4xx: not counted again");
+            return None;
+        }
+        if self.policy.is_retry(plan, message.envelope) {
             debug!(queue_id = self.queue_id, identity = %plan.identity, "a retry of an envelope refused with 4xx: not counted again");
             return None;
         }
@@ -770,7 +783,7 @@ impl<'a> Decider<'a> {
         let Some(plan) = &message.plan else {
             return;
         };
-        let Some(attempt) = self.message_attempt(plan, message.envelope, client) else {
+        let Some(attempt) = self.message_attempt(plan, message, client) else {
             return;
         };
         let trips = self.policy.check(&[plan], &attempt, &Demand::default()).await;
@@ -1391,6 +1404,66 @@ action = "lock"
             "550"
         ));
         assert!(f.policy.lock_of("alice@example.com").is_some());
+    }
+
+    #[test]
+    fn the_retry_of_a_message_s_deferred_recipients_is_not_a_new_attempt() {
+        // A recipient throttle defers part of a message; the client's MTA
+        // sends the message to the rest and retries the deferred recipient
+        // alone, again and again, on its schedule.
+        let rules = r#"
+[identity]
+sources = ["auth", "client-address"]
+
+[[rule]]
+name = "recipients-per-minute"
+count = "recipients"
+rate = "2/1m"
+action = "tempfail"
+
+[[rule]]
+name = "lock-5"
+rate = "5/1h"
+action = "lock"
+"#;
+        let f = fixture_with(rules, "");
+        let mut s = f.session("192.0.2.1");
+        let login = Some(&b"alice@example.com"[..]);
+        assert_eq!(block_on(s.mail(b"<a@example.com>", login, "Q")), Verdict::Continue);
+        assert_eq!(block_on(s.rcpt(b"<x@example.net>", "Q")), Verdict::Continue);
+        assert_eq!(block_on(s.rcpt(b"<y@example.net>", "Q")), Verdict::Continue);
+        assert!(refused_with(&block_on(s.rcpt(b"<z@example.net>", "Q")), "451"));
+        assert_eq!(block_on(s.data("Q")), Verdict::Continue);
+        assert_eq!(block_on(s.eoh("Q")), Verdict::Continue);
+        assert_eq!(block_on(s.eom("Q")), Verdict::Continue);
+        s.abort();
+        for n in 0..8 {
+            let v = send(&mut s, "alice@example.com", &["<z@example.net>"]);
+            assert!(refused_with(&v, "451"), "retry {n}: {v:?}");
+        }
+        assert!(
+            f.policy.lock_of("alice@example.com").is_none(),
+            "locked by its own retries"
+        );
+        f.clock.advance(std::time::Duration::from_secs(61));
+        assert_eq!(
+            send(&mut s, "alice@example.com", &["<z@example.net>"]),
+            Verdict::Continue
+        );
+        // New messages are attempts: the first message and four more reach
+        // lock-5's five; the sixth attempt locks.
+        for rcpt in [
+            "<n1@example.net>",
+            "<n2@example.net>",
+            "<n3@example.net>",
+            "<n4@example.net>",
+        ] {
+            f.clock.advance(std::time::Duration::from_secs(31));
+            assert_eq!(send(&mut s, "alice@example.com", &[rcpt]), Verdict::Continue, "{rcpt}");
+        }
+        f.clock.advance(std::time::Duration::from_secs(31));
+        let sixth = send(&mut s, "alice@example.com", &["<n5@example.net>"]);
+        assert!(refused_with(&sixth, "550"), "{sixth:?}");
     }
 
     #[test]
