@@ -12,7 +12,7 @@
 //! the other backend Postfix sites use (a private Dovecot of the instance,
 //! see dovecot.rs).
 
-use crate::egress::MilterConfig;
+use crate::egress::{MilterConfig, poll_until};
 use crate::harness::skip_unless_live;
 use crate::scenarios::{Live, WAIT, assert_accepted, assert_refused, locked_text, message, password, throttled_text};
 use crate::smtp::{Envelope, SendOutcome, Stage};
@@ -268,7 +268,8 @@ fn every_spelling_dovecot_accepts_is_one_account() {
         &throttled_text("messages-per-hour", account),
     );
     // Dovecot looked each spelling up as the one entry and said so to
-    // Postfix, which logged (and gave the milter) only that name.
+    // Postfix, which logged (and gave the milter) only that name. Both logs
+    // are written by a process of their own, a moment after the reply.
     let replied = |spelling: &str| {
         let reply = format!("\tuser={account}\toriginal_user={spelling}");
         dovecot
@@ -277,24 +278,35 @@ fn every_spelling_dovecot_accepts_is_one_account() {
             .any(|l| l.contains("client passdb out: OK\t") && l.ends_with(&reply))
     };
     for spelling in ["alice", "ALICE@Example.com", "Alice"] {
-        assert!(replied(spelling), "{spelling}: {}", dovecot.log_tail(40));
+        assert!(
+            poll_until(WAIT, || replied(spelling)),
+            "{spelling}: {}",
+            dovecot.log_tail(40)
+        );
     }
-    let log = postfix.log();
     // smtpd's `client=..., sasl_method=PLAIN, sasl_username=...` line of
     // each queued message.
-    let logged: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("sasl_method="))
-        .filter_map(|l| l.split("sasl_username=").nth(1))
-        .map(|rest| rest.split([',', ' ']).next().unwrap_or(rest))
-        .collect();
-    assert_eq!(logged.len(), 4, "{}", postfix.log_tail(40));
-    assert!(logged.iter().all(|l| *l == account), "{logged:?}");
-    assert_eq!(
-        live.milter
+    let sasl_usernames = || -> Vec<String> {
+        postfix
+            .log()
+            .lines()
+            .filter(|l| l.contains("sasl_method="))
+            .filter_map(|l| l.split("sasl_username=").nth(1))
+            .map(|rest| rest.split([',', ' ']).next().unwrap_or(rest).to_string())
+            .collect()
+    };
+    assert!(
+        poll_until(WAIT, || sasl_usernames().len() == 4),
+        "{}",
+        postfix.log_tail(40)
+    );
+    assert_eq!(sasl_usernames(), [account; 4]);
+    assert!(
+        poll_until(WAIT, || live
+            .milter
             .log_lines(&["accepted", &format!("identity={account}")])
-            .len(),
-        3,
+            .len()
+            == 3),
         "{}",
         live.milter.log_tail(20)
     );
