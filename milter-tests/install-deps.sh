@@ -3,7 +3,8 @@
 # (milter-tests/live/) needs: Postfix, and the Cyrus SASL tools and plugins
 # used for AUTH on the private instances' submission port; then two test
 # users for the local-door test (see the local-door section); then Redis, for
-# the fleet scenarios (see the Redis section); then Sendmail, unpacked into
+# the fleet scenarios (see the Redis section); then Dovecot, for the Dovecot
+# SASL test (see the Dovecot section); then Sendmail, unpacked into
 # a private root (see the Sendmail section); then, for the package boot
 # test of milter-tests/package.sh, systemd-nspawn, debootstrap and a cached
 # minimal Debian root (see the last section); and Chromium with its
@@ -11,10 +12,11 @@
 #
 # Idempotent: exits 0 quickly when everything is already there. Must run as
 # root to install anything. Postfix is installed non-interactively ("No
-# configuration") and Redis as it comes, both with a temporary
+# configuration"), Redis and Dovecot as they come, all with a temporary
 # /usr/sbin/policy-rc.d that forbids starting services, so the install never
-# starts a system-wide Postfix that would hold port 25 nor a system Redis
-# on port 6379; that file is removed again on every exit path.
+# starts a system-wide Postfix that would hold port 25, a system Redis on
+# port 6379 nor a system Dovecot on the IMAP and POP3 ports; that file is
+# removed again on every exit path.
 #
 # Usage: bash milter-tests/install-deps.sh [all|boot]
 #   all (the default): everything; boot: only what the package boot test needs.
@@ -245,6 +247,84 @@ disable_system_redis() {
             "/etc/init.d/$svc" stop >/dev/null 2>&1 || true
         fi
     done
+}
+
+# ---------------------------------------------------------------- Dovecot
+# For the Dovecot SASL test of milter-tests/live/trust.rs: the test starts
+# its own dovecot (dovecot -F -c FILE, a configuration in the Postfix
+# instance's directory, no protocol but auth), so only the binaries, the
+# users dovecot and dovenull the package creates and its default
+# configuration (which its postinst writes; the test does not read it) are
+# needed. The install runs under the temporary policy-rc.d (nothing
+# starts); then the system Dovecot, which would listen on the IMAP and POP3
+# ports, is disabled for the next boot and stopped should a policy-rc.d of
+# the machine's own have let it start. A dovecot-core installed before is
+# the admin's and left as it is. Its postinst makes a self-signed
+# certificate (ssl-cert): harmless, the test's dovecot runs with ssl = no.
+dovecot_packages=(dovecot-core)
+
+install_dovecot() {
+    local missing=() pkg
+    for pkg in "${dovecot_packages[@]}"; do
+        installed "$pkg" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        say "already installed: ${dovecot_packages[*]}"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        say "must run as root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    say "missing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+
+    forbid_service_starts
+    local candidate
+    candidate=$(apt-cache policy dovecot-core 2>/dev/null || true)
+    if [[ "$candidate" != *"Candidate: "[0-9]* ]]; then
+        say "apt-get update"
+        apt-get update -q
+    fi
+    say "apt-get install ${missing[*]} (for the Dovecot SASL test)"
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+    allow_service_starts
+
+    disable_system_dovecot
+    if [ ! -x /usr/sbin/dovecot ]; then
+        say "error: /usr/sbin/dovecot is missing after the install" >&2
+        exit 1
+    fi
+    local user
+    for user in dovecot dovenull; do
+        if ! id "$user" >/dev/null 2>&1; then
+            say "error: the user $user (made by dovecot-core's postinst) is missing" >&2
+            exit 1
+        fi
+    done
+}
+
+# The system Dovecot the package sets up (dovecot.service and its socket
+# units, or the init script): not started at boot, not running.
+disable_system_dovecot() {
+    local unit
+    if command -v deb-systemd-helper >/dev/null; then
+        for unit in dovecot.service dovecot.socket; do
+            if [ -e "/lib/systemd/system/$unit" ]; then
+                say "disabling $unit (the test runs its own dovecot)"
+                deb-systemd-helper disable "$unit" >/dev/null 2>&1 || true
+            fi
+        done
+    fi
+    if [ -e /etc/init.d/dovecot ] && command -v update-rc.d >/dev/null; then
+        update-rc.d dovecot disable >/dev/null 2>&1 || true
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl stop dovecot.socket dovecot.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/dovecot ] && /etc/init.d/dovecot status >/dev/null 2>&1; then
+        say "stopping the system dovecot the package started"
+        /etc/init.d/dovecot stop >/dev/null 2>&1 || true
+    fi
 }
 
 # --------------------------------------------------------------- Sendmail
@@ -538,6 +618,7 @@ all)
     install_postfix
     install_local_door
     install_redis
+    install_dovecot
     install_chromium
     install_sendmail
     install_boot_root

@@ -9,6 +9,7 @@
 
 mod desk;
 mod detection;
+mod dovecot;
 mod egress;
 mod fleet;
 mod harness;

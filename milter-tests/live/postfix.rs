@@ -11,6 +11,9 @@
 //! DIR/etc/main.cf, master.cf      written here; `postfix -c DIR/etc ...`
 //! DIR/etc/sasl/smtpd.conf         Cyrus SASL config of the submission port
 //! DIR/etc/sasl/sasldb2            its users (saslpasswd2 -f)
+//! DIR/dovecot/                    with `.dovecot_sasl(..)` instead: a private
+//!                                 Dovecot for SASL (see crate::dovecot), its
+//!                                 socket at DIR/spool/private/auth
 //! DIR/spool/                      queue_directory (hold, deferred, ...)
 //! DIR/data/                       data_directory (created by Postfix)
 //! DIR/maillog                     maillog_file, written by postlogd
@@ -23,6 +26,8 @@
 //!
 //! * the **submission** port: AUTH PLAIN/LOGIN against the sasldb users
 //!   (logins `user@domain`), no TLS, relay only for authenticated clients.
+//!   With [`PostfixOptions::dovecot_sasl`] the same users are checked by a
+//!   private Dovecot instead (`smtpd_sasl_type = dovecot`).
 //!   `{auth_authen}` reaches the milter (Postfix's default
 //!   `milter_mail_macros`, also set by `conf/postfix/main.cf.milter`).
 //! * the **relay** port: no AUTH; relay only for `mynetworks = 127.0.0.2/32`.
@@ -44,6 +49,7 @@
 
 #![allow(dead_code)] // harness API: not every helper is used by every test
 
+use crate::dovecot::{DOVECOT, DOVECOT_USERS, DovecotAuth};
 use crate::egress::{poll_until, read_lossy, tail};
 use std::fs;
 use std::io::{self, Write};
@@ -115,6 +121,9 @@ pub struct PostfixOptions {
     pub relay_overrides: Vec<String>,
     /// The pickup stamp of `conf/postfix/master.cf.local-submission`.
     pub local_submission: bool,
+    /// SASL through a private Dovecot with this `auth_default_realm`
+    /// instead of Cyrus sasldb (`None`, the default).
+    pub dovecot_realm: Option<String>,
 }
 
 impl PostfixOptions {
@@ -133,7 +142,8 @@ impl PostfixOptions {
         self
     }
 
-    /// Adds a SASL user; `login` must be `user@domain`.
+    /// Adds a SASL user; `login` must be `user@domain`. Cyrus's sasldb or,
+    /// with [`Self::dovecot_sasl`], Dovecot's passwd-file holds it.
     pub fn user(mut self, login: &str, password: &str) -> PostfixOptions {
         self.sasl_users.push((login.to_string(), password.to_string()));
         self
@@ -163,6 +173,17 @@ impl PostfixOptions {
     /// table in the instance's `etc/`.
     pub fn local_submission(mut self) -> PostfixOptions {
         self.local_submission = true;
+        self
+    }
+
+    /// SASL by a private Dovecot (crate::dovecot) instead of Cyrus: the
+    /// users of [`Self::user`] in its passwd-file, `auth_default_realm =
+    /// default_realm`, `auth_username_format = %Lu`, and in main.cf
+    /// `smtpd_sasl_type = dovecot`, `smtpd_sasl_path = private/auth` (its
+    /// socket in this instance's queue directory, as Postfix's SASL_README
+    /// sets it up).
+    pub fn dovecot_sasl(mut self, default_realm: &str) -> PostfixOptions {
+        self.dovecot_realm = Some(default_realm.to_string());
         self
     }
 }
@@ -201,6 +222,7 @@ pub struct PostfixInstance {
     relay_port: u16,
     master_pid: Option<u32>,
     running: bool,
+    dovecot: Option<DovecotAuth>,
 }
 
 impl PostfixInstance {
@@ -222,8 +244,12 @@ impl PostfixInstance {
             relay_port: 0,
             master_pid: None,
             running: false,
+            dovecot: None,
         };
-        instance.write_sasl(&opts.sasl_users)?;
+        match &opts.dovecot_realm {
+            None => instance.write_sasl(&opts.sasl_users)?,
+            Some(realm) => instance.start_dovecot(&opts.sasl_users, realm)?,
+        }
 
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -287,6 +313,11 @@ impl PostfixInstance {
     /// The port of the relay service (trusts 127.0.0.2) on 127.0.0.1.
     pub fn relay_port(&self) -> u16 {
         self.relay_port
+    }
+
+    /// The private Dovecot of an instance with [`PostfixOptions::dovecot_sasl`].
+    pub fn dovecot(&self) -> Option<&DovecotAuth> {
+        self.dovecot.as_ref()
     }
 
     /// The PID of the running master process (from `spool/pid/master.pid`),
@@ -554,6 +585,23 @@ impl PostfixInstance {
         Ok(())
     }
 
+    /// Starts the private Dovecot with its auth socket at
+    /// `spool/private/auth`. The `private/` directory is made here as
+    /// `postfix start` would make it (owner `postfix`, mode 0700), so that
+    /// the socket is there before smtpd's first AUTH.
+    fn start_dovecot(&mut self, users: &[(String, String)], realm: &str) -> io::Result<()> {
+        let private = self.queue_dir().join("private");
+        fs::create_dir_all(&private)?;
+        let postfix = nix::unistd::User::from_name("postfix")
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no user postfix"))?;
+        std::os::unix::fs::chown(&private, Some(postfix.uid.as_raw()), Some(postfix.gid.as_raw()))?;
+        fs::set_permissions(&private, fs::Permissions::from_mode(0o700))?;
+        let dovecot = DovecotAuth::start(&self.root.join("dovecot"), &private.join("auth"), users, realm)?;
+        self.dovecot = Some(dovecot);
+        Ok(())
+    }
+
     fn write_config(&self, opts: &PostfixOptions) -> io::Result<()> {
         let etc = self.config_dir();
         fs::write(etc.join("main.cf"), main_cf(&self.root, opts)?)?;
@@ -579,6 +627,8 @@ impl Drop for PostfixInstance {
             );
         }
         self.abort_and_wait();
+        // After smtpd is gone; prints its log too on a panic.
+        drop(self.dovecot.take());
         if std::env::var("EGRESS_MILTER_LIVE_KEEP").is_ok_and(|v| v == "1")
             && let Some(dir) = self.dir.take()
         {
@@ -598,11 +648,27 @@ fn preflight(opts: &PostfixOptions) -> io::Result<()> {
             ));
         }
     }
-    if !opts.sasl_users.is_empty() && !Path::new(SBIN).join("saslpasswd2").exists() {
+    if !opts.sasl_users.is_empty() && opts.dovecot_realm.is_none() && !Path::new(SBIN).join("saslpasswd2").exists() {
         return Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!("{SBIN}/saslpasswd2 not found: {hint}"),
         ));
+    }
+    if opts.dovecot_realm.is_some() {
+        if !Path::new(DOVECOT).exists() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{DOVECOT} not found (package dovecot-core): {hint}"),
+            ));
+        }
+        for user in DOVECOT_USERS {
+            if nix::unistd::User::from_name(user).ok().flatten().is_none() {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no user {user} (dovecot-core's postinst makes it): {hint}"),
+                ));
+            }
+        }
     }
     if effective_uid()? != 0 {
         return Err(io::Error::new(
@@ -646,13 +712,7 @@ relayhost = [127.0.0.1]:{sink}
 smtp_dns_support_level = disabled
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
-# Cyrus SASL with a sasldb of the instance (see etc/sasl/smtpd.conf).
-smtpd_sasl_type = cyrus
-smtpd_sasl_path = smtpd
-cyrus_sasl_config_path = {root}/etc/sasl
-# Empty: logins are user@domain and that realm is looked up as given.
-smtpd_sasl_local_domain =
-smtpd_sasl_security_options = noanonymous
+{sasl}smtpd_sasl_security_options = noanonymous
 # Tests provoke many refusals: no tarpitting, no error-count disconnects.
 smtpd_error_sleep_time = 0
 smtpd_soft_error_limit = 1000
@@ -663,6 +723,26 @@ biff = no
 ",
         trusted = TRUSTED_UPSTREAM,
         sink = opts.sink_port,
+        sasl = match &opts.dovecot_realm {
+            None => format!(
+                "\
+# Cyrus SASL with a sasldb of the instance (see etc/sasl/smtpd.conf).
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+cyrus_sasl_config_path = {root}/etc/sasl
+# Empty: logins are user@domain and that realm is looked up as given.
+smtpd_sasl_local_domain =
+"
+            ),
+            Some(realm) => format!(
+                "\
+# Dovecot SASL: the instance's private Dovecot (dovecot/dovecot.conf,
+# auth_default_realm = {realm}), its socket relative to queue_directory.
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = private/auth
+"
+            ),
+        },
     );
     if let Some(socket) = &opts.milter {
         cf.push_str("\n# --- conf/postfix/main.cf.milter, socket replaced ---\n");
@@ -1295,6 +1375,19 @@ mod tests {
             "{cf}"
         );
         assert!(cf.ends_with("\nmilter_default_action=accept\n"), "{cf}");
+    }
+
+    #[test]
+    fn dovecot_sasl_replaces_the_cyrus_lines() {
+        let cyrus = main_cf(Path::new("/x"), &PostfixOptions::new(1)).expect("main.cf");
+        assert!(cyrus.contains("\nsmtpd_sasl_type = cyrus\n"), "{cyrus}");
+        let dovecot = main_cf(Path::new("/x"), &PostfixOptions::new(1).dovecot_sasl("example.com")).expect("main.cf");
+        assert!(
+            dovecot.contains("\nsmtpd_sasl_type = dovecot\nsmtpd_sasl_path = private/auth\n"),
+            "{dovecot}"
+        );
+        assert!(!dovecot.contains("cyrus"), "{dovecot}");
+        assert!(!dovecot.contains("smtpd_sasl_local_domain"), "{dovecot}");
     }
 
     #[test]

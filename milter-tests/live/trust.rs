@@ -8,9 +8,11 @@
 //! network who stamps the identity header. Each failed before its fix
 //! (0b4637d, 9ea4c1f): the locked account got its mail out as
 //! `mallory@realm`, and the user sent under invented identities and got a
-//! colleague locked.
+//! colleague locked. The first proof is made again through Dovecot SASL,
+//! the other backend Postfix sites use (a private Dovecot of the instance,
+//! see dovecot.rs).
 
-use crate::egress::MilterConfig;
+use crate::egress::{MilterConfig, poll_until};
 use crate::harness::skip_unless_live;
 use crate::scenarios::{Live, WAIT, assert_accepted, assert_refused, locked_text, message, password, throttled_text};
 use crate::smtp::{Envelope, SendOutcome, Stage};
@@ -222,5 +224,117 @@ fn the_bare_login_and_the_login_in_cyrus_default_realm_are_one_account() {
         "4.7.1",
         &throttled_text("messages-per-hour", "dave@example.com"),
     );
+    live.assert_all_delivered(3);
+}
+
+/// The same proof through Dovecot SASL (`smtpd_sasl_type = dovecot`), the
+/// other backend Postfix sites use: a private Dovecot whose passwd-file
+/// holds `alice@example.com`, with `auth_default_realm = example.com` and
+/// `auth_username_format = %Lu`, takes `alice`, `alice@example.com` and
+/// `ALICE@Example.com` (not `alice@mail.example.com`).
+///
+/// Unlike Cyrus, Dovecot canonicalises: its OK reply carries the user name
+/// it looked up (`OK 1 user=alice@example.com original_user=ALICE@Example.com`
+/// in its log), and Postfix takes that as the login, so it logs
+/// `sasl_username=alice@example.com` and hands the milter `{auth_authen}` =
+/// `alice@example.com` whatever the client typed. The milter sees one
+/// spelling here; the test asserts that, and that counting and the lock
+/// are one account across every spelling either way. The lock is written
+/// as the admin types it, `ALICE`: `default_realm` makes that
+/// `alice@example.com` too.
+#[test]
+fn every_spelling_dovecot_accepts_is_one_account() {
+    if skip_unless_live() {
+        return;
+    }
+    let account = "alice@example.com";
+    let config = MilterConfig::fixture("small-limits.toml").set("identity.default_realm", "example.com");
+    let live = Live::start_with(config, |o| o.dovecot_sasl("example.com"));
+    let postfix = &live.mta.postfix;
+    let dovecot = postfix.dovecot().expect("the instance's Dovecot");
+    assert_eq!(postfix.postconf("smtpd_sasl_type").expect("postconf"), "dovecot");
+
+    // Three messages under three spellings: alice's hourly three.
+    let spellings = ["alice", "ALICE@Example.com", account];
+    for (i, spelling) in spellings.iter().enumerate() {
+        let outcome = as_spelling(&live, spelling, account, &format!("alice-{i}"));
+        assert_eq!(outcome.refused_at(), None, "{spelling}: {}", outcome.transcript);
+    }
+    assert_refused(
+        &as_spelling(&live, "Alice", account, "alice-3"),
+        Stage::Data,
+        451,
+        "4.7.1",
+        &throttled_text("messages-per-hour", account),
+    );
+    // Dovecot looked each spelling up as the one entry and said so to
+    // Postfix, which logged (and gave the milter) only that name. Both logs
+    // are written by a process of their own, a moment after the reply.
+    let replied = |spelling: &str| {
+        let reply = format!("\tuser={account}\toriginal_user={spelling}");
+        dovecot
+            .log()
+            .lines()
+            .any(|l| l.contains("client passdb out: OK\t") && l.ends_with(&reply))
+    };
+    for spelling in ["alice", "ALICE@Example.com", "Alice"] {
+        assert!(
+            poll_until(WAIT, || replied(spelling)),
+            "{spelling}: {}",
+            dovecot.log_tail(40)
+        );
+    }
+    // smtpd's `client=..., sasl_method=PLAIN, sasl_username=...` line of
+    // each queued message.
+    let sasl_usernames = || -> Vec<String> {
+        postfix
+            .log()
+            .lines()
+            .filter(|l| l.contains("sasl_method="))
+            .filter_map(|l| l.split("sasl_username=").nth(1))
+            .map(|rest| rest.split([',', ' ']).next().unwrap_or(rest).to_string())
+            .collect()
+    };
+    assert!(
+        poll_until(WAIT, || sasl_usernames().len() == 4),
+        "{}",
+        postfix.log_tail(40)
+    );
+    assert_eq!(sasl_usernames(), [account; 4]);
+    assert!(
+        poll_until(WAIT, || live
+            .milter
+            .log_lines(&["accepted", &format!("identity={account}")])
+            .len()
+            == 3),
+        "{}",
+        live.milter.log_tail(20)
+    );
+
+    // The admin locks ALICE; every spelling Dovecot accepts is refused.
+    let out = live
+        .milter
+        .cli(&["locks", "add", "ALICE", "--reason", "phished, ticket 4712"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        live.milter.wait_for_lock(account, WAIT).is_some(),
+        "{:?}",
+        live.milter.locks()
+    );
+    assert!(
+        live.milter.wait_for_log(&["lock list reloaded", account], WAIT),
+        "{}",
+        live.milter.log_tail(20)
+    );
+    let mut authenticated = Vec::new();
+    for spelling in ["alice", account, "ALICE@Example.com", "Alice", "alice@mail.example.com"] {
+        let outcome = as_spelling(&live, spelling, account, "alice-locked");
+        if outcome.refused_at() == Some(Stage::Auth) {
+            continue;
+        }
+        authenticated.push(spelling);
+        assert_refused(&outcome, Stage::RcptTo, 550, "5.7.1", &locked_text(account));
+    }
+    assert_eq!(authenticated, ["alice", account, "ALICE@Example.com", "Alice"]);
     live.assert_all_delivered(3);
 }
