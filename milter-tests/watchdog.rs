@@ -199,3 +199,67 @@ async fn max_connections_reached_is_logged_once_and_waiting_connections_go_on_in
     let log = p.log_text();
     assert_eq!(log.matches("max_connections reached").count(), 1, "{log}");
 }
+
+/// Reads replies until one that answers the command (header changes and
+/// the like come before it at the end of a message).
+async fn read_final(s: &mut TcpStream) -> u8 {
+    loop {
+        let (kind, _) = read_packet(s).await;
+        if b"acdrstyO".contains(&kind) {
+            return kind;
+        }
+    }
+}
+
+/// MAIL, RCPT and DATA on a session, each answered with continue.
+async fn up_to_data(s: &mut TcpStream) {
+    s.write_all(&packet(b'D', b"M{auth_authen}\0alice@example.com\0"))
+        .await
+        .unwrap();
+    s.write_all(&packet(b'M', b"<alice@example.com>\0")).await.unwrap();
+    assert_eq!(read_packet(s).await.0, b'c', "MAIL");
+    s.write_all(&packet(b'R', b"<friend@example.net>\0")).await.unwrap();
+    assert_eq!(read_packet(s).await.0, b'c', "RCPT");
+    s.write_all(&packet(b'T', b"")).await.unwrap();
+    assert_eq!(read_packet(s).await.0, b'c', "DATA");
+}
+
+#[tokio::test]
+async fn a_message_upload_may_be_silent_longer_than_idle_timeout_but_not_than_data_idle_timeout() {
+    let (p, _dir) = start("read_timeout = \"1s\"\nidle_timeout = \"1s\"\ndata_idle_timeout = \"3s\"").await;
+    // The client uploads its message for 2 s (longer than idle_timeout):
+    // Postfix sends nothing until it has all of it. The session goes on.
+    let mut s = open_session(p.addr).await;
+    up_to_data(&mut s).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.write_all(&packet(b'L', b"Subject\0hello\0")).await.unwrap();
+    s.write_all(&packet(b'N', b"")).await.unwrap();
+    assert_eq!(read_final(&mut s).await, b'c', "end of headers after the upload");
+    s.write_all(&packet(b'E', b"")).await.unwrap();
+    assert!(
+        matches!(read_final(&mut s).await, b'c' | b'a'),
+        "the message is accepted"
+    );
+    // The message is over: between commands, idle_timeout again.
+    let took = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2800),
+        "{took:?}"
+    );
+    let line = log_line(&p, "no command from the MTA within idle_timeout").await;
+    assert!(
+        line.contains("idle_timeout=\"1s\"") && line.contains("last_command=\"E\""),
+        "{line}"
+    );
+
+    // Silent in the DATA phase for longer than data_idle_timeout: closed.
+    let mut s = open_session(p.addr).await;
+    up_to_data(&mut s).await;
+    let took = closed_within(&mut s, Duration::from_secs(8)).await;
+    assert!(took >= Duration::from_millis(2800), "{took:?}");
+    let line = log_line(&p, "no command from the MTA within data_idle_timeout").await;
+    assert!(
+        line.contains("data_idle_timeout=\"3s\"") && line.contains("last_command=\"T\""),
+        "{line}"
+    );
+}

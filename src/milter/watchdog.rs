@@ -23,7 +23,10 @@
 //! - the MTA has not negotiated `read_timeout` after the session started,
 //!   has not finished a packet `read_timeout` after its first byte, or does
 //!   not take our reply within `read_timeout`;
-//! - a negotiated connection has sent nothing for `idle_timeout`;
+//! - a negotiated connection has sent nothing for `idle_timeout` between
+//!   SMTP commands, or for `data_idle_timeout` from DATA to the end of the
+//!   message, while the client uploads it (the MTA sends the headers and
+//!   body only once it has all of it);
 //! - indymilter asks for the next command without having answered one that
 //!   needs an answer (it dropped it as out of order);
 //! - a packet announces more than indymilter accepts.
@@ -61,14 +64,24 @@ pub const MAX_PAYLOAD: u32 = 1024 * 1024 - 1;
 /// progress) come before one of these at the end of a message.
 const FINAL_REPLIES: &[u8] = b"acdrstyO";
 
+/// Replies that refuse a command: to DATA, the MTA refuses the client's
+/// DATA, and no message follows.
+const REFUSALS: &[u8] = b"rty";
+
+/// The milter protocol version from which the MTA sends DATA (Postfix's
+/// `milter8.c`: `SMFIP_NODATA` is a version 4 event).
+const DATA_SINCE_VERSION: u32 = 4;
+
 /// How long the MTA may take, from `Config`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// To negotiate after the session starts, to finish a packet once begun,
     /// and to take a reply of ours.
     pub read: Duration,
-    /// Between packets, once negotiated.
+    /// Between packets, once negotiated, outside a message's DATA phase.
     pub idle: Duration,
+    /// Between packets from DATA to the end of the message.
+    pub data_idle: Duration,
 }
 
 impl Timeouts {
@@ -76,6 +89,7 @@ impl Timeouts {
         Self {
             read: config.read_timeout.0,
             idle: config.idle_timeout.0,
+            data_idle: config.data_idle_timeout(),
         }
     }
 
@@ -83,7 +97,7 @@ impl Timeouts {
     /// the moment it asks for the next command: longer than an idle wait
     /// plus a packet, so that it never fires before ours (which log why).
     pub fn backstop(&self) -> Duration {
-        self.idle + self.read + Duration::from_secs(5)
+        self.idle.max(self.data_idle) + self.read + Duration::from_secs(5)
     }
 }
 
@@ -132,6 +146,7 @@ enum Reason {
     Negotiation,
     Packet,
     Idle,
+    DataIdle,
     Write,
     OutOfOrder,
     Oversized(u32),
@@ -145,6 +160,7 @@ struct Logs {
     negotiation: Throttle,
     packet: Throttle,
     idle: Throttle,
+    data_idle: Throttle,
     write: Throttle,
     out_of_order: Throttle,
     oversized: Throttle,
@@ -158,6 +174,7 @@ impl Default for Logs {
             negotiation: Throttle::new(LOG_INTERVAL),
             packet: Throttle::new(LOG_INTERVAL),
             idle: Throttle::new(LOG_INTERVAL),
+            data_idle: Throttle::new(LOG_INTERVAL),
             write: Throttle::new(LOG_INTERVAL),
             out_of_order: Throttle::new(LOG_INTERVAL),
             oversized: Throttle::new(LOG_INTERVAL),
@@ -171,6 +188,7 @@ impl Logs {
             Reason::Negotiation => &self.negotiation,
             Reason::Packet => &self.packet,
             Reason::Idle => &self.idle,
+            Reason::DataIdle => &self.data_idle,
             Reason::Write => &self.write,
             Reason::OutOfOrder => &self.out_of_order,
             Reason::Oversized(_) => &self.oversized,
@@ -406,6 +424,13 @@ pub struct Watched<S> {
     owed: u32,
     /// The stages whose replies the negotiation turned off.
     noreply: ProtoOpts,
+    /// The MTA sends DATA (protocol version 4 or later, and not turned off
+    /// by the negotiation); otherwise a message's upload follows its last
+    /// RCPT.
+    data_command: bool,
+    /// From DATA (or the first RCPT, without DATA) to the end of the
+    /// message: the client uploads it, and `data_idle_timeout` applies.
+    in_data: bool,
     /// The last two commands read, for log lines.
     last: Option<u8>,
     before_last: Option<u8>,
@@ -430,6 +455,8 @@ impl<S> Watched<S> {
             write_timer: None,
             owed: 0,
             noreply: ProtoOpts::empty(),
+            data_command: true,
+            in_data: false,
             last: None,
             before_last: None,
         }
@@ -448,6 +475,14 @@ impl<S: Peer> Watched<S> {
                 self.negotiated |= kind == b'O';
                 if needs_reply(kind, self.noreply) {
                     self.owed += 1;
+                }
+                match kind {
+                    b'T' => self.in_data = true,
+                    b'R' if !self.data_command => self.in_data = true,
+                    // The end of the message, an abort, a new transaction
+                    // or session.
+                    b'E' | b'A' | b'M' | b'Q' | b'K' => self.in_data = false,
+                    _ => {}
                 }
                 self.before_last = self.last.replace(kind);
             }
@@ -468,12 +503,19 @@ impl<S: Peer> Watched<S> {
             if let Frame::Packet { kind, head } = frame {
                 if FINAL_REPLIES.contains(&kind) {
                     self.owed = self.owed.saturating_sub(1);
+                    // DATA refused: no message follows.
+                    if self.last == Some(b'T') && REFUSALS.contains(&kind) {
+                        self.in_data = false;
+                    }
                 }
                 // Our negotiation reply: version, actions, options.
                 if kind == b'O'
-                    && let Some(&[a, b, c, d]) = head.get(8..12)
+                    && let Some(&[v1, v2, v3, v4, _, _, _, _, a, b, c, d]) = head.get(..12)
                 {
-                    self.noreply = ProtoOpts::from_bits_truncate(u32::from_be_bytes([a, b, c, d]));
+                    let opts = ProtoOpts::from_bits_truncate(u32::from_be_bytes([a, b, c, d]));
+                    self.noreply = opts;
+                    self.data_command = u32::from_be_bytes([v1, v2, v3, v4]) >= DATA_SINCE_VERSION
+                        && !opts.contains(ProtoOpts::NO_DATA);
                 }
             }
         });
@@ -507,6 +549,13 @@ impl<S: Peer> Watched<S> {
                     last_command = last,
                     closed,
                     "closing a milter connection: no command from the MTA within idle_timeout"
+                ),
+                Reason::DataIdle => warn!(
+                    peer,
+                    data_idle_timeout = format_duration(self.timeouts.data_idle).as_str(),
+                    last_command = last,
+                    closed,
+                    "closing a milter connection: no command from the MTA within data_idle_timeout, in a message's DATA phase"
                 ),
                 Reason::Write => warn!(
                     peer,
@@ -543,7 +592,11 @@ impl<S: Peer> Watched<S> {
             (after(self.packet_started, self.timeouts.read), Reason::Packet)
         } else {
             let since = *self.idle_since.get_or_insert_with(Instant::now);
-            (after(since, self.timeouts.idle), Reason::Idle)
+            if self.in_data {
+                (after(since, self.timeouts.data_idle), Reason::DataIdle)
+            } else {
+                (after(since, self.timeouts.idle), Reason::Idle)
+            }
         };
         if poll_timer(&mut self.read_timer, deadline, cx).is_ready() {
             return Poll::Ready(Err(self.close(reason)));
@@ -759,7 +812,8 @@ mod tests {
 
     const TIMEOUTS: Timeouts = Timeouts {
         read: Duration::from_secs(10),
-        idle: Duration::from_secs(3600),
+        idle: Duration::from_secs(600),
+        data_idle: Duration::from_secs(3600),
     };
 
     #[tokio::test(start_paused = true)]
@@ -838,5 +892,83 @@ mod tests {
         assert_eq!(w.read(&mut buf).await.unwrap(), 11);
         let e = w.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// Our negotiation reply, version 6, with these options.
+    fn optneg_reply(opts: ProtoOpts) -> Vec<u8> {
+        packet(b'O', &[6, 0, opts.bits()].map(u32::to_be_bytes).concat())
+    }
+
+    /// A connection that has negotiated `opts`.
+    async fn negotiated(opts: ProtoOpts) -> (Watched<Duplex>, tokio::io::DuplexStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut w, mut mta) = watched(TIMEOUTS);
+        let mut buf = [0; 64];
+        mta.write_all(&packet(b'O', &[0; 12])).await.unwrap();
+        assert_eq!(w.read(&mut buf).await.unwrap(), 17);
+        w.write_all(&optneg_reply(opts)).await.unwrap();
+        (w, mta)
+    }
+
+    /// The MTA sends `kind`; we answer `reply` if given. Returns how long the
+    /// next wait for the MTA lasts before the watchdog closes it.
+    async fn silence_after(
+        w: &mut Watched<Duplex>,
+        mta: &mut tokio::io::DuplexStream,
+        sent: &[(u8, Option<u8>)],
+    ) -> Duration {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0; 64];
+        for &(kind, reply) in sent {
+            let p = packet(kind, b"x\0");
+            mta.write_all(&p).await.unwrap();
+            assert_eq!(w.read(&mut buf).await.unwrap(), p.len());
+            if let Some(r) = reply {
+                w.write_all(&packet(r, b"")).await.unwrap();
+                let mut reply = [0; 5];
+                mta.read_exact(&mut reply).await.unwrap();
+            }
+        }
+        let silent = Instant::now();
+        let e = w.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        silent.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upload_of_a_message_has_data_idle_timeout_and_the_rest_idle_timeout() {
+        let none = ProtoOpts::empty();
+        let c = Some(b'c');
+        // Between commands: idle_timeout.
+        let (mut w, mut mta) = negotiated(none).await;
+        assert_eq!(
+            silence_after(&mut w, &mut mta, &[(b'M', c), (b'R', c)]).await,
+            TIMEOUTS.idle
+        );
+        // After DATA, while the client uploads: data_idle_timeout.
+        let (mut w, mut mta) = negotiated(none).await;
+        let data = [(b'M', c), (b'R', c), (b'T', c)];
+        assert_eq!(silence_after(&mut w, &mut mta, &data).await, TIMEOUTS.data_idle);
+        // Also between the headers (other milters take their turns).
+        let (mut w, mut mta) = negotiated(none).await;
+        let headers = [(b'M', c), (b'R', c), (b'T', c), (b'L', c)];
+        assert_eq!(silence_after(&mut w, &mut mta, &headers).await, TIMEOUTS.data_idle);
+        // The message is over: idle_timeout again.
+        let (mut w, mut mta) = negotiated(none).await;
+        let done = [(b'M', c), (b'R', c), (b'T', c), (b'N', c), (b'E', c)];
+        assert_eq!(silence_after(&mut w, &mut mta, &done).await, TIMEOUTS.idle);
+        let (mut w, mut mta) = negotiated(none).await;
+        let aborted = [(b'M', c), (b'R', c), (b'T', c), (b'A', None)];
+        assert_eq!(silence_after(&mut w, &mut mta, &aborted).await, TIMEOUTS.idle);
+        // DATA refused: no upload follows.
+        let (mut w, mut mta) = negotiated(none).await;
+        let refused = [(b'M', c), (b'R', c), (b'T', Some(b't'))];
+        assert_eq!(silence_after(&mut w, &mut mta, &refused).await, TIMEOUTS.idle);
+        // Without DATA in the protocol, the upload follows the recipients.
+        let (mut w, mut mta) = negotiated(ProtoOpts::NO_DATA).await;
+        assert_eq!(
+            silence_after(&mut w, &mut mta, &[(b'M', c), (b'R', c)]).await,
+            TIMEOUTS.data_idle
+        );
     }
 }
