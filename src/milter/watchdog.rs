@@ -15,11 +15,15 @@
 //! All of this is traced at `trace` level only.
 //!
 //! [`Guard`] wraps the listener. It keeps the real count of open connections
-//! (indymilter is given one slot more), so it holds the first connection
-//! that has to wait for a slot and can say so in the log. Each stream it
-//! hands out is [`Watched`]: it follows the milter framing in both directions
-//! (a 4-byte length, then a command or reply byte and its payload) and ends
-//! the session with an I/O error, logged, when
+//! (indymilter is given one slot more). When every slot is taken it still
+//! accepts new connections, up to [`MAX_WAITING`], and holds them in line
+//! for a slot: so it can say so in the log, time each wait from the connect,
+//! and notice when the MTA gives up on one (it reads ahead what the MTA
+//! sent, its negotiation, and sees the connection close), which it logs and
+//! counts (`egress_milter_connection_waits_total`). Each stream it hands out
+//! is [`Watched`]: it follows the milter framing in both directions (a
+//! 4-byte length, then a command or reply byte and its payload) and ends the
+//! session with an I/O error, logged, when
 //! - the MTA has not negotiated `read_timeout` after the session started,
 //!   has not finished a packet `read_timeout` after its first byte, or does
 //!   not take our reply within `read_timeout`;
@@ -38,11 +42,14 @@
 use crate::config::{Config, format_duration};
 use crate::milter::listener::QuickAckStream;
 use crate::milter::throttle::Throttle;
+use crate::ops::metrics::Observer;
 use indymilter::{EitherStream, Listener, ProtoOpts};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -67,6 +74,19 @@ const FINAL_REPLIES: &[u8] = b"acdrstyO";
 /// Replies that refuse a command: to DATA, the MTA refuses the client's
 /// DATA, and no message follows.
 const REFUSALS: &[u8] = b"rty";
+
+/// How many MTA connections the guard holds while they wait for a slot. It
+/// accepts them at once, so it can time each wait from the connect and
+/// notice when the MTA gives up on one; beyond this, connections wait in
+/// the kernel's listen queue, unseen. Each costs a file descriptor and at
+/// most [`READ_AHEAD`] bytes.
+pub const MAX_WAITING: usize = 128;
+
+/// How much of a waiting connection the guard reads, to see it close: an
+/// MTA sends its negotiation (17 bytes) and waits for the reply. The
+/// session reads these bytes first. A connection that sends more is left
+/// alone until it gets its slot.
+const READ_AHEAD: usize = 1024;
 
 /// The milter protocol version from which the MTA sends DATA (Postfix's
 /// `milter8.c`: `SMFIP_NODATA` is a version 4 event).
@@ -154,9 +174,6 @@ enum Reason {
 
 /// The log throttles, shared by all connections.
 struct Logs {
-    full: Throttle,
-    /// The longest wait for a slot since the last "max_connections reached".
-    longest_wait: Mutex<Duration>,
     negotiation: Throttle,
     packet: Throttle,
     idle: Throttle,
@@ -169,8 +186,6 @@ struct Logs {
 impl Default for Logs {
     fn default() -> Self {
         Self {
-            full: Throttle::new(LOG_INTERVAL),
-            longest_wait: Mutex::new(Duration::ZERO),
             negotiation: Throttle::new(LOG_INTERVAL),
             packet: Throttle::new(LOG_INTERVAL),
             idle: Throttle::new(LOG_INTERVAL),
@@ -205,28 +220,66 @@ fn kind_name(kind: Option<u8>) -> String {
     }
 }
 
+/// Milliseconds, for log fields.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The listener with the connection count and the watchdog.
 pub struct Guard<L: Listener> {
     inner: L,
     timeouts: Timeouts,
     max_connections: usize,
     slots: Arc<Semaphore>,
-    /// The connection accepted while every slot was taken; the others that
-    /// wait are still in the kernel's listen queue.
-    waiting: Option<Waiting<L::Io>>,
+    /// Connections accepted while every slot was taken, oldest first: they
+    /// get slots in this order.
+    waiting: VecDeque<Waiting<L::Io>>,
+    /// The slot the oldest waiting connection will get.
+    next_slot: Option<SlotFuture>,
+    /// The longest wait that ended (with a slot, or the MTA gone) since the
+    /// last "max_connections reached" line.
+    longest_wait: Duration,
+    /// "max_connections reached", "the MTA gave up on a connection".
+    full: Throttle,
+    gave_up: Throttle,
+    /// Where the waits are counted (metrics).
+    observer: Arc<Observer>,
     logs: Arc<Logs>,
 }
 
 type SlotFuture = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
+/// A connection waiting for a slot.
 struct Waiting<S> {
     stream: S,
+    /// When it was accepted: at once after the connect while fewer than
+    /// [`MAX_WAITING`] wait.
     since: Instant,
-    slot: SlotFuture,
+    /// What the MTA sent meanwhile (its negotiation), for the session.
+    early: Vec<u8>,
+}
+
+impl<S: AsyncRead + Unpin> Waiting<S> {
+    /// Reads what the MTA sent so far; `true` once the MTA has closed (or
+    /// reset) the connection.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut chunk = [0; 256];
+        while self.early.len() < READ_AHEAD {
+            let room = (READ_AHEAD - self.early.len()).min(chunk.len());
+            let mut buf = ReadBuf::new(&mut chunk[..room]);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return true,
+                Poll::Ready(Ok(())) => self.early.extend_from_slice(buf.filled()),
+                Poll::Ready(Err(_)) => return true,
+                Poll::Pending => return false,
+            }
+        }
+        false
+    }
 }
 
 impl<L: Listener> Guard<L> {
-    pub fn new(inner: L, max_connections: usize, timeouts: Timeouts) -> Self {
+    pub fn new(inner: L, max_connections: usize, timeouts: Timeouts, observer: Arc<Observer>) -> Self {
         // tokio's limit; a configuration this large is not usable anyway.
         let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS - 1);
         Self {
@@ -234,7 +287,12 @@ impl<L: Listener> Guard<L> {
             timeouts,
             max_connections,
             slots: Arc::new(Semaphore::new(max_connections)),
-            waiting: None,
+            waiting: VecDeque::new(),
+            next_slot: None,
+            longest_wait: Duration::ZERO,
+            full: Throttle::new(LOG_INTERVAL),
+            gave_up: Throttle::new(LOG_INTERVAL),
+            observer,
             logs: Arc::new(Logs::default()),
         }
     }
@@ -245,8 +303,47 @@ impl<L: Listener> Guard<L> {
         self.max_connections
     }
 
-    fn watch(&self, stream: L::Io, slot: OwnedSemaphorePermit) -> Watched<L::Io> {
-        Watched::new(stream, slot, self.timeouts, self.logs.clone())
+    fn watch(&self, stream: L::Io, slot: OwnedSemaphorePermit, early: Vec<u8>) -> Watched<L::Io> {
+        Watched::new(stream, slot, self.timeouts, self.logs.clone(), early)
+    }
+
+    /// A connection joined the line: the first of a while is logged.
+    fn note_full(&mut self) {
+        let Some(connections) = self.full.note() else { return };
+        // The oldest still waiting counts too: its wait is not over.
+        let oldest = self.waiting.front().map_or(Duration::ZERO, |w| w.since.elapsed());
+        let longest = std::mem::take(&mut self.longest_wait).max(oldest);
+        warn!(
+            max_connections = self.max_connections,
+            waiting = self.waiting.len(),
+            connections,
+            longest_wait_ms = millis(longest),
+            "max_connections reached: new MTA connections wait for a session to end; the MTA gives up on one after its milter_command_timeout"
+        );
+    }
+
+    /// Drops the waiting connections the MTA closed, and says so.
+    fn drop_abandoned(&mut self, cx: &mut Context<'_>) {
+        let mut gone = Vec::new();
+        self.waiting.retain_mut(|w| {
+            let closed = w.poll_closed(cx);
+            if closed {
+                gone.push(w.since.elapsed());
+            }
+            !closed
+        });
+        for waited in gone {
+            self.longest_wait = self.longest_wait.max(waited);
+            self.observer.slot_waits().gave_up.fetch_add(1, Ordering::Relaxed);
+            if let Some(gave_up) = self.gave_up.note() {
+                warn!(
+                    max_connections = self.max_connections,
+                    waited_ms = millis(waited),
+                    gave_up,
+                    "the MTA gave up on a connection that waited for a slot (its milter_command_timeout ran out, and it applied milter_default_action to the SMTP session): raise max_connections to at least the MTA's processes that use the milter, or find what holds the sessions"
+                );
+            }
+        }
     }
 }
 
@@ -258,56 +355,63 @@ where
     type Io = Watched<L::Io>;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
-        let mut waiting = match self.waiting.take() {
-            Some(w) => w,
-            None => {
-                let stream = ready!(self.inner.poll_accept(cx))?;
-                if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                    return Poll::Ready(Ok(self.watch(stream, slot)));
+        // New connections: to a slot while none waits, else in line.
+        while self.waiting.len() < MAX_WAITING {
+            let stream = match self.inner.poll_accept(cx) {
+                Poll::Ready(Ok(stream)) => stream,
+                // With connections in line (and file descriptors held for
+                // them), a failed accept is tried again when one leaves;
+                // the connection stays in the kernel's queue meanwhile.
+                Poll::Ready(Err(e)) if !self.waiting.is_empty() => {
+                    debug!("accepting an MTA connection failed while others wait for a slot: {e}");
+                    break;
                 }
-                if let Some(waited) = self.logs.full.note() {
-                    let longest =
-                        std::mem::take(&mut *self.logs.longest_wait.lock().unwrap_or_else(|p| p.into_inner()));
-                    let max_connections = self.max_connections;
-                    const WHY: &str = "max_connections reached: new MTA connections wait for a session to end; the MTA gives up on one after its milter_command_timeout";
-                    if longest.is_zero() {
-                        warn!(max_connections, waited, "{WHY}");
-                    } else {
-                        // The longest wait of those that got a slot since the last line.
-                        warn!(
-                            max_connections,
-                            waited,
-                            longest_wait = format_duration(longest).as_str(),
-                            "{WHY}"
-                        );
-                    }
-                }
-                Waiting {
-                    stream,
-                    since: Instant::now(),
-                    slot: Box::pin(self.slots.clone().acquire_owned()),
-                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            };
+            if self.waiting.is_empty()
+                && let Ok(slot) = self.slots.clone().try_acquire_owned()
+            {
+                return Poll::Ready(Ok(self.watch(stream, slot, Vec::new())));
             }
-        };
-        match waiting.slot.as_mut().poll(cx) {
-            Poll::Pending => {
-                self.waiting = Some(waiting);
-                Poll::Pending
-            }
-            Poll::Ready(Ok(slot)) => {
-                let waited = waiting.since.elapsed();
-                let mut longest = self.logs.longest_wait.lock().unwrap_or_else(|p| p.into_inner());
-                *longest = (*longest).max(waited);
-                drop(longest);
-                debug!(
-                    waited_ms = waited.as_millis() as u64,
-                    "a waiting MTA connection got a free slot"
-                );
-                Poll::Ready(Ok(self.watch(waiting.stream, slot)))
-            }
-            // The semaphore is never closed.
-            Poll::Ready(Err(e)) => Poll::Ready(Err(io::Error::other(e))),
+            self.waiting.push_back(Waiting {
+                stream,
+                since: Instant::now(),
+                early: Vec::new(),
+            });
+            self.note_full();
         }
+        self.drop_abandoned(cx);
+        let waits = self.observer.slot_waits();
+        waits.waiting.store(self.waiting.len() as u64, Ordering::Relaxed);
+        if self.waiting.is_empty() {
+            self.next_slot = None;
+            return Poll::Pending;
+        }
+        let slots = &self.slots;
+        let next = self
+            .next_slot
+            .get_or_insert_with(|| Box::pin(slots.clone().acquire_owned()));
+        let slot = match next.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(slot)) => slot,
+            // The semaphore is never closed.
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+        };
+        self.next_slot = None;
+        let Some(w) = self.waiting.pop_front() else {
+            // Not reached: the line was not empty. The slot goes back, and
+            // the accept loop looks again.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        };
+        let waited = w.since.elapsed();
+        self.longest_wait = self.longest_wait.max(waited);
+        let waits = self.observer.slot_waits();
+        waits.served.fetch_add(1, Ordering::Relaxed);
+        waits.waiting.store(self.waiting.len() as u64, Ordering::Relaxed);
+        debug!(waited_ms = millis(waited), "a waiting MTA connection got a free slot");
+        Poll::Ready(Ok(self.watch(w.stream, slot, w.early)))
     }
 }
 
@@ -431,13 +535,17 @@ pub struct Watched<S> {
     /// From DATA (or the first RCPT, without DATA) to the end of the
     /// message: the client uploads it, and `data_idle_timeout` applies.
     in_data: bool,
+    /// What the guard read while the connection waited for a slot; the
+    /// session reads it first, from `early_at` on.
+    early: Vec<u8>,
+    early_at: usize,
     /// The last two commands read, for log lines.
     last: Option<u8>,
     before_last: Option<u8>,
 }
 
 impl<S> Watched<S> {
-    fn new(stream: S, slot: OwnedSemaphorePermit, timeouts: Timeouts, logs: Arc<Logs>) -> Self {
+    fn new(stream: S, slot: OwnedSemaphorePermit, timeouts: Timeouts, logs: Arc<Logs>, early: Vec<u8>) -> Self {
         let now = Instant::now();
         Self {
             stream,
@@ -457,6 +565,8 @@ impl<S> Watched<S> {
             noreply: ProtoOpts::empty(),
             data_command: true,
             in_data: false,
+            early,
+            early_at: 0,
             last: None,
             before_last: None,
         }
@@ -631,6 +741,20 @@ impl<S: AsyncRead + Peer + Unpin> AsyncRead for Watched<S> {
         // reads again with an answer owed, it dropped the command.
         if this.owed > 0 {
             return Poll::Ready(Err(this.close(Reason::OutOfOrder)));
+        }
+        // First what the guard read while the connection waited.
+        if this.early_at < this.early.len() && buf.remaining() > 0 {
+            let early = std::mem::take(&mut this.early);
+            let end = early.len().min(this.early_at + buf.remaining());
+            let bytes = &early[this.early_at..end];
+            buf.put_slice(bytes);
+            this.idle_since = None;
+            let received = this.received(bytes);
+            this.early_at = end;
+            if end < early.len() {
+                this.early = early;
+            }
+            return Poll::Ready(received);
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
@@ -807,7 +931,10 @@ mod tests {
     fn watched(timeouts: Timeouts) -> (Watched<Duplex>, tokio::io::DuplexStream) {
         let (mta, ours) = tokio::io::duplex(64);
         let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        (Watched::new(Duplex(ours), slot, timeouts, Arc::default()), mta)
+        (
+            Watched::new(Duplex(ours), slot, timeouts, Arc::default(), Vec::new()),
+            mta,
+        )
     }
 
     const TIMEOUTS: Timeouts = Timeouts {
@@ -970,5 +1097,26 @@ mod tests {
             silence_after(&mut w, &mut mta, &[(b'M', c), (b'R', c)]).await,
             TIMEOUTS.data_idle
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_read_while_waiting_for_a_slot_come_first() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut mta, ours) = tokio::io::duplex(64);
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let optneg = packet(b'O', &[0; 12]);
+        let mut w = Watched::new(Duplex(ours), slot, TIMEOUTS, Arc::default(), optneg.clone());
+        mta.write_all(&packet(b'M', b"<a@b>\0")).await.unwrap();
+        let mut buf = [0; 10];
+        // In pieces as small as the reader asks for, then the stream.
+        assert_eq!(w.read(&mut buf).await.unwrap(), 10);
+        assert_eq!(buf[..], optneg[..10]);
+        assert_eq!(w.read(&mut buf).await.unwrap(), 7);
+        assert_eq!(buf[..7], optneg[10..]);
+        assert!(w.negotiated);
+        w.write_all(&optneg_reply(ProtoOpts::empty())).await.unwrap();
+        let mut rest = [0; 64];
+        assert_eq!(w.read(&mut rest).await.unwrap(), 11);
+        assert_eq!(w.last, Some(b'M'));
     }
 }
