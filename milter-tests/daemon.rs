@@ -279,3 +279,29 @@ async fn a_recipient_refusal_says_what_was_asked_and_when_it_would_fit() {
     assert!(line.contains("retry_in=never"), "{line}");
     assert!(p.stop().await.success());
 }
+
+#[tokio::test]
+async fn a_socket_in_a_missing_directory_is_a_configuration_error_and_exits_78() {
+    // As the packaged configuration on a host without Postfix: the unit
+    // must not restart the daemon in a loop (RestartPreventExitStatus=78).
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("spool/egress-milter");
+    let sock = missing.join("milter.sock");
+    let path = write_config(
+        dir.path(),
+        &fixture("escalation.toml"),
+        &format!("unix:{}", sock.display()),
+    );
+    let out = cli(&path, &["run"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot listen on unix:{}: the socket's directory {} does not exist: ",
+            sock.display(),
+            missing.display()
+        )) && err.contains("see docs/install.md"),
+        "{err}"
+    );
+    assert!(!missing.exists(), "nothing made");
+}

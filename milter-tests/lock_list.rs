@@ -194,3 +194,70 @@ async fn expired_locks_lift_themselves() {
     m.clock.advance(Duration::from_secs(3601));
     assert_eq!(refusal(&m, "mallory@example.com").await, None);
 }
+
+/// Polls `refused` until it holds, at most `within` after `since`; returns
+/// how long after `since` it held.
+async fn refused_within(
+    since: std::time::Instant,
+    within: Duration,
+    what: &str,
+    refused: impl AsyncFn() -> bool,
+) -> Duration {
+    loop {
+        if refused().await {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < within,
+            "{what}: not in force {within:?} after it was written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lock_written_into_a_missing_lock_list_is_in_force_within_poll_interval() {
+    // The default poll_interval (250ms); limits the polling cannot reach.
+    let config = fixture("escalation.toml")
+        .replace("rate = \"3/1m\"", "rate = \"1000/1m\"")
+        .replace("rate = \"8/1h\"", "rate = \"1000/1h\"")
+        .replace("rate = \"6/1h\"", "rate = \"1000/1h\"");
+    let m = Milter::spawn(&config).await;
+    assert!(!m.lock_path.exists(), "the daemon starts without a lock list");
+    // Within poll_interval plus a margin for two noisy cores; before the
+    // fix a lock in a file that was missing waited for the file to be a
+    // second old (1.0 to 1.25 s).
+    let within = Duration::from_millis(600);
+
+    // With the CLI, which creates the file by rename.
+    let out = cli(
+        &m.config_path,
+        &["locks", "add", "oscar@example.com", "--reason", "password leaked"],
+    );
+    let written = std::time::Instant::now();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let took = refused_within(written, within, "a lock added with the CLI", async || {
+        refusal(&m, "oscar@example.com").await.is_some()
+    })
+    .await;
+    println!("locks add into a missing lock list: in force after {took:?}");
+
+    // The file goes away (oscar unlocked), then an admin writes a new one
+    // in place, by hand.
+    std::fs::remove_file(&m.lock_path).unwrap();
+    eventually(Duration::from_secs(5), "unlocked by the removal", async || {
+        refusal(&m, "oscar@example.com").await.is_none()
+    })
+    .await;
+    std::fs::write(
+        &m.lock_path,
+        "[[lock]]\nidentity = \"eve@example.com\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"phishing kit found\"\n",
+    )
+    .unwrap();
+    let written = std::time::Instant::now();
+    let took = refused_within(written, within, "a lock written by hand", async || {
+        refusal(&m, "eve@example.com").await.is_some()
+    })
+    .await;
+    println!("hand-written lock list where none was: in force after {took:?}");
+}

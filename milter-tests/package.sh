@@ -182,6 +182,8 @@ check "packaged socket: unix:/var/spool/postfix/egress-milter/milter.sock, socke
         grep -q "^socket_mode = \"0660\"" "$work/root/etc/egress-milter/egress-milter.toml"'
 check "unit: ExecStartPre makes /var/spool/postfix/egress-milter egress-milter:postfix 2750" \
     grep -q "^ExecStartPre=+/bin/sh -c .*install -d -o egress-milter -g postfix -m 2750 /var/spool/postfix/egress-milter" "$unit_file"
+check "unit: no restart after exit status 78 (unusable configuration, lock list or socket directory)" \
+    grep -qx "RestartPreventExitStatus=78" "$unit_file"
 zcat "$work/root/usr/share/man/man8/egress-milter.8.gz" >"$man_src"
 sections_missing=()
 for s in NAME SYNOPSIS DESCRIPTION OPTIONS COMMANDS SIGNALS '"EXIT STATUS"' FILES '"SEE ALSO"'; do

@@ -16,11 +16,40 @@ use tokio::net::TcpStream;
 /// A daemon (real binary) whose configuration starts with `top` (top-level
 /// keys) followed by the escalation fixture.
 async fn start(top: &str) -> (Process, tempfile::TempDir) {
+    start_with(top, "").await
+}
+
+/// The same with `tail` (tables) after the fixture.
+async fn start_with(top: &str, tail: &str) -> (Process, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!("{top}\n{}", fixture("escalation.toml"));
+    let config = format!("{top}\n{}\n{tail}\n", fixture("escalation.toml"));
     let path = write_config(dir.path(), &config, &format!("inet:{addr}"));
     (Process::start(&path, addr).await, dir)
+}
+
+/// The value of `name=` in a log line, as a number.
+fn field(line: &str, name: &str) -> u64 {
+    let at = line
+        .find(&format!(" {name}="))
+        .unwrap_or_else(|| panic!("no {name} in {line}"));
+    let value = &line[at + name.len() + 2..];
+    let end = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
+    value[..end]
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number in {line}"))
+}
+
+/// One series of the status listener's /metrics (a plain HTTP/1.0 GET).
+fn metric(status: SocketAddr, series: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(status).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn packet(kind: u8, payload: &[u8]) -> Vec<u8> {
@@ -180,10 +209,11 @@ async fn max_connections_reached_is_logged_once_and_waiting_connections_go_on_in
     let early = tokio::time::timeout(Duration::from_millis(500), second.peek(&mut byte)).await;
     assert!(early.is_err(), "no reply while the only slot is taken");
     let line = log_line(&p, "max_connections reached").await;
-    assert!(
-        line.contains("max_connections=1") && line.contains("waited=1"),
-        "{line}"
-    );
+    // The second is the first to wait (the third may be in line already).
+    assert!(line.contains("max_connections=1"), "{line}");
+    assert!((1..=2).contains(&field(&line, "waiting")), "{line}");
+    assert_eq!(field(&line, "connections"), 1, "{line}");
+    assert!(field(&line, "longest_wait_ms") < 500, "{line}");
 
     // The slot frees: the second goes on, the third waits for it in turn.
     first.close().await;
@@ -198,4 +228,120 @@ async fn max_connections_reached_is_logged_once_and_waiting_connections_go_on_in
     // Both waits fall in one 10-second interval: one line.
     let log = p.log_text();
     assert_eq!(log.matches("max_connections reached").count(), 1, "{log}");
+}
+
+#[tokio::test]
+async fn the_mta_giving_up_on_a_waiting_connection_is_logged_and_counted() {
+    let status: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let (p, _dir) = start_with(
+        "max_connections = 1\nread_timeout = \"5s\"",
+        &format!("[status]\nlisten = \"{status}\""),
+    )
+    .await;
+    let mut first = Mta::open(p.addr).await;
+    first.connect([192, 0, 2, 10]).await;
+    // The start's probe connection may have made the first wait.
+    let slot = "egress_milter_connection_waits_total{outcome=\"slot\"}";
+    let served = metric(status, slot).unwrap();
+    // An MTA connection waits for the slot; a second one behind it.
+    let mut second = TcpStream::connect(p.addr).await.unwrap();
+    second.write_all(&optneg()).await.unwrap();
+    let line = log_line(&p, "max_connections reached").await;
+    assert_eq!(field(&line, "waiting"), 1, "{line}");
+    let mut third = TcpStream::connect(p.addr).await.unwrap();
+    third.write_all(&optneg()).await.unwrap();
+    eventually(Duration::from_secs(5), "two connections waiting", async || {
+        metric(status, "egress_milter_connections_waiting") == Some(2.0)
+    })
+    .await;
+
+    // The MTA gives up on the second after a second (its
+    // milter_command_timeout, shortened): logged with the real wait.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(second);
+    let line = log_line(&p, "the MTA gave up on a connection that waited for a slot").await;
+    let waited = field(&line, "waited_ms");
+    assert!((900..5000).contains(&waited), "{line}");
+    assert!(
+        line.contains("gave_up=1") && line.contains("max_connections=1") && line.contains("raise max_connections"),
+        "{line}"
+    );
+    eventually(Duration::from_secs(5), "counted as given up", async || {
+        metric(status, "egress_milter_connection_waits_total{outcome=\"gave_up\"}") == Some(1.0)
+            && metric(status, "egress_milter_connections_waiting") == Some(1.0)
+    })
+    .await;
+
+    // The slot frees: the third gets it, not the abandoned second, and
+    // its session starts with the negotiation it sent while waiting.
+    first.close().await;
+    assert_eq!(read_packet(&mut third).await.0, b'O');
+    third.write_all(&connect_packet()).await.unwrap();
+    assert_eq!(read_packet(&mut third).await.0, b'c');
+    assert_eq!(metric(status, slot), Some(served + 1.0));
+    assert_eq!(metric(status, "egress_milter_connections_waiting"), Some(0.0));
+}
+
+/// Reads replies until one that answers the command (header changes and
+/// the like come before it at the end of a message).
+async fn read_final(s: &mut TcpStream) -> u8 {
+    loop {
+        let (kind, _) = read_packet(s).await;
+        if b"acdrstyO".contains(&kind) {
+            return kind;
+        }
+    }
+}
+
+/// MAIL, RCPT and DATA on a session, each answered with continue.
+async fn up_to_data(s: &mut TcpStream) {
+    s.write_all(&packet(b'D', b"M{auth_authen}\0alice@example.com\0"))
+        .await
+        .unwrap();
+    s.write_all(&packet(b'M', b"<alice@example.com>\0")).await.unwrap();
+    assert_eq!(read_packet(s).await.0, b'c', "MAIL");
+    s.write_all(&packet(b'R', b"<friend@example.net>\0")).await.unwrap();
+    assert_eq!(read_packet(s).await.0, b'c', "RCPT");
+    s.write_all(&packet(b'T', b"")).await.unwrap();
+    assert_eq!(read_packet(s).await.0, b'c', "DATA");
+}
+
+#[tokio::test]
+async fn a_message_upload_may_be_silent_longer_than_idle_timeout_but_not_than_data_idle_timeout() {
+    let (p, _dir) = start("read_timeout = \"1s\"\nidle_timeout = \"1s\"\ndata_idle_timeout = \"3s\"").await;
+    // The client uploads its message for 2 s (longer than idle_timeout):
+    // Postfix sends nothing until it has all of it. The session goes on.
+    let mut s = open_session(p.addr).await;
+    up_to_data(&mut s).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.write_all(&packet(b'L', b"Subject\0hello\0")).await.unwrap();
+    s.write_all(&packet(b'N', b"")).await.unwrap();
+    assert_eq!(read_final(&mut s).await, b'c', "end of headers after the upload");
+    s.write_all(&packet(b'E', b"")).await.unwrap();
+    assert!(
+        matches!(read_final(&mut s).await, b'c' | b'a'),
+        "the message is accepted"
+    );
+    // The message is over: between commands, idle_timeout again.
+    let took = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2800),
+        "{took:?}"
+    );
+    let line = log_line(&p, "no command from the MTA within idle_timeout").await;
+    assert!(
+        line.contains("idle_timeout=\"1s\"") && line.contains("last_command=\"E\""),
+        "{line}"
+    );
+
+    // Silent in the DATA phase for longer than data_idle_timeout: closed.
+    let mut s = open_session(p.addr).await;
+    up_to_data(&mut s).await;
+    let took = closed_within(&mut s, Duration::from_secs(8)).await;
+    assert!(took >= Duration::from_millis(2800), "{took:?}");
+    let line = log_line(&p, "no command from the MTA within data_idle_timeout").await;
+    assert!(
+        line.contains("data_idle_timeout=\"3s\"") && line.contains("last_command=\"T\""),
+        "{line}"
+    );
 }

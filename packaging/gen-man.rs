@@ -248,8 +248,9 @@ locks not yet written to the lock list, save the rate counters (see
 Success. For \fBrun\fR: stopped by SIGTERM or SIGINT after draining.
 .TP
 \fB1\fR
-Any other failure, for example: the socket cannot be bound, an identity
-given to \fBlocks\fR is not valid, the status listener cannot be reached,
+Any other failure, for example: the socket cannot be bound for a reason a
+restart may cure (its address in use, or not an address of the host yet),
+an identity given to \fBlocks\fR is not valid, the status listener cannot be reached,
 or \fBcheck-config\fR or a \fBlocks\fR command cannot read the lock list
 (permissions, an I/O error).
 .TP
@@ -261,10 +262,13 @@ malformed argument.
 The configuration is unusable, for every command (EX_CONFIG in
 sysexits.h); for \fBrun\fR, \fBcheck-config\fR and the \fBlocks\fR commands
 also a lock list that does not parse; for \fBrun\fR also a lock list that
-cannot be read, or a lock list directory the daemon cannot create or write
-to. The message names the file, and for the configuration the line and the
-key at fault. The systemd unit does not restart the daemon after this
-status (\fBRestartPreventExitStatus=78\fR): fix the file, then start it.
+cannot be read, a lock list directory the daemon cannot create or write
+to, or a socket it cannot make for a reason of setup: its directory missing
+(the packaged one, before Postfix is installed), not writable or read-only,
+its path taken by a file that is not a socket, or a TCP port below 1024.
+The message names the file, and for the configuration the line and the key
+at fault. The systemd unit does not restart the daemon after this status
+(\fBRestartPreventExitStatus=78\fR): fix the cause, then start it.
 .SH FILES
 .TP
 \fI/etc/egress-milter/egress-milter.toml\fR

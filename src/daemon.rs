@@ -231,6 +231,7 @@ pub async fn run(
         let current = current.clone();
         let locks = locks.clone();
         let counters = counters.clone();
+        let observer = observer.clone();
         tokio::spawn(async move {
             while reload.recv().await.is_some() {
                 reload_config(&config_path, &current, &counters, &locks, &observer).await;
@@ -240,7 +241,7 @@ pub async fn run(
 
     // The guard counts connections and times them out; see watchdog.rs.
     let timeouts = Timeouts::new(&config);
-    let listener = Guard::new(listener, config.max_connections, timeouts);
+    let listener = Guard::new(listener, config.max_connections, timeouts, observer.clone());
     let milter_config = indymilter::Config {
         // One more than the guard's limit, so that indymilter's accept loop
         // still reaches the guard when every slot is taken.

@@ -35,8 +35,9 @@
 //! - [`milter::callbacks`]: indymilter negotiation and thin stage callbacks;
 //! - [`milter::session`]: one MTA connection's stages turned into policy calls;
 //! - [`milter::listener`]: socket specs, stale sockets, TCP_QUICKACK;
-//! - [`milter::watchdog`]: read and idle timeouts, the connection count,
-//!   commands the milter library drops, oversized packets;
+//! - [`milter::watchdog`]: read and idle timeouts (a longer one while a
+//!   message is uploaded), the connection count and the connections waiting
+//!   for a slot, commands the milter library drops, oversized packets;
 //! - [`milter::throttle`]: rate-limited log lines;
 //! - [`milter::Reporting`]: where verdicts and new locks are reported.
 //!

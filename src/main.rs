@@ -147,8 +147,15 @@ fn run(config_path: PathBuf, config: Config) -> ExitCode {
         let listener = match listener::bind(&config.socket, config.socket_mode, config.tcp_quickack).await {
             Ok(l) => l,
             Err(e) => {
-                error!("cannot listen on {}: {e}", config.socket);
-                return ExitCode::FAILURE;
+                let failure = listener::bind_failure(&config.socket, &e);
+                error!("cannot listen on {}: {}", config.socket, failure.message);
+                // A missing directory or permission is not fixed by the
+                // restart the unit would otherwise make every 2 s.
+                return if failure.config {
+                    ExitCode::from(EXIT_CONFIG)
+                } else {
+                    ExitCode::FAILURE
+                };
             }
         };
         let _cleanup = listener::SocketCleanup(match &config.socket {

@@ -225,7 +225,14 @@ else
     printf '%s\n' "$out_apt" | tail -n 20 | sed 's/^/  /' | tee -a "$results"
 fi
 check "without Postfix: the daemon does not run and says why (cannot listen on unix:$sock)" \
-    eval '! [ -e /var/spool/postfix ] && wait_for 10 journal_has "cannot listen on unix:$sock: No such file or directory"'
+    eval '! [ -e /var/spool/postfix ] && wait_for 10 journal_has "cannot listen on unix:$sock: the socket'"'"'s directory $spool does not exist: is Postfix installed?"'
+# Exit status 78 (EX_CONFIG), which RestartPreventExitStatus= keeps the
+# unit from restarting every RestartSec= (with 1 it looped until systemd's
+# start limit).
+unit_failed() { [ "$(systemctl show -P ActiveState "$unit")" = failed ]; }
+check "without Postfix: exit status 78 and no restart loop" \
+    eval 'wait_for 10 unit_failed && expect 78 systemctl show -P ExecMainStatus $unit &&
+        sleep 3 && expect 0 systemctl show -P NRestarts $unit && unit_failed'
 adduser --system --group --quiet --no-create-home --home /var/spool/postfix postfix
 install -d -o root -g root -m 0755 /var/spool/postfix
 check "Postfix installed later: systemctl restart makes the directory and listens" \

@@ -121,7 +121,7 @@ pub fn normalise_address(config: &IdentityConfig, raw: &[u8]) -> Result<String, 
         // One account, one identity: a login (or address) in one of the
         // site's own realms is the account in its default realm, or bare.
         Some(d) if config.is_local_realm(&d) => config.default_realm.clone(),
-        None if config.default_realm.is_some() && s != UNIDENTIFIED && !is_client_address(s) => {
+        None if config.default_realm.is_some() && !s.eq_ignore_ascii_case(UNIDENTIFIED) && !is_client_address(s) => {
             config.default_realm.clone()
         }
         other => other,

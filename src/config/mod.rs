@@ -53,6 +53,20 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The default `idle_timeout`: twice Postfix's `smtpd_timeout` (300 s),
+/// the longest Postfix waits for one command of the client. Between two
+/// milter commands outside DATA an honest session is silent for one such
+/// wait, plus the MTA's own work (DNS, policy lookups, the milters before
+/// this one), so twice that is only reached by a session that is abandoned
+/// or held open on purpose. See docs/configuration.md, idle_timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The default `data_idle_timeout`: an hour, a 10 MB message (Postfix's
+/// default `message_size_limit`) at 2.8 KB/s, and Sendmail's
+/// `Timeout.command`. Postfix bounds the upload only per read
+/// (`smtpd_timeout`), not as a whole.
+pub const DEFAULT_DATA_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The whole configuration, validated.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,9 +87,14 @@ pub struct Config {
     /// How long the MTA may take to negotiate once a session starts, to
     /// finish a packet it has begun, and to read a reply of ours.
     pub read_timeout: DurationValue,
-    /// How long a negotiated connection may go without a packet: an SMTP
-    /// session's pauses between commands and its DATA transfer.
+    /// How long a negotiated connection may go without a packet between
+    /// SMTP commands, outside a message's DATA phase.
     pub idle_timeout: DurationValue,
+    /// The same from DATA to the end of the message, while the client
+    /// uploads it (the MTA sends the headers and body only at its end);
+    /// `None`: [`DEFAULT_DATA_IDLE_TIMEOUT`], or `idle_timeout` if longer.
+    /// Read it with [`Config::data_idle_timeout`].
+    pub data_idle_timeout: Option<DurationValue>,
     /// Re-arm `TCP_QUICKACK` after each read on TCP sockets (Linux), so an
     /// MTA that writes with Nagle on does not wait ~40 ms per message for
     /// our delayed ACK. Off only to measure that stall.
@@ -108,7 +127,8 @@ impl Default for Config {
             log_level: "info".into(),
             max_connections: 500,
             read_timeout: DurationValue(Duration::from_secs(10)),
-            idle_timeout: DurationValue(Duration::from_secs(3600)),
+            idle_timeout: DurationValue(DEFAULT_IDLE_TIMEOUT),
+            data_idle_timeout: None,
             tcp_quickack: true,
             identity: IdentityConfig::default(),
             scope: ScopeConfig::default(),
@@ -545,6 +565,16 @@ impl Config {
         Ok(config)
     }
 
+    /// How long a negotiated connection may be silent from DATA to the end
+    /// of the message: `data_idle_timeout`, by default an hour or
+    /// `idle_timeout` if that is longer.
+    pub fn data_idle_timeout(&self) -> Duration {
+        match self.data_idle_timeout {
+            Some(d) => d.0,
+            None => DEFAULT_DATA_IDLE_TIMEOUT.max(self.idle_timeout.0),
+        }
+    }
+
     /// Where the memory backend saves its counters: `store.state_file`, or
     /// `counters.state` in the directory of the lock list, which the daemon
     /// already needs to be able to write.
@@ -662,7 +692,7 @@ impl Config {
         }
         if self.idle_timeout.0 < Duration::from_secs(300) {
             warnings.push(format!(
-                "idle_timeout (\"{}\") is shorter than Postfix's smtpd_timeout (300s by default): SMTP sessions that pause between commands, or send a message slowly, are cut and get milter_default_action",
+                "idle_timeout (\"{}\") is shorter than Postfix's smtpd_timeout (300s by default): SMTP sessions that pause between commands are cut and get milter_default_action",
                 format_duration(self.idle_timeout.0)
             ));
         }
@@ -708,6 +738,9 @@ impl Config {
         }
         if self.idle_timeout != new.idle_timeout {
             changed.push("idle_timeout");
+        }
+        if self.data_idle_timeout() != new.data_idle_timeout() {
+            changed.push("data_idle_timeout");
         }
         if self.locks.file != new.locks.file {
             changed.push("locks.file");
@@ -1095,10 +1128,28 @@ mod tests {
     fn connection_timeouts_are_bounded_warned_about_and_need_a_restart() {
         let a = parse("").unwrap();
         assert_eq!(a.read_timeout.0, Duration::from_secs(10));
-        assert_eq!(a.idle_timeout.0, Duration::from_secs(3600));
+        assert_eq!(a.idle_timeout.0, Duration::from_secs(600));
+        assert_eq!(a.data_idle_timeout(), Duration::from_secs(3600));
         assert!(!a.warnings().iter().any(|w| w.contains("idle_timeout")));
         let b = parse("read_timeout = \"20s\"\nidle_timeout = \"2m\"\n").unwrap();
         assert_eq!(a.restart_needed(&b), ["read_timeout", "idle_timeout"]);
+        assert_eq!(b.data_idle_timeout(), Duration::from_secs(3600));
+        // An idle_timeout longer than the hour is the DATA phase's too, as
+        // before data_idle_timeout existed.
+        let long = parse("idle_timeout = \"2h\"\n").unwrap();
+        assert_eq!(long.data_idle_timeout(), Duration::from_secs(7200));
+        assert_eq!(a.restart_needed(&long), ["idle_timeout", "data_idle_timeout"]);
+        let data = parse("data_idle_timeout = \"3h\"\n").unwrap();
+        assert_eq!(data.data_idle_timeout(), Duration::from_secs(3 * 3600));
+        assert_eq!(a.restart_needed(&data), ["data_idle_timeout"]);
+        let e = err("idle_timeout = \"20m\"\ndata_idle_timeout = \"15m\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("data_idle_timeout")), "{e}");
+        assert!(e.message.starts_with("must be at least idle_timeout (\"20m\")"), "{e}");
+        assert!(
+            err("data_idle_timeout = \"8d\"\n")
+                .message
+                .contains("between 1s and 7d")
+        );
         assert!(
             b.warnings()
                 .iter()

@@ -217,6 +217,21 @@ fn daemon(config: &Config) -> Result<(), Violation> {
     if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&config.idle_timeout.0) {
         return fail(0..0, "idle_timeout", "must be between 1s and 7d".into());
     }
+    if let Some(data) = config.data_idle_timeout {
+        if !(Duration::from_secs(1)..=Duration::from_secs(7 * 86_400)).contains(&data.0) {
+            return fail(0..0, "data_idle_timeout", "must be between 1s and 7d".into());
+        }
+        if data.0 < config.idle_timeout.0 {
+            return fail(
+                0..0,
+                "data_idle_timeout",
+                format!(
+                    "must be at least idle_timeout (\"{}\"): the DATA phase includes the client's wait before its DATA command",
+                    format_duration(config.idle_timeout.0)
+                ),
+            );
+        }
+    }
     if tracing_subscriber::EnvFilter::try_new(&config.log_level).is_err() {
         return fail(
             0..0,

@@ -165,10 +165,12 @@ pub struct LockStats {
     pub corrupt: AtomicBool,
 }
 
-/// How long a changed lock list must stay unmodified before the watcher
-/// reads it. Editors such as nano write in place (truncate, then write); a
-/// read in between would see an empty or half list, unlock everyone and
-/// forget their counters. SIGHUP reads at once.
+/// How long a lock list written in place must stay unmodified before the
+/// watcher applies a version of it that lifts a lock. Editors such as nano
+/// write in place (truncate, then write); a read in between would see an
+/// empty or half list, unlock everyone and forget their counters. A version
+/// that only adds locks is applied at once (see [`FileLocks::reload`]), as
+/// is a file replaced by rename. SIGHUP reads at once.
 const SETTLE: Duration = Duration::from_secs(1);
 
 /// The shortest time between the starts of two writes. A lone lock is
@@ -428,26 +430,38 @@ impl FileLocks {
     /// Re-reads the file if it changed since it was last seen (or always, if
     /// `force`). A list that does not parse is logged and the last good list
     /// stays in force. Returns the identities that were unlocked.
+    ///
+    /// A file replaced by rename (the CLI, most editors) is complete and is
+    /// applied at once. One written in place (nano, `cat >`, a script) may
+    /// be half written while it is younger than [`SETTLE`]: such a version
+    /// is applied at once only if it parses and lifts no lock in force. A
+    /// half-written list can then at worst lack locks still to come, which
+    /// the next look adds; above all a lock list that did not exist (a
+    /// start without one) is applied within `poll_interval`, not a second
+    /// later. A young version that does not parse, or that lifts a lock, is
+    /// looked at again at the next poll, and applied (or reported as
+    /// corrupt) once it has settled.
     pub fn reload(&self, force: bool) -> Vec<String> {
+        // The writer's lock: a write of new locks between this read and its
+        // installation would otherwise be undone by installing an older file.
+        let _writer = lock(&self.written);
         let backlog = std::mem::take(&mut *lock(&self.unlocked_backlog));
         let now_seen = fingerprint(&self.path);
-        // A file replaced by rename (the CLI, most editors) is complete: read
-        // at once. One written in place may be half written: let it settle.
-        let replaced = lock(&self.seen)
+        let seen = *lock(&self.seen);
+        if !force && seen == now_seen {
+            return backlog;
+        }
+        let replaced = seen
             .zip(now_seen)
             .is_some_and(|(seen, now)| seen.inode() != now.inode());
-        if !force && !replaced && now_seen.is_some_and(|f| f.modified_within(SETTLE)) {
+        let young = !force && !replaced && now_seen.is_some_and(|f| f.modified_within(SETTLE));
+        let read = LockList::read(&self.path, &*self.normaliser());
+        if young && !read.as_ref().is_ok_and(|list| self.lifts_nothing(list)) {
             // Still being written, perhaps: look again at the next poll.
             return backlog;
         }
-        {
-            let mut seen = lock(&self.seen);
-            if !force && *seen == now_seen {
-                return backlog;
-            }
-            *seen = now_seen;
-        }
-        match LockList::read(&self.path, &*self.normaliser()) {
+        *lock(&self.seen) = now_seen;
+        match read {
             Ok(list) => {
                 let old = self.install(list);
                 let new = self.active();
@@ -476,6 +490,15 @@ impl FileLocks {
                 backlog
             }
         }
+    }
+
+    /// Whether installing `list` would keep every lock now in force.
+    fn lifts_nothing(&self, list: &LockList) -> bool {
+        let now = SystemTime::now();
+        let new: HashMap<&str, &LockEntry> = list.entries.iter().map(|e| (e.identity.as_str(), e)).collect();
+        self.active()
+            .iter()
+            .all(|(id, e)| !e.is_active(now) || new.get(id.as_str()).is_some_and(|n| n.is_active(now)))
     }
 
     /// Writes every pending lock to the file in one batch, then tells the
@@ -1149,6 +1172,41 @@ mod tests {
         for id in ids {
             assert!(locks.lookup(id, now).is_some(), "{id} in force");
         }
+    }
+
+    #[test]
+    fn a_young_file_that_only_adds_locks_is_applied_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locks.toml");
+        let manual = |id: &str| {
+            format!(
+                "[[lock]]\nidentity = \"{id}\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"r\"\n"
+            )
+        };
+        // Started without a lock list.
+        let locks = FileLocks::open(&path, norm()).unwrap();
+        let now = SystemTime::now();
+        // Written in place where there was none, and not finished: nothing
+        // applied, and not taken for a corrupt list either.
+        std::fs::write(&path, "[[lock]]\nidentity = \"b@x\"\nsource = ").unwrap();
+        assert!(locks.reload(false).is_empty());
+        assert!(locks.lookup("b@x", now).is_none());
+        assert!(!locks.stats().corrupt.load(Ordering::Relaxed));
+        // Finished: in force at this look, not a second later.
+        std::fs::write(&path, manual("b@x")).unwrap();
+        assert!(locks.reload(false).is_empty());
+        assert!(locks.lookup("b@x", now).is_some());
+        // A lock appended in place: at once too.
+        std::fs::write(&path, manual("b@x") + &manual("c@x")).unwrap();
+        locks.reload(false);
+        assert!(locks.lookup("c@x", now).is_some());
+        // An edit in place that lifts b@x waits until it has settled.
+        std::fs::write(&path, manual("c@x")).unwrap();
+        assert!(locks.reload(false).is_empty());
+        assert!(locks.lookup("b@x", now).is_some());
+        hand_edit(&path, &manual("c@x"));
+        assert_eq!(locks.reload(false), ["b@x"]);
+        assert!(locks.lookup("c@x", now).is_some());
     }
 
     #[test]

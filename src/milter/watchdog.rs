@@ -15,15 +15,22 @@
 //! All of this is traced at `trace` level only.
 //!
 //! [`Guard`] wraps the listener. It keeps the real count of open connections
-//! (indymilter is given one slot more), so it holds the first connection
-//! that has to wait for a slot and can say so in the log. Each stream it
-//! hands out is [`Watched`]: it follows the milter framing in both directions
-//! (a 4-byte length, then a command or reply byte and its payload) and ends
-//! the session with an I/O error, logged, when
+//! (indymilter is given one slot more). When every slot is taken it still
+//! accepts new connections, up to [`MAX_WAITING`], and holds them in line
+//! for a slot: so it can say so in the log, time each wait from the connect,
+//! and notice when the MTA gives up on one (it reads ahead what the MTA
+//! sent, its negotiation, and sees the connection close), which it logs and
+//! counts (`egress_milter_connection_waits_total`). Each stream it hands out
+//! is [`Watched`]: it follows the milter framing in both directions (a
+//! 4-byte length, then a command or reply byte and its payload) and ends the
+//! session with an I/O error, logged, when
 //! - the MTA has not negotiated `read_timeout` after the session started,
 //!   has not finished a packet `read_timeout` after its first byte, or does
 //!   not take our reply within `read_timeout`;
-//! - a negotiated connection has sent nothing for `idle_timeout`;
+//! - a negotiated connection has sent nothing for `idle_timeout` between
+//!   SMTP commands, or for `data_idle_timeout` from DATA to the end of the
+//!   message, while the client uploads it (the MTA sends the headers and
+//!   body only once it has all of it);
 //! - indymilter asks for the next command without having answered one that
 //!   needs an answer (it dropped it as out of order);
 //! - a packet announces more than indymilter accepts.
@@ -35,11 +42,14 @@
 use crate::config::{Config, format_duration};
 use crate::milter::listener::QuickAckStream;
 use crate::milter::throttle::Throttle;
+use crate::ops::metrics::Observer;
 use indymilter::{EitherStream, Listener, ProtoOpts};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -61,14 +71,37 @@ pub const MAX_PAYLOAD: u32 = 1024 * 1024 - 1;
 /// progress) come before one of these at the end of a message.
 const FINAL_REPLIES: &[u8] = b"acdrstyO";
 
+/// Replies that refuse a command: to DATA, the MTA refuses the client's
+/// DATA, and no message follows.
+const REFUSALS: &[u8] = b"rty";
+
+/// How many MTA connections the guard holds while they wait for a slot. It
+/// accepts them at once, so it can time each wait from the connect and
+/// notice when the MTA gives up on one; beyond this, connections wait in
+/// the kernel's listen queue, unseen. Each costs a file descriptor and at
+/// most [`READ_AHEAD`] bytes.
+pub const MAX_WAITING: usize = 128;
+
+/// How much of a waiting connection the guard reads, to see it close: an
+/// MTA sends its negotiation (17 bytes) and waits for the reply. The
+/// session reads these bytes first. A connection that sends more is left
+/// alone until it gets its slot.
+const READ_AHEAD: usize = 1024;
+
+/// The milter protocol version from which the MTA sends DATA (Postfix's
+/// `milter8.c`: `SMFIP_NODATA` is a version 4 event).
+const DATA_SINCE_VERSION: u32 = 4;
+
 /// How long the MTA may take, from `Config`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// To negotiate after the session starts, to finish a packet once begun,
     /// and to take a reply of ours.
     pub read: Duration,
-    /// Between packets, once negotiated.
+    /// Between packets, once negotiated, outside a message's DATA phase.
     pub idle: Duration,
+    /// Between packets from DATA to the end of the message.
+    pub data_idle: Duration,
 }
 
 impl Timeouts {
@@ -76,6 +109,7 @@ impl Timeouts {
         Self {
             read: config.read_timeout.0,
             idle: config.idle_timeout.0,
+            data_idle: config.data_idle_timeout(),
         }
     }
 
@@ -83,7 +117,7 @@ impl Timeouts {
     /// the moment it asks for the next command: longer than an idle wait
     /// plus a packet, so that it never fires before ours (which log why).
     pub fn backstop(&self) -> Duration {
-        self.idle + self.read + Duration::from_secs(5)
+        self.idle.max(self.data_idle) + self.read + Duration::from_secs(5)
     }
 }
 
@@ -132,6 +166,7 @@ enum Reason {
     Negotiation,
     Packet,
     Idle,
+    DataIdle,
     Write,
     OutOfOrder,
     Oversized(u32),
@@ -139,12 +174,10 @@ enum Reason {
 
 /// The log throttles, shared by all connections.
 struct Logs {
-    full: Throttle,
-    /// The longest wait for a slot since the last "max_connections reached".
-    longest_wait: Mutex<Duration>,
     negotiation: Throttle,
     packet: Throttle,
     idle: Throttle,
+    data_idle: Throttle,
     write: Throttle,
     out_of_order: Throttle,
     oversized: Throttle,
@@ -153,11 +186,10 @@ struct Logs {
 impl Default for Logs {
     fn default() -> Self {
         Self {
-            full: Throttle::new(LOG_INTERVAL),
-            longest_wait: Mutex::new(Duration::ZERO),
             negotiation: Throttle::new(LOG_INTERVAL),
             packet: Throttle::new(LOG_INTERVAL),
             idle: Throttle::new(LOG_INTERVAL),
+            data_idle: Throttle::new(LOG_INTERVAL),
             write: Throttle::new(LOG_INTERVAL),
             out_of_order: Throttle::new(LOG_INTERVAL),
             oversized: Throttle::new(LOG_INTERVAL),
@@ -171,6 +203,7 @@ impl Logs {
             Reason::Negotiation => &self.negotiation,
             Reason::Packet => &self.packet,
             Reason::Idle => &self.idle,
+            Reason::DataIdle => &self.data_idle,
             Reason::Write => &self.write,
             Reason::OutOfOrder => &self.out_of_order,
             Reason::Oversized(_) => &self.oversized,
@@ -187,28 +220,66 @@ fn kind_name(kind: Option<u8>) -> String {
     }
 }
 
+/// Milliseconds, for log fields.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The listener with the connection count and the watchdog.
 pub struct Guard<L: Listener> {
     inner: L,
     timeouts: Timeouts,
     max_connections: usize,
     slots: Arc<Semaphore>,
-    /// The connection accepted while every slot was taken; the others that
-    /// wait are still in the kernel's listen queue.
-    waiting: Option<Waiting<L::Io>>,
+    /// Connections accepted while every slot was taken, oldest first: they
+    /// get slots in this order.
+    waiting: VecDeque<Waiting<L::Io>>,
+    /// The slot the oldest waiting connection will get.
+    next_slot: Option<SlotFuture>,
+    /// The longest wait that ended (with a slot, or the MTA gone) since the
+    /// last "max_connections reached" line.
+    longest_wait: Duration,
+    /// "max_connections reached", "the MTA gave up on a connection".
+    full: Throttle,
+    gave_up: Throttle,
+    /// Where the waits are counted (metrics).
+    observer: Arc<Observer>,
     logs: Arc<Logs>,
 }
 
 type SlotFuture = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
+/// A connection waiting for a slot.
 struct Waiting<S> {
     stream: S,
+    /// When it was accepted: at once after the connect while fewer than
+    /// [`MAX_WAITING`] wait.
     since: Instant,
-    slot: SlotFuture,
+    /// What the MTA sent meanwhile (its negotiation), for the session.
+    early: Vec<u8>,
+}
+
+impl<S: AsyncRead + Unpin> Waiting<S> {
+    /// Reads what the MTA sent so far; `true` once the MTA has closed (or
+    /// reset) the connection.
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut chunk = [0; 256];
+        while self.early.len() < READ_AHEAD {
+            let room = (READ_AHEAD - self.early.len()).min(chunk.len());
+            let mut buf = ReadBuf::new(&mut chunk[..room]);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return true,
+                Poll::Ready(Ok(())) => self.early.extend_from_slice(buf.filled()),
+                Poll::Ready(Err(_)) => return true,
+                Poll::Pending => return false,
+            }
+        }
+        false
+    }
 }
 
 impl<L: Listener> Guard<L> {
-    pub fn new(inner: L, max_connections: usize, timeouts: Timeouts) -> Self {
+    pub fn new(inner: L, max_connections: usize, timeouts: Timeouts, observer: Arc<Observer>) -> Self {
         // tokio's limit; a configuration this large is not usable anyway.
         let max_connections = max_connections.clamp(1, Semaphore::MAX_PERMITS - 1);
         Self {
@@ -216,7 +287,12 @@ impl<L: Listener> Guard<L> {
             timeouts,
             max_connections,
             slots: Arc::new(Semaphore::new(max_connections)),
-            waiting: None,
+            waiting: VecDeque::new(),
+            next_slot: None,
+            longest_wait: Duration::ZERO,
+            full: Throttle::new(LOG_INTERVAL),
+            gave_up: Throttle::new(LOG_INTERVAL),
+            observer,
             logs: Arc::new(Logs::default()),
         }
     }
@@ -227,8 +303,47 @@ impl<L: Listener> Guard<L> {
         self.max_connections
     }
 
-    fn watch(&self, stream: L::Io, slot: OwnedSemaphorePermit) -> Watched<L::Io> {
-        Watched::new(stream, slot, self.timeouts, self.logs.clone())
+    fn watch(&self, stream: L::Io, slot: OwnedSemaphorePermit, early: Vec<u8>) -> Watched<L::Io> {
+        Watched::new(stream, slot, self.timeouts, self.logs.clone(), early)
+    }
+
+    /// A connection joined the line: the first of a while is logged.
+    fn note_full(&mut self) {
+        let Some(connections) = self.full.note() else { return };
+        // The oldest still waiting counts too: its wait is not over.
+        let oldest = self.waiting.front().map_or(Duration::ZERO, |w| w.since.elapsed());
+        let longest = std::mem::take(&mut self.longest_wait).max(oldest);
+        warn!(
+            max_connections = self.max_connections,
+            waiting = self.waiting.len(),
+            connections,
+            longest_wait_ms = millis(longest),
+            "max_connections reached: new MTA connections wait for a session to end; the MTA gives up on one after its milter_command_timeout"
+        );
+    }
+
+    /// Drops the waiting connections the MTA closed, and says so.
+    fn drop_abandoned(&mut self, cx: &mut Context<'_>) {
+        let mut gone = Vec::new();
+        self.waiting.retain_mut(|w| {
+            let closed = w.poll_closed(cx);
+            if closed {
+                gone.push(w.since.elapsed());
+            }
+            !closed
+        });
+        for waited in gone {
+            self.longest_wait = self.longest_wait.max(waited);
+            self.observer.slot_waits().gave_up.fetch_add(1, Ordering::Relaxed);
+            if let Some(gave_up) = self.gave_up.note() {
+                warn!(
+                    max_connections = self.max_connections,
+                    waited_ms = millis(waited),
+                    gave_up,
+                    "the MTA gave up on a connection that waited for a slot (its milter_command_timeout ran out, and it applied milter_default_action to the SMTP session): raise max_connections to at least the MTA's processes that use the milter, or find what holds the sessions"
+                );
+            }
+        }
     }
 }
 
@@ -240,56 +355,63 @@ where
     type Io = Watched<L::Io>;
 
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
-        let mut waiting = match self.waiting.take() {
-            Some(w) => w,
-            None => {
-                let stream = ready!(self.inner.poll_accept(cx))?;
-                if let Ok(slot) = self.slots.clone().try_acquire_owned() {
-                    return Poll::Ready(Ok(self.watch(stream, slot)));
+        // New connections: to a slot while none waits, else in line.
+        while self.waiting.len() < MAX_WAITING {
+            let stream = match self.inner.poll_accept(cx) {
+                Poll::Ready(Ok(stream)) => stream,
+                // With connections in line (and file descriptors held for
+                // them), a failed accept is tried again when one leaves;
+                // the connection stays in the kernel's queue meanwhile.
+                Poll::Ready(Err(e)) if !self.waiting.is_empty() => {
+                    debug!("accepting an MTA connection failed while others wait for a slot: {e}");
+                    break;
                 }
-                if let Some(waited) = self.logs.full.note() {
-                    let longest =
-                        std::mem::take(&mut *self.logs.longest_wait.lock().unwrap_or_else(|p| p.into_inner()));
-                    let max_connections = self.max_connections;
-                    const WHY: &str = "max_connections reached: new MTA connections wait for a session to end; the MTA gives up on one after its milter_command_timeout";
-                    if longest.is_zero() {
-                        warn!(max_connections, waited, "{WHY}");
-                    } else {
-                        // The longest wait of those that got a slot since the last line.
-                        warn!(
-                            max_connections,
-                            waited,
-                            longest_wait = format_duration(longest).as_str(),
-                            "{WHY}"
-                        );
-                    }
-                }
-                Waiting {
-                    stream,
-                    since: Instant::now(),
-                    slot: Box::pin(self.slots.clone().acquire_owned()),
-                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            };
+            if self.waiting.is_empty()
+                && let Ok(slot) = self.slots.clone().try_acquire_owned()
+            {
+                return Poll::Ready(Ok(self.watch(stream, slot, Vec::new())));
             }
-        };
-        match waiting.slot.as_mut().poll(cx) {
-            Poll::Pending => {
-                self.waiting = Some(waiting);
-                Poll::Pending
-            }
-            Poll::Ready(Ok(slot)) => {
-                let waited = waiting.since.elapsed();
-                let mut longest = self.logs.longest_wait.lock().unwrap_or_else(|p| p.into_inner());
-                *longest = (*longest).max(waited);
-                drop(longest);
-                debug!(
-                    waited_ms = waited.as_millis() as u64,
-                    "a waiting MTA connection got a free slot"
-                );
-                Poll::Ready(Ok(self.watch(waiting.stream, slot)))
-            }
-            // The semaphore is never closed.
-            Poll::Ready(Err(e)) => Poll::Ready(Err(io::Error::other(e))),
+            self.waiting.push_back(Waiting {
+                stream,
+                since: Instant::now(),
+                early: Vec::new(),
+            });
+            self.note_full();
         }
+        self.drop_abandoned(cx);
+        let waits = self.observer.slot_waits();
+        waits.waiting.store(self.waiting.len() as u64, Ordering::Relaxed);
+        if self.waiting.is_empty() {
+            self.next_slot = None;
+            return Poll::Pending;
+        }
+        let slots = &self.slots;
+        let next = self
+            .next_slot
+            .get_or_insert_with(|| Box::pin(slots.clone().acquire_owned()));
+        let slot = match next.as_mut().poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(slot)) => slot,
+            // The semaphore is never closed.
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+        };
+        self.next_slot = None;
+        let Some(w) = self.waiting.pop_front() else {
+            // Not reached: the line was not empty. The slot goes back, and
+            // the accept loop looks again.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        };
+        let waited = w.since.elapsed();
+        self.longest_wait = self.longest_wait.max(waited);
+        let waits = self.observer.slot_waits();
+        waits.served.fetch_add(1, Ordering::Relaxed);
+        waits.waiting.store(self.waiting.len() as u64, Ordering::Relaxed);
+        debug!(waited_ms = millis(waited), "a waiting MTA connection got a free slot");
+        Poll::Ready(Ok(self.watch(w.stream, slot, w.early)))
     }
 }
 
@@ -406,13 +528,24 @@ pub struct Watched<S> {
     owed: u32,
     /// The stages whose replies the negotiation turned off.
     noreply: ProtoOpts,
+    /// The MTA sends DATA (protocol version 4 or later, and not turned off
+    /// by the negotiation); otherwise a message's upload follows its last
+    /// RCPT.
+    data_command: bool,
+    /// From DATA (or the first RCPT, without DATA) to the end of the
+    /// message: the client uploads it, and `data_idle_timeout` applies.
+    in_data: bool,
+    /// What the guard read while the connection waited for a slot; the
+    /// session reads it first, from `early_at` on.
+    early: Vec<u8>,
+    early_at: usize,
     /// The last two commands read, for log lines.
     last: Option<u8>,
     before_last: Option<u8>,
 }
 
 impl<S> Watched<S> {
-    fn new(stream: S, slot: OwnedSemaphorePermit, timeouts: Timeouts, logs: Arc<Logs>) -> Self {
+    fn new(stream: S, slot: OwnedSemaphorePermit, timeouts: Timeouts, logs: Arc<Logs>, early: Vec<u8>) -> Self {
         let now = Instant::now();
         Self {
             stream,
@@ -430,6 +563,10 @@ impl<S> Watched<S> {
             write_timer: None,
             owed: 0,
             noreply: ProtoOpts::empty(),
+            data_command: true,
+            in_data: false,
+            early,
+            early_at: 0,
             last: None,
             before_last: None,
         }
@@ -448,6 +585,14 @@ impl<S: Peer> Watched<S> {
                 self.negotiated |= kind == b'O';
                 if needs_reply(kind, self.noreply) {
                     self.owed += 1;
+                }
+                match kind {
+                    b'T' => self.in_data = true,
+                    b'R' if !self.data_command => self.in_data = true,
+                    // The end of the message, an abort, a new transaction
+                    // or session.
+                    b'E' | b'A' | b'M' | b'Q' | b'K' => self.in_data = false,
+                    _ => {}
                 }
                 self.before_last = self.last.replace(kind);
             }
@@ -468,12 +613,19 @@ impl<S: Peer> Watched<S> {
             if let Frame::Packet { kind, head } = frame {
                 if FINAL_REPLIES.contains(&kind) {
                     self.owed = self.owed.saturating_sub(1);
+                    // DATA refused: no message follows.
+                    if self.last == Some(b'T') && REFUSALS.contains(&kind) {
+                        self.in_data = false;
+                    }
                 }
                 // Our negotiation reply: version, actions, options.
                 if kind == b'O'
-                    && let Some(&[a, b, c, d]) = head.get(8..12)
+                    && let Some(&[v1, v2, v3, v4, _, _, _, _, a, b, c, d]) = head.get(..12)
                 {
-                    self.noreply = ProtoOpts::from_bits_truncate(u32::from_be_bytes([a, b, c, d]));
+                    let opts = ProtoOpts::from_bits_truncate(u32::from_be_bytes([a, b, c, d]));
+                    self.noreply = opts;
+                    self.data_command = u32::from_be_bytes([v1, v2, v3, v4]) >= DATA_SINCE_VERSION
+                        && !opts.contains(ProtoOpts::NO_DATA);
                 }
             }
         });
@@ -507,6 +659,13 @@ impl<S: Peer> Watched<S> {
                     last_command = last,
                     closed,
                     "closing a milter connection: no command from the MTA within idle_timeout"
+                ),
+                Reason::DataIdle => warn!(
+                    peer,
+                    data_idle_timeout = format_duration(self.timeouts.data_idle).as_str(),
+                    last_command = last,
+                    closed,
+                    "closing a milter connection: no command from the MTA within data_idle_timeout, in a message's DATA phase"
                 ),
                 Reason::Write => warn!(
                     peer,
@@ -543,7 +702,11 @@ impl<S: Peer> Watched<S> {
             (after(self.packet_started, self.timeouts.read), Reason::Packet)
         } else {
             let since = *self.idle_since.get_or_insert_with(Instant::now);
-            (after(since, self.timeouts.idle), Reason::Idle)
+            if self.in_data {
+                (after(since, self.timeouts.data_idle), Reason::DataIdle)
+            } else {
+                (after(since, self.timeouts.idle), Reason::Idle)
+            }
         };
         if poll_timer(&mut self.read_timer, deadline, cx).is_ready() {
             return Poll::Ready(Err(self.close(reason)));
@@ -578,6 +741,20 @@ impl<S: AsyncRead + Peer + Unpin> AsyncRead for Watched<S> {
         // reads again with an answer owed, it dropped the command.
         if this.owed > 0 {
             return Poll::Ready(Err(this.close(Reason::OutOfOrder)));
+        }
+        // First what the guard read while the connection waited.
+        if this.early_at < this.early.len() && buf.remaining() > 0 {
+            let early = std::mem::take(&mut this.early);
+            let end = early.len().min(this.early_at + buf.remaining());
+            let bytes = &early[this.early_at..end];
+            buf.put_slice(bytes);
+            this.idle_since = None;
+            let received = this.received(bytes);
+            this.early_at = end;
+            if end < early.len() {
+                this.early = early;
+            }
+            return Poll::Ready(received);
         }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
@@ -754,12 +931,16 @@ mod tests {
     fn watched(timeouts: Timeouts) -> (Watched<Duplex>, tokio::io::DuplexStream) {
         let (mta, ours) = tokio::io::duplex(64);
         let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        (Watched::new(Duplex(ours), slot, timeouts, Arc::default()), mta)
+        (
+            Watched::new(Duplex(ours), slot, timeouts, Arc::default(), Vec::new()),
+            mta,
+        )
     }
 
     const TIMEOUTS: Timeouts = Timeouts {
         read: Duration::from_secs(10),
-        idle: Duration::from_secs(3600),
+        idle: Duration::from_secs(600),
+        data_idle: Duration::from_secs(3600),
     };
 
     #[tokio::test(start_paused = true)]
@@ -838,5 +1019,104 @@ mod tests {
         assert_eq!(w.read(&mut buf).await.unwrap(), 11);
         let e = w.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// Our negotiation reply, version 6, with these options.
+    fn optneg_reply(opts: ProtoOpts) -> Vec<u8> {
+        packet(b'O', &[6, 0, opts.bits()].map(u32::to_be_bytes).concat())
+    }
+
+    /// A connection that has negotiated `opts`.
+    async fn negotiated(opts: ProtoOpts) -> (Watched<Duplex>, tokio::io::DuplexStream) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut w, mut mta) = watched(TIMEOUTS);
+        let mut buf = [0; 64];
+        mta.write_all(&packet(b'O', &[0; 12])).await.unwrap();
+        assert_eq!(w.read(&mut buf).await.unwrap(), 17);
+        w.write_all(&optneg_reply(opts)).await.unwrap();
+        (w, mta)
+    }
+
+    /// The MTA sends `kind`; we answer `reply` if given. Returns how long the
+    /// next wait for the MTA lasts before the watchdog closes it.
+    async fn silence_after(
+        w: &mut Watched<Duplex>,
+        mta: &mut tokio::io::DuplexStream,
+        sent: &[(u8, Option<u8>)],
+    ) -> Duration {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0; 64];
+        for &(kind, reply) in sent {
+            let p = packet(kind, b"x\0");
+            mta.write_all(&p).await.unwrap();
+            assert_eq!(w.read(&mut buf).await.unwrap(), p.len());
+            if let Some(r) = reply {
+                w.write_all(&packet(r, b"")).await.unwrap();
+                let mut reply = [0; 5];
+                mta.read_exact(&mut reply).await.unwrap();
+            }
+        }
+        let silent = Instant::now();
+        let e = w.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        silent.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_upload_of_a_message_has_data_idle_timeout_and_the_rest_idle_timeout() {
+        let none = ProtoOpts::empty();
+        let c = Some(b'c');
+        // Between commands: idle_timeout.
+        let (mut w, mut mta) = negotiated(none).await;
+        assert_eq!(
+            silence_after(&mut w, &mut mta, &[(b'M', c), (b'R', c)]).await,
+            TIMEOUTS.idle
+        );
+        // After DATA, while the client uploads: data_idle_timeout.
+        let (mut w, mut mta) = negotiated(none).await;
+        let data = [(b'M', c), (b'R', c), (b'T', c)];
+        assert_eq!(silence_after(&mut w, &mut mta, &data).await, TIMEOUTS.data_idle);
+        // Also between the headers (other milters take their turns).
+        let (mut w, mut mta) = negotiated(none).await;
+        let headers = [(b'M', c), (b'R', c), (b'T', c), (b'L', c)];
+        assert_eq!(silence_after(&mut w, &mut mta, &headers).await, TIMEOUTS.data_idle);
+        // The message is over: idle_timeout again.
+        let (mut w, mut mta) = negotiated(none).await;
+        let done = [(b'M', c), (b'R', c), (b'T', c), (b'N', c), (b'E', c)];
+        assert_eq!(silence_after(&mut w, &mut mta, &done).await, TIMEOUTS.idle);
+        let (mut w, mut mta) = negotiated(none).await;
+        let aborted = [(b'M', c), (b'R', c), (b'T', c), (b'A', None)];
+        assert_eq!(silence_after(&mut w, &mut mta, &aborted).await, TIMEOUTS.idle);
+        // DATA refused: no upload follows.
+        let (mut w, mut mta) = negotiated(none).await;
+        let refused = [(b'M', c), (b'R', c), (b'T', Some(b't'))];
+        assert_eq!(silence_after(&mut w, &mut mta, &refused).await, TIMEOUTS.idle);
+        // Without DATA in the protocol, the upload follows the recipients.
+        let (mut w, mut mta) = negotiated(ProtoOpts::NO_DATA).await;
+        assert_eq!(
+            silence_after(&mut w, &mut mta, &[(b'M', c), (b'R', c)]).await,
+            TIMEOUTS.data_idle
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_read_while_waiting_for_a_slot_come_first() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut mta, ours) = tokio::io::duplex(64);
+        let slot = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let optneg = packet(b'O', &[0; 12]);
+        let mut w = Watched::new(Duplex(ours), slot, TIMEOUTS, Arc::default(), optneg.clone());
+        mta.write_all(&packet(b'M', b"<a@b>\0")).await.unwrap();
+        let mut buf = [0; 10];
+        // In pieces as small as the reader asks for, then the stream.
+        assert_eq!(w.read(&mut buf).await.unwrap(), 10);
+        assert_eq!(buf[..], optneg[..10]);
+        assert_eq!(w.read(&mut buf).await.unwrap(), 7);
+        assert_eq!(buf[..7], optneg[10..]);
+        assert!(w.negotiated);
+        w.write_all(&optneg_reply(ProtoOpts::empty())).await.unwrap();
+        let mut rest = [0; 64];
+        assert_eq!(w.read(&mut rest).await.unwrap(), 11);
+        assert_eq!(w.last, Some(b'M'));
     }
 }

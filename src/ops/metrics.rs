@@ -120,6 +120,20 @@ struct RuleCounters {
     not_enforced: [AtomicU64; 4],
 }
 
+/// MTA connections that found every slot taken (`max_connections`), as the
+/// connection guard (`milter/watchdog.rs`) counts them. Counted whether or
+/// not the observer is enabled: a few atomics per waiting connection.
+#[derive(Debug, Default)]
+pub struct SlotWaits {
+    /// Waited, then got a slot when a session ended.
+    pub served: AtomicU64,
+    /// Closed by the MTA while waiting: its `milter_command_timeout` ran
+    /// out, and it applied `milter_default_action` to the SMTP session.
+    pub gave_up: AtomicU64,
+    /// Waiting now, among those the guard holds.
+    pub waiting: AtomicU64,
+}
+
 /// Counts verdicts; shared by every policy snapshot of a running daemon.
 pub struct Observer {
     enabled: bool,
@@ -136,6 +150,7 @@ pub struct Observer {
     latency: [Histogram; 5],
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    slot_waits: SlotWaits,
 }
 
 impl std::fmt::Debug for Observer {
@@ -179,7 +194,13 @@ impl Observer {
             latency: Default::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            slot_waits: SlotWaits::default(),
         }
+    }
+
+    /// The waits for a connection slot, for the connection guard to count.
+    pub fn slot_waits(&self) -> &SlotWaits {
+        &self.slot_waits
     }
 
     pub fn enabled(&self) -> bool {
@@ -570,6 +591,24 @@ impl Collector for Exposition {
         }
         {
             let mut m = e.encode_descriptor(
+                "connection_waits",
+                "MTA connections that found max_connections reached and waited: until a session ended and gave them a slot (slot), or until the MTA closed them (gave_up: its milter_command_timeout ran out and it applied milter_default_action).",
+                None,
+                MetricType::Counter,
+            )?;
+            let w = &o.slot_waits;
+            for (outcome, v) in [("slot", load(&w.served)), ("gave_up", load(&w.gave_up))] {
+                ConstCounter::new(v).encode(m.encode_family(&[("outcome", outcome)])?)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "connections_waiting",
+            "MTA connections waiting for a slot now (max_connections reached), of those the daemon holds (at most 128; more wait in the kernel's listen queue).",
+            load(&o.slot_waits.waiting),
+        )?;
+        {
+            let mut m = e.encode_descriptor(
                 "config_reloads",
                 "Configuration reloads (SIGHUP), by result.",
                 None,
@@ -601,6 +640,8 @@ mod tests {
         let took = o.finish(Stage::Mail, t);
         o.message(took + Duration::from_micros(150));
         o.reloaded(false);
+        o.slot_waits().gave_up.fetch_add(2, Ordering::Relaxed);
+        o.slot_waits().waiting.store(3, Ordering::Relaxed);
         let text = encode(
             &o,
             Gauges {
@@ -630,6 +671,9 @@ mod tests {
             "egress_milter_config_reloads_total{result=\"failed\"} 1",
             "egress_milter_notifications_total{outcome=\"command_ok\"} 1",
             "egress_milter_notifications_total{outcome=\"mail_sent\"} 2",
+            "egress_milter_connection_waits_total{outcome=\"slot\"} 0",
+            "egress_milter_connection_waits_total{outcome=\"gave_up\"} 2",
+            "egress_milter_connections_waiting 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
         }
