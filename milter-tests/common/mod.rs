@@ -169,7 +169,7 @@ impl Milter {
 }
 
 pub fn read_lock_list(path: &Path) -> lockfile::LockList {
-    lockfile::LockList::read(path, |s| s.to_string()).unwrap_or_else(|e| panic!("{e}"))
+    lockfile::LockList::read(path, |s| Ok(s.to_string())).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes.
