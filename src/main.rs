@@ -32,7 +32,13 @@ fn main() -> ExitCode {
     if let Command::Passwd { user } = &cli.command {
         return finish(admin::passwd(user));
     }
-    let config = match Config::read(&cli.config) {
+    // The daemon and check-config read the secrets the file names too; the
+    // other commands need none, and work for users who may not read them.
+    let read = match cli.command {
+        Command::Run | Command::CheckConfig => Config::read_with_secrets,
+        _ => Config::read,
+    };
+    let config = match read(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             output::eprint(&format!("egress-milter: {e}\n"));
