@@ -40,14 +40,18 @@ impl Desk {
 }
 
 async fn start() -> Desk {
-    let dir = tempfile::tempdir().unwrap();
+    start_with(tempfile::tempdir().unwrap(), "").await
+}
+
+/// The desk with `status` (more `[status]` keys) in the configuration, in `dir`.
+async fn start_with(dir: tempfile::TempDir, status_keys: &str) -> Desk {
     let users = dir.path().join("users");
     let hash = egress_milter::ops::auth::hash_password(PASSWORD).unwrap();
     std::fs::write(&users, format!("# review desk users\nalice:{hash}\n")).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let status: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = format!(
-        "{}\n[status]\nlisten = \"{status}\"\nusers_file = \"{}\"\n",
+        "{}\n[status]\nlisten = \"{status}\"\nusers_file = \"{}\"\n{status_keys}",
         fixture("escalation.toml").replace("[locks]", "[locks]\npoll_interval = \"100ms\""),
         users.display()
     );
@@ -566,5 +570,164 @@ async fn bulk_unlock_lists_first_then_releases_only_what_the_filter_matches() {
             .refusal()
             .is_some()
     );
+    assert!(d.process.stop().await.success());
+}
+
+/// Issue 18, 1: with `trusted_proxies = ["127.0.0.1"]` any local process
+/// (user `nobody` with curl) could send `X-Remote-User` and act as anyone.
+/// A proxy on this host must now also send the secret of
+/// `proxy_secret_file`; without it such a configuration is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_process_cannot_forge_the_proxy_user_header() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let forged = "[status]\ntrusted_proxies = [\"127.0.0.1\"]\n";
+    // A proxy on this host without a secret: refused, as every config error.
+    let config = write_config(
+        dir.path(),
+        &format!("{}\n{forged}", fixture("escalation.toml")),
+        "inet:127.0.0.1:7025",
+    );
+    for args in [&["check-config"][..], &["run"]] {
+        let out = cli(&config, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {err}");
+        assert!(
+            err.contains("key \"status.trusted_proxies[0]\": 127.0.0.1 is a loopback address")
+                && err.contains("status.proxy_secret_file"),
+            "{err}"
+        );
+    }
+    // A secret other users can read: refused, naming the file.
+    let secret_file = dir.path().join("proxy.secret");
+    let secret = "3f1c0a9e5b7d24c86e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d";
+    std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let keys = format!(
+        "trusted_proxies = [\"127.0.0.1\"]\nproxy_secret_file = \"{}\"\n",
+        secret_file.display()
+    );
+    let with_secret = write_config(
+        dir.path(),
+        &format!("{}\n[status]\n{keys}", fixture("escalation.toml")),
+        "inet:127.0.0.1:7025",
+    );
+    let out = cli(&with_secret, &["check-config"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains("key \"status.proxy_secret_file\"")
+            && err.contains(&format!(
+                "{} has permissions for other users (mode 0644)",
+                secret_file.display()
+            )),
+        "{err}"
+    );
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = cli(&with_secret, &["check-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let d = start_with(dir, &keys).await;
+    run_cli(
+        &d.config,
+        &["locks", "add", "alice@example.com", "--reason", "phishing kit"],
+    );
+    let token = format!("Bearer {}", d.token());
+    eventually(Duration::from_secs(10), "the daemon has the lock", async || {
+        http(d.status, "GET", "/api/locks", &[("Authorization", &token)], "")
+            .2
+            .contains("phishing kit")
+    })
+    .await;
+    let user = ("X-Remote-User", "support");
+    // What `nobody` would send from this host: no secret, or a guess.
+    for headers in [
+        vec![user],
+        vec![user, ("X-Egress-Proxy-Secret", "")],
+        vec![
+            user,
+            (
+                "X-Egress-Proxy-Secret",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+        ],
+        vec![user, ("X-Egress-Proxy-Secret", &secret[..40])],
+        // Two copies of the user: which one the proxy set cannot be told.
+        vec![user, ("X-Remote-User", "alice"), ("X-Egress-Proxy-Secret", secret)],
+    ] {
+        for path in ["/api/locks", "/api/session", "/api/locks/alice%40example.com"] {
+            let (status, _, body) = http(d.status, "GET", path, &headers, "");
+            assert_eq!(status, 401, "{path} {headers:?}: {body}");
+            assert!(!body.contains("phishing kit"), "{path} leaks: {body}");
+        }
+        let origin = d.origin();
+        let mut write = headers.clone();
+        write.extend([("Content-Type", "application/json"), ("Origin", origin.as_str())]);
+        let (status, _, body) = http(
+            d.status,
+            "POST",
+            "/api/actions/unlock",
+            &write,
+            r#"{"identity": "alice@example.com", "reason": "forged"}"#,
+        );
+        assert_eq!(status, 401, "{headers:?}: {body}");
+    }
+    assert!(d.lock_list().contains("phishing kit") && !d.lock_list().contains("forged"));
+    assert!(
+        d.process
+            .log_text()
+            .contains("request refused: X-Remote-User came without the proxy's secret"),
+        "{}",
+        d.process.log_text()
+    );
+    assert!(!d.process.log_text().contains(secret), "the secret is logged");
+
+    // The proxy, which knows the secret: the user it names is believed.
+    let proxy = [user, ("X-Egress-Proxy-Secret", secret)];
+    let (status, _, body) = http(d.status, "GET", "/api/locks", &proxy, "");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("phishing kit"), "{body}");
+    let (status, _, body) = http(d.status, "GET", "/api/session", &proxy, "");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["user"], "proxy:support");
+    let csrf = v["csrf"].as_str().unwrap().to_string();
+    let origin = d.origin();
+    let (status, _, body) = http(
+        d.status,
+        "POST",
+        "/api/actions/unlock",
+        &[
+            user,
+            ("X-Egress-Proxy-Secret", secret),
+            ("X-CSRF-Token", &csrf),
+            ("Content-Type", "application/json"),
+            ("Origin", &origin),
+        ],
+        r#"{"identity": "alice@example.com", "reason": "customer confirmed"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(d.lock_list().contains("by = \"proxy:support\""), "{}", d.lock_list());
+
+    // A new secret, read at the reload; the old one no longer works.
+    let renewed = "b".repeat(40);
+    std::fs::write(&secret_file, format!("{renewed}\r\n")).unwrap();
+    d.process.signal("HUP");
+    let new = [user, ("X-Egress-Proxy-Secret", renewed.as_str())];
+    eventually(Duration::from_secs(10), "the new secret applies", async || {
+        http(d.status, "GET", "/api/locks", &new, "").0 == 200
+    })
+    .await;
+    assert_eq!(http(d.status, "GET", "/api/locks", &proxy, "").0, 401);
+    // A reload with a readable secret is refused: the running one stays.
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o604)).unwrap();
+    d.process.signal("HUP");
+    eventually(Duration::from_secs(10), "the bad reload logged", async || {
+        d.process
+            .log_text()
+            .contains("configuration not reloaded, keeping the running one")
+    })
+    .await;
+    assert_eq!(http(d.status, "GET", "/api/locks", &new, "").0, 200);
     assert!(d.process.stop().await.success());
 }

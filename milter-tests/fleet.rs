@@ -425,3 +425,54 @@ async fn a_corrupt_lock_list_on_one_host_loses_no_fleet_lock() {
         &Mta::send(b.addr, &Msg::from_user("spammer@example.com")).await
     ));
 }
+
+/// Issue 18: an entry that this host's lock list would refuse (an older
+/// host pushed a hand edit with markup for an identity) is not written
+/// into its file, which would stop parsing; the good entries after it are.
+#[tokio::test]
+async fn a_fleet_entry_the_lock_list_would_refuse_stays_out_of_the_file() {
+    use egress_milter::locks::file::{LockEntry, LockSource, Timestamp};
+    let Some(redis) = RedisServer::start() else { return };
+    let config = lock_config(&redis, "guard:");
+    let host = Milter::spawn(&config).await;
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let script = ::redis::Script::new(include_str!("../src/store/locks.lua"));
+    let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+    for identity in ["<script>alert(1)</script>", "eve@example.com"] {
+        let entry = LockEntry {
+            identity: identity.into(),
+            source: LockSource::Manual,
+            locked_at: Timestamp(at),
+            reason: "pushed by an older host".into(),
+            rule: None,
+            previous_locks: 0,
+            expires_at: None,
+            note: None,
+            history: Vec::new(),
+        };
+        let value = format!("1795000000000 {}", serde_json::to_string(&entry).unwrap());
+        let mut inv = script.prepare_invoke();
+        for k in ["guard:{locks}:entries", "guard:{locks}:log", "guard:{locks}:version"] {
+            inv.key(k);
+        }
+        inv.arg("older-host")
+            .arg("put")
+            .arg(identity)
+            .arg(1_795_000_000_000u64)
+            .arg(value);
+        let _: Vec<Option<String>> = inv.invoke_async(&mut conn).await.unwrap();
+    }
+    until_listed(&host, "eve@example.com", PROPAGATION).await;
+    let config = egress_milter::config::Config::read(&host.config_path).unwrap();
+    let list =
+        egress_milter::locks::file::LockList::read(&host.lock_path, &*egress_milter::locks::lock_normaliser(&config))
+            .unwrap_or_else(|e| panic!("the fleet made the lock list invalid: {e}"));
+    assert_eq!(
+        list.entries.iter().map(|e| e.identity.as_str()).collect::<Vec<_>>(),
+        ["eve@example.com"]
+    );
+    assert!(refused_as_locked(
+        &Mta::send(host.addr, &Msg::from_user("eve@example.com")).await
+    ));
+}

@@ -261,3 +261,76 @@ async fn a_lock_written_into_a_missing_lock_list_is_in_force_within_poll_interva
     .await;
     println!("hand-written lock list where none was: in force after {took:?}");
 }
+
+/// Issue 18: an identity that `locks add` and the review desk refuse (here
+/// markup) added to the file by hand makes it invalid like any other
+/// malformed entry: the daemon keeps its last good list in force and logs
+/// file, line and why, and the CLI names the line.
+#[tokio::test]
+async fn a_hand_added_identity_the_cli_refuses_keeps_the_last_good_list_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = fixture("escalation.toml").replace("[locks]\n", "[locks]\npoll_interval = \"100ms\"\n");
+    let path = write_config(dir.path(), &config, &format!("inet:{addr}"));
+    let daemon = Process::start(&path, addr).await;
+    let out = cli(&path, &["locks", "add", "mallory@example.com", "--reason", "hijacked"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually(Duration::from_secs(10), "mallory's lock enforced", async || {
+        Mta::send(addr, &Msg::from_user("mallory@example.com"))
+            .await
+            .refusal()
+            .as_deref()
+            == Some(LOCKED)
+    })
+    .await;
+
+    // The admin replaces the list by hand: mallory's entry gone, eve's added,
+    // and one with markup for an identity.
+    let list = dir.path().join("locks.toml");
+    let edited = "[[lock]]\nidentity = \"eve@example.com\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"phishing\"\n\n\
+                  [[lock]]\nidentity = \"<script>alert(1)</script>\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"xss\"\n";
+    std::fs::write(&list, edited).unwrap();
+    let why = format!(
+        "lock list not reloaded, keeping the last good list (1 locks) in force: {}: line 8: \"<script>alert(1)</script>\" is not a valid identity",
+        list.display()
+    );
+    eventually(Duration::from_secs(10), "the refusal logged", async || {
+        daemon.log_text().contains(&why)
+    })
+    .await;
+    // Nothing of the edit applies: mallory stays locked, eve is not.
+    assert_eq!(
+        Mta::send(addr, &Msg::from_user("mallory@example.com"))
+            .await
+            .refusal()
+            .as_deref(),
+        Some(LOCKED)
+    );
+    assert!(Mta::send(addr, &Msg::from_user("eve@example.com")).await.accepted());
+    // The CLI names the line, refuses to change the file, and so does check-config.
+    for args in [&["locks", "list"][..], &["locks", "list", "--json"], &["check-config"]] {
+        let out = cli(&path, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{args:?}: {err}");
+        assert!(
+            err.contains("locks.toml: line 8: \"<script>alert(1)</script>\" is not a valid identity"),
+            "{args:?}: {err}"
+        );
+    }
+    let add = cli(&path, &["locks", "add", "trent@example.com", "--reason", "r"]);
+    assert_eq!(add.status.code(), Some(78));
+    assert_eq!(std::fs::read_to_string(&list).unwrap(), edited);
+
+    // Fixed by hand: applied at the next poll.
+    std::fs::write(&list, edited.split("\n\n").next().unwrap()).unwrap();
+    eventually(Duration::from_secs(10), "the fixed list applied", async || {
+        Mta::send(addr, &Msg::from_user("mallory@example.com")).await.accepted()
+    })
+    .await;
+    assert!(
+        Mta::send(addr, &Msg::from_user("eve@example.com"))
+            .await
+            .refusal()
+            .is_some_and(|r| r.contains("eve@example.com is suspended"))
+    );
+}

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod closed_stdout;
 mod crash;
 mod daemon;
 mod desk;

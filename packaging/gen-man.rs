@@ -246,6 +246,8 @@ locks not yet written to the lock list, save the rate counters (see
 .TP
 \fB0\fR
 Success. For \fBrun\fR: stopped by SIGTERM or SIGINT after draining.
+Also when standard output is a pipe whose reader stopped reading
+(\fB| head\fR): the command did its work and ends quietly.
 .TP
 \fB1\fR
 Any other failure, for example: the socket cannot be bound for a reason a

@@ -366,7 +366,7 @@ async fn reload_config(
     observer: &Arc<Observer>,
 ) {
     let read_path = path.to_owned();
-    let read = tokio::task::spawn_blocking(move || Config::read(&read_path)).await;
+    let read = tokio::task::spawn_blocking(move || Config::read_with_secrets(&read_path)).await;
     match read {
         Ok(Ok(new)) => {
             let old = snapshot(current);

@@ -53,9 +53,14 @@
 //! The command line:
 //! - [`cli`]: subcommands and options;
 //! - [`admin`]: `check-config`, `locks`, `top`/`explain`/`report`
-//!   ([`admin::client`]) and `queue hold|release` ([`admin::queue`]).
+//!   ([`admin::client`]) and `queue hold|release` ([`admin::queue`]);
+//!   [`admin::output`] prints for them all (a reader that went away, as
+//!   after `| head`, ends a command quietly).
 
 #![forbid(unsafe_code)]
+// Commands print through admin::output, which ends quietly when the reader
+// of a pipe is gone where `print!` panics; the daemon logs through tracing.
+#![cfg_attr(not(test), deny(clippy::print_stdout, clippy::print_stderr))]
 
 pub mod admin;
 pub mod cli;

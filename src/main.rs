@@ -4,9 +4,13 @@
 
 //! The `egress-milter` command: argument parsing and dispatch.
 
+// Output goes through admin::output, which ends quietly when the reader of
+// a pipe is gone (`| head -1`) where `print!` panics.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 use clap::Parser;
 use egress_milter::admin::queue::{self, QueueAction};
-use egress_milter::admin::{self, client as status_client};
+use egress_milter::admin::{self, client as status_client, output};
 use egress_milter::cli::{Cli, Command, LocksCommand, QueueCommand};
 use egress_milter::clock::Clock;
 use egress_milter::config::{Config, SocketSpec};
@@ -28,10 +32,16 @@ fn main() -> ExitCode {
     if let Command::Passwd { user } = &cli.command {
         return finish(admin::passwd(user));
     }
-    let config = match Config::read(&cli.config) {
+    // The daemon and check-config read the secrets the file names too; the
+    // other commands need none, and work for users who may not read them.
+    let read = match cli.command {
+        Command::Run | Command::CheckConfig => Config::read_with_secrets,
+        _ => Config::read,
+    };
+    let config = match read(&cli.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("egress-milter: {e}");
+            output::eprint(&format!("egress-milter: {e}\n"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -104,14 +114,13 @@ fn main() -> ExitCode {
 }
 
 /// Prints an admin command's output, or its error, and exits accordingly.
+/// A reader that stopped reading (`| head -1`) is no error: the command
+/// did its work, and ends quietly with its own status.
 fn finish(result: Result<String, admin::Failure>) -> ExitCode {
-    match result {
-        Ok(out) => {
-            print!("{out}");
-            ExitCode::SUCCESS
-        }
+    match result.and_then(|out| output::print(&out)) {
+        Ok(_) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("egress-milter: {}", f.message);
+            output::eprint(&format!("egress-milter: {}\n", f.message));
             ExitCode::from(u8::try_from(f.status).unwrap_or(1))
         }
     }

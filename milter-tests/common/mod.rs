@@ -112,7 +112,7 @@ impl Milter {
             }
         };
         let config_path = write_config(dir.path(), config, &format!("inet:{addr}"));
-        let config = Config::read(&config_path).unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::read_with_secrets(&config_path).unwrap_or_else(|e| panic!("{e}"));
         let lock_path = config.locks.file.clone();
         let locks = locks::open_locks(&config).unwrap_or_else(|e| panic!("{e}"));
         let (reload_tx, reload_rx) = mpsc::channel(1);
@@ -169,7 +169,7 @@ impl Milter {
 }
 
 pub fn read_lock_list(path: &Path) -> lockfile::LockList {
-    lockfile::LockList::read(path, |s| s.to_string()).unwrap_or_else(|e| panic!("{e}"))
+    lockfile::LockList::read(path, |s| Ok(s.to_string())).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls `cond` every 20 ms until it holds or `limit` passes.

@@ -11,7 +11,7 @@
 //! HTTP/1.1 requests from this file: no Node, no extra crate. Screenshots
 //! go to `$EGRESS_MILTER_ARTIFACTS` (default `target/desk-artifacts/`).
 
-use crate::egress::MilterConfig;
+use crate::egress::{EgressMilter, MilterConfig};
 use crate::harness::skip_unless_live;
 use crate::ports::free_port;
 use crate::scenarios::{Live, WAIT, assert_accepted, push_until_locked};
@@ -340,4 +340,70 @@ fn a_support_person_releases_a_lock_from_the_browser_and_mail_flows() {
         live.mta.postfix.log_tail(20)
     );
     assert!(live.was_delivered("mallory-after-desk-unlock"));
+}
+
+/// Issue 18, 4: beside a long identity the Reason column was squeezed to a
+/// dozen characters. The identity is cut short now (in full in its
+/// tooltip and in the detail pane) and the reason keeps a readable width.
+#[test]
+fn a_long_identity_leaves_the_reason_readable() {
+    if skip_unless_live() {
+        return;
+    }
+    let users = tempfile::tempdir().expect("temp dir");
+    let users_file = users.path().join("users");
+    let hash = egress_milter::ops::auth::hash_password(PASSWORD).expect("hash");
+    std::fs::write(&users_file, format!("{USER}:{hash}\n")).expect("write the users file");
+    let status = format!("127.0.0.1:{}", free_port().expect("a free port"));
+    let config = MilterConfig::fixture("small-limits.toml")
+        .set("status.listen", status.as_str())
+        .set("status.users_file", users_file.display().to_string())
+        .set("locks.poll_interval", "200ms");
+    let milter = EgressMilter::start(&config);
+    let long = format!(
+        "{}@mail.customer-with-a-very-long-domain-name.example.com",
+        "firstname.middlename.lastname.department.building".repeat(2)
+    );
+    let reason = "customer reported a phishing kit on the web server that sent through this \
+                  account for two days; password reset pending, see ticket 4711";
+    for (identity, reason) in [(long.as_str(), reason), ("bob@example.com", "rule test")] {
+        let out = milter.cli(&["locks", "add", identity, "--reason", reason]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let browser = Browser::start();
+    browser.go(&format!("http://{status}/"));
+    browser.wait_for_text("body", "Log in");
+    browser.type_into("#user", USER);
+    browser.type_into("#password", PASSWORD);
+    browser.click("#login-button");
+    browser.wait_for_text("#locks", "ticket 4711");
+    let layout = browser.script(&format!(
+        "const row = [...document.querySelectorAll('#locks tbody tr')].find(r => r.dataset.identity === {long:?});
+         const id = row.querySelector('td.identity'), reason = row.querySelector('td.reason');
+         const em = parseFloat(getComputedStyle(reason).fontSize);
+         return {{ reason: reason.getBoundingClientRect().width / em,
+                  identity: id.getBoundingClientRect().width / em,
+                  title: id.title,
+                  table: document.querySelector('#locks').getBoundingClientRect().width,
+                  section: document.querySelector('#locks-section').getBoundingClientRect().width }};"
+    ));
+    let shot = browser.screenshot("review-long-identity.png");
+    let width = |k: &str| layout[k].as_f64().unwrap_or_else(|| panic!("{k} in {layout}"));
+    assert!(
+        width("reason") >= 16.0,
+        "the reason is {:.1}em wide beside a long identity ({:.1}em); see {}",
+        width("reason"),
+        width("identity"),
+        shot.display()
+    );
+    assert!(width("identity") <= 24.0, "{layout}; see {}", shot.display());
+    assert_eq!(layout["title"], long.as_str(), "the full identity in the tooltip");
+    assert!(
+        width("table") <= width("section") + 1.0,
+        "the table overflows its section: {layout}"
+    );
+    // Selected, the detail pane names it in full.
+    browser.click("#locks tbody tr[data-identity^='firstname']");
+    browser.wait_for_text("#detail-title", &long);
 }

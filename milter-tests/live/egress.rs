@@ -476,7 +476,7 @@ impl EgressMilter {
 
     /// The lock list as the file says now (empty when there is no file).
     pub fn locks(&self) -> LockList {
-        LockList::read(&self.lock_file(), |s: &str| s.trim().to_lowercase()).unwrap_or_else(|e| panic!("{e}"))
+        LockList::read(&self.lock_file(), |s: &str| Ok(s.trim().to_lowercase())).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// Waits until the lock file holds `identity`; its entry, or None.

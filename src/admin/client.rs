@@ -6,6 +6,7 @@
 //! listener (`[status] listen`) with a minimal HTTP/1.1 GET client.
 
 use crate::admin::Failure;
+use crate::admin::output::{self, Printed};
 use crate::config::Config;
 use crate::ops::activity::{Activity, Counts, OTHER};
 use crate::ops::api::{ExplainAnswer, LockView, ReportAnswer, RuleView, TopAnswer, percent_encode};
@@ -244,13 +245,14 @@ pub fn top(
         }
         return Ok(render_top(&decode(&body)?, addr));
     }
-    let mut stdout = std::io::stdout();
     loop {
         let screen = get(config, &path).and_then(|b| Ok(render_top(&decode(&b)?, addr)));
         let screen = screen.unwrap_or_else(|f| format!("egress-milter top  {addr}\n\n{}\n", f.message));
-        // Home, clear screen, then the table.
-        let _ = write!(stdout, "\x1b[H\x1b[2J{screen}");
-        let _ = stdout.flush();
+        // Home, clear screen, then the table; until the reader goes away
+        // (`top | head`, a closed terminal): nothing is left to draw for.
+        if output::print(&format!("\x1b[H\x1b[2J{screen}"))? == Printed::ReaderGone {
+            return Ok(String::new());
+        }
         std::thread::sleep(interval);
     }
 }

@@ -7,6 +7,7 @@
 //! running daemon picks up their changes within its poll interval.
 
 pub mod client;
+pub mod output;
 pub mod queue;
 
 use crate::config::{Config, format_duration};
@@ -319,13 +320,13 @@ fn read_password() -> Result<String, Failure> {
         let mut quiet = t.clone();
         quiet.local_modes.remove(LocalModes::ECHO);
         let _ = tcsetattr(&stdin, OptionalActions::Now, &quiet);
-        eprint!("password: ");
+        output::eprint("password: ");
     }
     let mut line = String::new();
     let read = stdin.read_line(&mut line);
     if let Some(t) = &saved {
         let _ = tcsetattr(&stdin, OptionalActions::Now, t);
-        eprintln!();
+        output::eprint("\n");
     }
     read.map_err(|e| Failure::new(format!("cannot read the password from standard input: {e}")))?;
     Ok(line.trim_end_matches(['\r', '\n']).to_string())

@@ -9,6 +9,7 @@ pub mod address;
 pub mod escalation;
 pub mod model;
 pub mod notify;
+pub mod secret;
 pub mod validate;
 
 pub use model::*;
@@ -450,10 +451,23 @@ pub struct StatusConfig {
     /// lock list.
     pub token_file: Option<PathBuf>,
     /// Reverse proxies (exact addresses) whose `proxy_user_header` names
-    /// the logged-in user. Empty: the header is ignored.
+    /// the logged-in user. Empty: the header is ignored. An address of
+    /// this host (loopback included) only with `proxy_secret_file`: any
+    /// local user can connect from it.
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// The header a trusted proxy sets to the user it authenticated.
     pub proxy_user_header: String,
+    /// A file (not open to other users) holding the secret a trusted proxy
+    /// must send in `proxy_secret_header` for its user header to be
+    /// believed. Read at start and at each reload.
+    pub proxy_secret_file: Option<PathBuf>,
+    /// The header the proxy sends the secret in.
+    pub proxy_secret_header: String,
+    /// The secret of `proxy_secret_file`, read by
+    /// [`Config::read_with_secrets`] (never part of the file's text); while
+    /// it is `None` with `proxy_secret_file` set, no proxy is believed.
+    #[serde(skip)]
+    pub proxy_secret: Option<secret::Secret>,
     /// The origin browsers see the desk at behind a proxy, e.g.
     /// `"https://mail-desk.example.com"`; state-changing requests must come
     /// from it. Absent: the origin of the request's `Host`.
@@ -492,6 +506,9 @@ impl Default for StatusConfig {
             token_file: None,
             trusted_proxies: Vec::new(),
             proxy_user_header: "X-Remote-User".into(),
+            proxy_secret_file: None,
+            proxy_secret_header: "X-Egress-Proxy-Secret".into(),
+            proxy_secret: None,
             public_origin: None,
             session_lifetime: DurationValue(std::time::Duration::from_secs(8 * 3600)),
         }
@@ -542,8 +559,33 @@ impl Default for RepliesConfig {
 }
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file. The secrets it names are
+    /// not read (see [`Config::read_with_secrets`]): the admin commands
+    /// that need none work for users who may not read them.
     pub fn read(path: &Path) -> Result<Config, ConfigError> {
+        Self::read_text(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::read`], then the secrets the file names
+    /// (`status.proxy_secret_file`): what the daemon runs with, read at
+    /// start and at each reload, and what `check-config` checks. A secret
+    /// that cannot be used is an error of its key, as a bad value is.
+    pub fn read_with_secrets(path: &Path) -> Result<Config, ConfigError> {
+        let (mut config, text) = Self::read_text(path)?;
+        if let Some(file) = &config.status.proxy_secret_file {
+            let key = "status.proxy_secret_file";
+            let secret = secret::read_secret_file(file).map_err(|message| ConfigError {
+                file: path.to_owned(),
+                line: line_of_key(&text, key),
+                key: Some(key.into()),
+                message,
+            })?;
+            config.status.proxy_secret = Some(secret);
+        }
+        Ok(config)
+    }
+
+    fn read_text(path: &Path) -> Result<(Config, String), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_owned(),
             line: None,
@@ -561,8 +603,13 @@ impl Config {
             {
                 *state = dir.join(&*state);
             }
+            if let Some(secret) = config.status.proxy_secret_file.as_mut()
+                && secret.is_relative()
+            {
+                *secret = dir.join(&*secret);
+            }
         }
-        Ok(config)
+        Ok((config, text))
     }
 
     /// How long a negotiated connection may be silent from DATA to the end
@@ -698,6 +745,12 @@ impl Config {
         }
         if self.rules.is_empty() {
             warnings.push("no [[rule]] is configured: only locks are enforced".to_string());
+        }
+        if self.status.proxy_secret_file.is_some() && self.status.trusted_proxies.is_empty() {
+            warnings.push(
+                "status.proxy_secret_file is set, but status.trusted_proxies is empty: no proxy's user header is believed"
+                    .to_string(),
+            );
         }
         if self.mode == Mode::DryRun {
             warnings.push("mode is \"dry-run\": decisions are logged, nothing is refused, held or locked".to_string());
@@ -1020,6 +1073,101 @@ mod tests {
         assert!(e.message.contains("not an IP address and port"), "{e}");
         let e = err("[status]\nmax_identities = 0\n");
         assert_eq!(e.key.as_deref(), Some("status.max_identities"));
+    }
+
+    /// Issue 18: a proxy on this host is any local process unless it
+    /// proves itself with a secret.
+    #[test]
+    fn a_trusted_proxy_on_this_host_needs_a_secret() {
+        let c = parse("").unwrap();
+        assert_eq!(c.status.proxy_secret_header, "X-Egress-Proxy-Secret");
+        assert!(c.status.proxy_secret_file.is_none() && c.status.proxy_secret.is_none());
+        for local in ["127.0.0.1", "127.3.4.5", "::1", "::ffff:127.0.0.2", "0.0.0.0", "::"] {
+            let e = err(&format!(
+                "mode = \"enforce\"\n[status]\nlisten = \"127.0.0.1:7026\"\ntrusted_proxies = [\"192.0.2.1\", \"{local}\"]\n"
+            ));
+            assert_eq!(
+                (e.line, e.key.as_deref()),
+                (Some(4), Some("status.trusted_proxies[1]")),
+                "{local}: {e}"
+            );
+            assert!(e.message.starts_with(&format!("{local} is a")), "{e}");
+            assert!(
+                e.message.contains(
+                    "set status.proxy_secret_file to a secret only the proxy sends (in X-Egress-Proxy-Secret)"
+                ),
+                "{e}"
+            );
+            let with_secret = format!(
+                "[status]\ntrusted_proxies = [\"{local}\"]\nproxy_secret_file = \"/etc/egress-milter/proxy.secret\"\n"
+            );
+            assert!(parse(&with_secret).is_ok(), "{local}");
+        }
+        // A non-loopback address of this host, if it has one with a route.
+        let own = std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+            .and_then(|s| s.local_addr())
+            .map(|a| a.ip())
+            .ok()
+            .filter(|ip| !ip.is_loopback() && !ip.is_unspecified());
+        if let Some(own) = own {
+            let e = err(&format!("[status]\ntrusted_proxies = [\"{own}\"]\n"));
+            assert!(
+                e.message.starts_with(&format!("{own} is an address of this host")),
+                "{e}"
+            );
+        }
+        // Another host's proxy may still go without (the old behaviour).
+        assert!(parse("[status]\ntrusted_proxies = [\"192.0.2.1\", \"2001:db8::1\"]\n").is_ok());
+        let e = err("[status]\nproxy_secret_header = \"X Secret\"\n");
+        assert_eq!(e.key.as_deref(), Some("status.proxy_secret_header"), "{e}");
+        let e = err("[status]\nproxy_secret_header = \"x-remote-user\"\n");
+        assert!(e.message.contains("must differ from status.proxy_user_header"), "{e}");
+        let warned = parse("[status]\nproxy_secret_file = \"/etc/egress-milter/proxy.secret\"\n").unwrap();
+        assert!(
+            warned
+                .warnings()
+                .iter()
+                .any(|w| w.contains("status.trusted_proxies is empty"))
+        );
+    }
+
+    #[test]
+    fn the_proxy_secret_is_read_beside_the_config_and_refused_when_others_may_read_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        std::fs::write(
+            &path,
+            "[status]\ntrusted_proxies = [\"127.0.0.1\"]\nproxy_secret_file = \"proxy.secret\"\n",
+        )
+        .unwrap();
+        let secret = dir.path().join("proxy.secret");
+        let hex = "ab".repeat(32);
+        std::fs::write(&secret, format!("{hex}\n")).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+        // Config::read leaves it alone; the daemon's read takes it.
+        let c = Config::read(&path).unwrap();
+        assert_eq!(c.status.proxy_secret_file.as_deref(), Some(secret.as_path()));
+        assert!(c.status.proxy_secret.is_none());
+        let c = Config::read_with_secrets(&path).unwrap();
+        assert_eq!(c.status.proxy_secret.as_ref().map(|s| s.expose()), Some(hex.as_str()));
+        assert!(!format!("{c:?}").contains(&hex));
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::read_with_secrets(&path).unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("status.proxy_secret_file")),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains(&format!(
+                "{} has permissions for other users (mode 0644)",
+                secret.display()
+            )),
+            "{e}"
+        );
+        assert!(Config::read(&path).is_ok(), "the other commands need no secret");
     }
 
     #[test]

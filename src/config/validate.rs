@@ -11,6 +11,7 @@ use super::{
     StoreBackend, StoreConfig, address, format_duration,
 };
 use std::collections::HashSet;
+use std::net::{IpAddr, UdpSocket};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -270,17 +271,47 @@ fn status(status: &StatusConfig) -> Result<(), Violation> {
     if status.max_connections == 0 {
         return fail(0..0, "status.max_connections", "must be at least 1".into());
     }
-    let header = &status.proxy_user_header;
-    if header.is_empty()
-        || !header
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    for (key, header) in [
+        ("status.proxy_user_header", &status.proxy_user_header),
+        ("status.proxy_secret_header", &status.proxy_secret_header),
+    ] {
+        if header.is_empty()
+            || !header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return fail(
+                0..0,
+                key,
+                format!("\"{header}\" is not an HTTP header name (letters, digits, - and _)"),
+            );
+        }
+    }
+    if status
+        .proxy_secret_header
+        .eq_ignore_ascii_case(&status.proxy_user_header)
     {
         return fail(
             0..0,
-            "status.proxy_user_header",
-            format!("\"{header}\" is not an HTTP header name (letters, digits, - and _)"),
+            "status.proxy_secret_header",
+            "must differ from status.proxy_user_header".into(),
         );
+    }
+    if status.proxy_secret_file.is_none() {
+        for (i, proxy) in status.trusted_proxies.iter().enumerate() {
+            let Some(what) = this_host(*proxy) else {
+                continue;
+            };
+            return fail(
+                0..0,
+                &format!("status.trusted_proxies[{i}]"),
+                format!(
+                    "{proxy} is {what}: any user of this host (even nobody, with curl) can connect from it and send {} with any name; \
+                     set status.proxy_secret_file to a secret only the proxy sends (in {}), see docs/review.md#behind-a-reverse-proxy",
+                    status.proxy_user_header, status.proxy_secret_header
+                ),
+            );
+        }
     }
     if let Some(origin) = &status.public_origin
         && !origin
@@ -295,6 +326,20 @@ fn status(status: &StatusConfig) -> Result<(), Violation> {
         );
     }
     Ok(())
+}
+
+/// Whether `ip` is an address of this host, which any local process can
+/// connect from: loopback (`127.0.0.0/8`, `::1`, also as `::ffff:127.x`),
+/// unspecified, or one a socket can be bound to here. Says which.
+fn this_host(ip: IpAddr) -> Option<&'static str> {
+    let ip = ip.to_canonical();
+    if ip.is_loopback() {
+        Some("a loopback address")
+    } else if ip.is_unspecified() || UdpSocket::bind((ip, 0)).is_ok() {
+        Some("an address of this host")
+    } else {
+        None
+    }
 }
 
 /// `[[rule]]`: names, and lock rules per identity.

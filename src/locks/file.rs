@@ -224,8 +224,16 @@ fn io_error<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) 
 impl LockList {
     /// Parses lock list text. Duplicate identities are an error, so a
     /// half-finished edit is noticed rather than half applied. `normalise`
-    /// maps an identity to the form the milter compares.
-    pub fn parse(text: &str, path: &Path, normalise: impl Fn(&str) -> String) -> Result<LockList, LockFileError> {
+    /// maps an identity to the form the milter compares, or refuses it with
+    /// the reason `locks add` and the review desk give (see
+    /// [`crate::locks::lock_normaliser`]): an entry typed by hand is held
+    /// to the same rules as one added by them, and an identity refused
+    /// makes the file invalid at its line like any other malformed entry.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        normalise: impl Fn(&str) -> Result<String, String>,
+    ) -> Result<LockList, LockFileError> {
         let corrupt = |span: Option<std::ops::Range<usize>>, message: String| LockFileError::Corrupt {
             path: path.to_owned(),
             line: span.map(|s| {
@@ -243,10 +251,11 @@ impl LockList {
         for spanned in shape.locks {
             let span = spanned.span();
             let mut entry = spanned.into_inner();
-            let key = normalise(&entry.identity);
-            if key.is_empty() {
-                return Err(corrupt(Some(span), "a lock needs a non-empty identity".into()));
-            }
+            let key = match normalise(&entry.identity) {
+                Ok(key) if !key.is_empty() => key,
+                Ok(_) => return Err(corrupt(Some(span), "a lock needs a non-empty identity".into())),
+                Err(why) => return Err(corrupt(Some(identity_span(text, span)), why)),
+            };
             if !seen.insert(key.clone()) {
                 return Err(corrupt(Some(span), format!("identity \"{key}\" is listed twice")));
             }
@@ -257,7 +266,7 @@ impl LockList {
     }
 
     /// Reads the list; a missing file is an empty list.
-    pub fn read(path: &Path, normalise: impl Fn(&str) -> String) -> Result<LockList, LockFileError> {
+    pub fn read(path: &Path, normalise: impl Fn(&str) -> Result<String, String>) -> Result<LockList, LockFileError> {
         match fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path, normalise),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(LockList::default()),
@@ -292,6 +301,32 @@ impl LockList {
         }
         out
     }
+}
+
+/// Where the `identity = ...` line of the entry whose table starts at
+/// `table` is, for an error about its value: toml gives the span of the
+/// `[[lock]]` header, so the key is looked for below it, up to the next
+/// table. The header's span if it is not found (a quoted key, say).
+fn identity_span(text: &str, table: std::ops::Range<usize>) -> std::ops::Range<usize> {
+    let Some(rest) = text.get(table.start..) else {
+        return table;
+    };
+    let mut offset = table.start;
+    for (n, line) in rest.split_inclusive('\n').enumerate() {
+        let key = line.trim_start();
+        if n > 0 && key.starts_with('[') {
+            break;
+        }
+        if key
+            .strip_prefix("identity")
+            .is_some_and(|after| after.trim_start().starts_with('='))
+        {
+            let at = offset + (line.len() - key.len());
+            return at..at + 1;
+        }
+        offset += line.len();
+    }
+    table
 }
 
 /// Appends one entry's `[[lock]]` table. The text of a list is the header
@@ -437,7 +472,7 @@ pub fn guard_path(path: &Path) -> PathBuf {
 /// means nothing changed and nothing is written.
 pub fn update(
     path: &Path,
-    normalise: impl Fn(&str) -> String,
+    normalise: impl Fn(&str) -> Result<String, String>,
     change: impl FnOnce(&mut LockList) -> bool,
 ) -> Result<LockList, LockFileError> {
     let mut snapshot = None;
@@ -456,7 +491,7 @@ pub fn update(
 /// rebuilt.
 pub fn update_cached(
     path: &Path,
-    normalise: impl Fn(&str) -> String,
+    normalise: impl Fn(&str) -> Result<String, String>,
     snapshot: &mut Option<Snapshot>,
     change: impl FnOnce(&mut LockList) -> Change,
 ) -> Result<Updated, LockFileError> {
@@ -601,8 +636,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn lower(s: &str) -> String {
-        s.trim().to_lowercase()
+    fn lower(s: &str) -> Result<String, String> {
+        Ok(s.trim().to_lowercase())
     }
 
     fn entry(id: &str) -> LockEntry {
@@ -646,6 +681,48 @@ mod tests {
         assert!(text.starts_with("# egress-milter lock list."));
         let back = LockList::parse(&text, Path::new("l.toml"), lower).unwrap();
         assert_eq!(back, list);
+    }
+
+    #[test]
+    fn an_identity_locks_add_refuses_makes_a_hand_edited_list_invalid_at_its_line() {
+        let config = crate::config::Config::default();
+        let normalise = crate::locks::lock_normaliser(&config);
+        let good = "[[lock]]\nidentity = \"alice@example.com\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"x\"\n";
+        for bad in [
+            "<script>alert(1)</script>",
+            "bad user@example.com",
+            "a\u{7}@example.com",
+            "@",
+            "@exa mple.com",
+            "10.0.0.0/33",
+            "local:",
+            &format!("{}@example.com", "x".repeat(300)),
+        ] {
+            // The identity on line 9, below the table's first key.
+            let text = format!(
+                "{good}\n[[lock]]\nsource = \"manual\"\nidentity = {}\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"x\"\n",
+                toml::Value::String(bad.to_string())
+            );
+            let e = LockList::parse(&text, Path::new("l.toml"), &*normalise).expect_err(bad);
+            assert!(matches!(e, LockFileError::Corrupt { .. }), "{bad}: {e}");
+            // The words of `locks add` and the desk, one definition.
+            let why = crate::locks::pattern::normalise_target(&config.identity, bad).expect_err(bad);
+            assert_eq!(e.to_string(), format!("l.toml: line 9: {why}"), "{bad}");
+        }
+        // What the CLI accepts is accepted, in the form it writes.
+        for (raw, kept) in [
+            ("<Bob@Example.COM>", "bob@example.com"),
+            ("@Example.COM", "@example.com"),
+            ("203.0.113.9/24", "203.0.113.0/24"),
+            ("local:www-data", "local:www-data"),
+        ] {
+            let text = format!(
+                "{good}\n[[lock]]\nidentity = \"{raw}\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T10:00:00Z\"\nreason = \"x\"\n"
+            );
+            let list =
+                LockList::parse(&text, Path::new("l.toml"), &*normalise).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(list.entries[1].identity, kept);
+        }
     }
 
     #[test]

@@ -12,12 +12,11 @@ pub mod file;
 pub mod pattern;
 
 use crate::config::Config;
-use crate::config::address::lock_key;
 use dashmap::DashMap;
 use file::{
     self as lockfile, Change, Fingerprint, LockEntry, LockFileError, LockList, LockSource, Snapshot, fingerprint,
 };
-use pattern::Patterns;
+use pattern::{Patterns, normalise_target};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
@@ -94,13 +93,18 @@ struct Pending {
     batch: u64,
 }
 
-/// Maps an identity written by an admin to the form the milter compares.
-pub type Normaliser = Arc<dyn Fn(&str) -> String + Send + Sync>;
+/// Maps an identity written in the lock list to the form the milter
+/// compares, or says why it is not one.
+pub type Normaliser = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
-/// How identities written in the lock list are compared with resolved ones.
+/// How identities written in the lock list are checked and compared with
+/// resolved ones: [`normalise_target`], the one definition `locks add` and
+/// the review desk use too, so an entry typed by hand is held to the same
+/// rules (no markup, spaces or control characters, at most
+/// `identity.max_length`, a valid domain or network).
 pub fn lock_normaliser(config: &Config) -> Normaliser {
     let identity = config.identity.clone();
-    Arc::new(move |s: &str| lock_key(&identity, s))
+    Arc::new(move |s: &str| normalise_target(&identity, s))
 }
 
 /// Opens the lock list named by the configuration.
@@ -234,6 +238,12 @@ impl FileLocks {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// An identity as this lock list keeps it, or why the list refuses it
+    /// (see [`lock_normaliser`]).
+    pub fn normalise(&self, identity: &str) -> Result<String, String> {
+        (self.normaliser())(identity)
     }
 
     pub fn stats(&self) -> &LockStats {
@@ -922,7 +932,7 @@ mod tests {
     use crate::locks::file::Timestamp;
 
     fn norm() -> Normaliser {
-        Arc::new(|s: &str| s.trim().to_lowercase())
+        Arc::new(|s: &str| Ok(s.trim().to_lowercase()))
     }
 
     /// Writes the lock list as an admin would and lets the edit settle.
@@ -983,7 +993,12 @@ mod tests {
         assert_eq!(resolved(locks.durability("a@x").unwrap()).await, None);
         let waiting = locks.durability("a@x").unwrap();
         assert_eq!(locks.flush().unwrap(), 1);
-        assert!(LockList::read(&path, |s| s.to_string()).unwrap().get("a@x").is_some());
+        assert!(
+            LockList::read(&path, |s| Ok(s.to_string()))
+                .unwrap()
+                .get("a@x")
+                .is_some()
+        );
         assert_eq!(resolved(waiting).await, Some(Durability::Written));
         assert!(locks.durability("a@x").is_none(), "on disk");
 
@@ -1047,7 +1062,7 @@ mod tests {
             let done = tokio::time::timeout(Duration::from_secs(10), t.wait()).await;
             assert_eq!(done, Ok(Durability::Written));
         }
-        let list = LockList::read(&path, |s| s.to_string()).unwrap();
+        let list = LockList::read(&path, |s| Ok(s.to_string())).unwrap();
         assert_eq!(list.entries.len(), 200);
         let batches = *lock(&locks.next_batch) - 1;
         assert!(batches < 200, "{batches} writes for 200 locks");
@@ -1083,7 +1098,7 @@ mod tests {
         assert!(locks.lookup("a@x", now).is_none());
         assert!(locks.lookup("b@x", now).is_some());
         assert_eq!(locks.flush().unwrap(), 1);
-        let list = LockList::read(&path, |s| s.to_string()).unwrap();
+        let list = LockList::read(&path, |s| Ok(s.to_string())).unwrap();
         let ids: Vec<_> = list.entries.iter().map(|e| e.identity.as_str()).collect();
         assert_eq!(ids, ["b@x", "c@x"]);
     }
@@ -1157,7 +1172,7 @@ mod tests {
         // Another writer (the CLI) adds an entry under the writers' lock.
         lockfile::update(
             &path,
-            |s: &str| s.to_string(),
+            |s: &str| Ok(s.to_string()),
             |l| {
                 l.upsert(entry("cli@x", 9));
                 true
@@ -1166,7 +1181,7 @@ mod tests {
         .unwrap();
         locks.lock(entry("u9@x", 10), now);
         locks.flush().unwrap();
-        let list = LockList::read(&path, |s| s.to_string()).unwrap();
+        let list = LockList::read(&path, |s| Ok(s.to_string())).unwrap();
         let ids: Vec<_> = list.entries.iter().map(|e| e.identity.as_str()).collect();
         assert_eq!(ids, ["u0@x", "u1@x", "u2@x", "u3@x", "u4@x", "cli@x", "u9@x"]);
         for id in ids {
@@ -1250,7 +1265,7 @@ mod pattern_tests {
             "[[lock]]\nidentity = \"@example.com\"\nsource = \"manual\"\nlocked_at = \"2026-01-01T00:00:00Z\"\nreason = \"r\"\n\n[[lock]]\nidentity = \"203.0.113.0/24\"\nsource = \"manual\"\nlocked_at = \"2026-01-01T00:00:00Z\"\nreason = \"r\"\n",
         )
         .unwrap();
-        let locks = FileLocks::open(&path, Arc::new(|s: &str| s.trim().to_lowercase())).unwrap();
+        let locks = FileLocks::open(&path, Arc::new(|s: &str| Ok(s.trim().to_lowercase()))).unwrap();
         let now = SystemTime::now();
         assert!(locks.lookup("dave@example.com", now).is_some());
         assert!(locks.lookup("dave@example.org", now).is_none());

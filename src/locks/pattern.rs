@@ -55,35 +55,53 @@ impl Target {
 /// exactly as the local-submission sources yield them.
 pub fn normalise_target(config: &IdentityConfig, raw: &str) -> Result<String, String> {
     let raw = raw.trim();
+    // Quoted as Rust quotes a string: a control character in what was
+    // typed (or written into the lock list) is shown escaped, never
+    // written raw into a log line or a terminal.
     // First: a script's name may hold a '/' or an '@' that would read as a
     // network or an address.
     if let Some(local) = normalise_local_identity(raw) {
-        return local.map_err(|e| format!("\"{raw}\" is not a valid identity: {e}"));
+        return local.map_err(|e| format!("{raw:?} is not a valid identity: {e}"));
     }
     if let Some(domain) = raw.strip_prefix('@') {
         let d = domain_key(domain);
         let valid = !d.is_empty()
             && d.len() <= 253
-            && d.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b >= 0x80);
+            && d.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || c == '-'
+                    || c == '.'
+                    || !c.is_ascii() && !c.is_control() && !c.is_whitespace()
+            });
         return if valid {
             Ok(format!("@{d}"))
         } else {
             Err(format!(
-                "\"{raw}\" is not a domain lock: write @ and a domain, e.g. @example.com"
+                "{raw:?} is not a domain lock: write @ and a domain, e.g. @example.com"
             ))
         };
     }
-    if raw.contains('/') && !raw.contains('@') {
+    if looks_like_network(raw) {
         return raw
             .parse::<IpNet>()
             .map(|n| n.trunc().to_string())
-            .map_err(|_| format!("\"{raw}\" is not a network: write e.g. 203.0.113.0/24 or 2001:db8::/48"));
+            .map_err(|_| format!("{raw:?} is not a network: write e.g. 203.0.113.0/24 or 2001:db8::/48"));
     }
     if let Ok(ip) = raw.parse::<IpAddr>() {
         return Ok(ip.to_string());
     }
-    normalise_address(config, raw.as_bytes()).map_err(|e| format!("\"{raw}\" is not a valid identity: {e}"))
+    normalise_address(config, raw.as_bytes()).map_err(|e| format!("{raw:?} is not a valid identity: {e}"))
+}
+
+/// Whether `raw` is written as a network (`203.0.113.0/24`, a typo such as
+/// `10.0.0/24` included): digits, dots and colons, then a '/'. A login
+/// with a '/' (`dept/alice`), which the daemon may resolve and lock, is an
+/// identity like any other.
+fn looks_like_network(raw: &str) -> bool {
+    !raw.contains('@')
+        && raw.split_once('/').is_some_and(|(addr, _)| {
+            addr.contains(['.', ':']) && addr.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.' || b == b':')
+        })
 }
 
 /// The domain and network locks of a list, for the per-message lookup.
@@ -269,6 +287,21 @@ mod tests {
         );
         assert_eq!(Target::of("local:www-data"), Target::Identity);
         assert!(normalise_target(&c, "local:").is_err());
+        // A login with a '/' is a login; a network typo is refused.
+        assert_eq!(normalise_target(&c, "Dept/Alice").unwrap(), "dept/alice");
+        assert!(
+            normalise_target(&c, "10.0.0/24")
+                .unwrap_err()
+                .contains("is not a network")
+        );
+        assert!(normalise_target(&c, "2001:db8::/129").is_err());
+        // What was typed is quoted with its control characters escaped.
+        assert_eq!(
+            normalise_target(&c, "a\nERROR forged@example.com").unwrap_err(),
+            "\"a\\nERROR forged@example.com\" is not a valid identity: malformed (spaces, control characters or stray '@')"
+        );
+        assert!(normalise_target(&c, "@exa\u{85}mple.com").is_err());
+        assert_eq!(normalise_target(&c, "@Bücher.example").unwrap(), "@bücher.example");
     }
 
     #[test]

@@ -1290,7 +1290,7 @@ action = "lock"
         let text = format!("{rules}\n[locks]\nfile = \"{}\"\n{locks_extra}", file.display());
         let config = Arc::new(Config::parse(&text, Path::new("t.toml")).unwrap());
         let clock = Clock::manual();
-        let locks = FileLocks::open(&file, Arc::new(|s: &str| s.to_lowercase())).unwrap();
+        let locks = FileLocks::open(&file, Arc::new(|s: &str| Ok(s.to_lowercase()))).unwrap();
         let policy = Arc::new(Policy::new(config, Counters::new(clock.clone()), locks.clone()));
         Fixture {
             policy,

@@ -12,7 +12,10 @@
 //!   with it need no CSRF token.
 //! - `Authorization: Basic`: a user of `status.users_file` (argon2id hashes).
 //! - The `egress_session` cookie of a login on the page (`POST /login`).
-//! - `status.proxy_user_header` from an address in `status.trusted_proxies`.
+//! - `status.proxy_user_header` from an address in `status.trusted_proxies`,
+//!   with the secret of `status.proxy_secret_file` in
+//!   `status.proxy_secret_header` when that is set (required for a proxy
+//!   on this host, from whose address any local user can connect too).
 //!
 //! The last three are what a browser may send on its own to a page that an
 //! attacker makes it load, so every state-changing request with them must
@@ -396,13 +399,53 @@ impl Auth {
                 _ => Err(Some("the login has expired; log in again".into())),
             };
         }
-        if config.trusted_proxies.contains(&peer)
-            && let Some(user) = header(headers, &config.proxy_user_header).and_then(clean_name)
+        let peer = peer.to_canonical();
+        if config.trusted_proxies.iter().any(|p| p.to_canonical() == peer)
+            && let Some(user) = proxy_user(config, headers)?
         {
             let csrf = self.user_csrf(&format!("proxy:{user}")).ok_or(None)?;
             return Ok(Principal::Proxy { user, csrf });
         }
         Err(None)
+    }
+}
+
+/// The user a trusted proxy names in `proxy_user_header`, if it names one.
+/// With `proxy_secret_file`, only if the request also carries the secret
+/// in `proxy_secret_header` (compared in constant time): a request from a
+/// trusted address without it is from some other process there. One copy
+/// of each header: with two, which one the proxy set cannot be told.
+fn proxy_user(config: &StatusConfig, headers: &HeaderMap) -> Result<Option<String>, Option<String>> {
+    let user_header = config.proxy_user_header.as_str();
+    let mut users = headers.get_all(user_header).iter();
+    let Some(user) = users.next() else {
+        return Ok(None);
+    };
+    if users.next().is_some() {
+        return Err(Some(format!(
+            "{user_header} sent more than once: not believed (the proxy must replace the client's copy)"
+        )));
+    }
+    if config.proxy_secret_file.is_some() {
+        let secret_header = config.proxy_secret_header.as_str();
+        let mut sent = headers.get_all(secret_header).iter();
+        let one = match (sent.next(), sent.next()) {
+            (Some(v), None) => v.to_str().ok(),
+            _ => None,
+        };
+        let matches = match (&config.proxy_secret, one) {
+            (Some(secret), Some(sent)) => same_secret(sent, secret.expose()),
+            _ => false,
+        };
+        if !matches {
+            return Err(Some(format!(
+                "{user_header} came without the proxy's secret in {secret_header} (status.proxy_secret_file), or with a wrong one: not believed"
+            )));
+        }
+    }
+    match user.to_str().ok().and_then(clean_name) {
+        Some(user) => Ok(Some(user)),
+        None => Err(Some(format!("{user_header} does not name a user"))),
     }
 }
 
@@ -570,6 +613,83 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// Issue 18: behind a proxy on this host, the user header alone is
+    /// what any local process can send; the secret is what only the proxy
+    /// has.
+    #[tokio::test]
+    async fn a_proxy_user_is_believed_only_with_the_secret_when_one_is_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("proxy.secret");
+        let secret = "5e".repeat(20);
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+        let mut c = config();
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.proxy_secret_file = Some(file.clone());
+        let auth = Auth::with_token("t0ken".into());
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let refused = |r: Result<Principal, Option<String>>| match r {
+            Err(Some(why)) => why,
+            other => panic!("expected a refusal with a reason, got {other:?}"),
+        };
+        // Configured but not read (Config::read, not read_with_secrets):
+        // nobody is believed.
+        let with_secret = headers(&[("x-remote-user", "support"), ("x-egress-proxy-secret", &secret)]);
+        let why = refused(auth.authenticate(&c, &with_secret, local).await);
+        assert!(
+            why.contains("without the proxy's secret in X-Egress-Proxy-Secret"),
+            "{why}"
+        );
+        c.proxy_secret = Some(crate::config::secret::read_secret_file(&file).unwrap());
+        for forged in [
+            headers(&[("x-remote-user", "support")]),
+            headers(&[("x-remote-user", "support"), ("x-egress-proxy-secret", "")]),
+            headers(&[("x-remote-user", "support"), ("x-egress-proxy-secret", &secret[1..])]),
+            headers(&[
+                ("x-remote-user", "support"),
+                ("x-egress-proxy-secret", &format!("{secret}0")),
+            ]),
+            headers(&[
+                ("x-remote-user", "support"),
+                ("x-egress-proxy-secret", &"5f".repeat(20)),
+            ]),
+            // The right secret beside a wrong one, or a second user.
+            headers(&[
+                ("x-remote-user", "support"),
+                ("x-egress-proxy-secret", "guess"),
+                ("x-egress-proxy-secret", &secret),
+            ]),
+            headers(&[
+                ("x-remote-user", "alice"),
+                ("x-remote-user", "support"),
+                ("x-egress-proxy-secret", &secret),
+            ]),
+        ] {
+            let why = refused(auth.authenticate(&c, &forged, local).await);
+            assert!(why.contains("not believed"), "{why}");
+            assert!(!why.contains(&secret), "{why}");
+        }
+        let who = auth.authenticate(&c, &with_secret, local).await.unwrap();
+        assert_eq!(who.who(), "proxy:support");
+        // ::ffff:127.0.0.1 is the same proxy.
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(
+            auth.authenticate(&c, &with_secret, mapped).await.unwrap().who(),
+            "proxy:support"
+        );
+        // The secret does not make an untrusted address a proxy.
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert_eq!(auth.authenticate(&c, &with_secret, other).await, Err(None));
+        // No user header: no proxy login, whatever the secret.
+        assert_eq!(
+            auth.authenticate(&c, &headers(&[("x-egress-proxy-secret", &secret)]), local)
+                .await,
+            Err(None)
+        );
+        // The configuration never shows the secret.
+        assert!(!format!("{c:?}").contains(&secret), "{c:?}");
     }
 
     #[test]

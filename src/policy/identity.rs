@@ -888,6 +888,51 @@ mod tests {
         assert_eq!(client_key("192.0.2.1".parse().unwrap(), 64), "192.0.2.1");
     }
 
+    /// The daemon writes the identities it resolves into the lock list, and
+    /// the list is read back with the validator of `locks add`: an identity
+    /// it refused or changed would make the daemon's own list invalid (or
+    /// unlock someone at the next read).
+    #[test]
+    fn every_identity_the_daemon_resolves_reads_back_from_the_lock_list_unchanged() {
+        use crate::locks::pattern::normalise_target;
+        for c in [
+            IdentityConfig::default(),
+            IdentityConfig {
+                lowercase_local_part: false,
+                fold_subaddress: true,
+                client_ipv6_prefix: 48,
+                ..IdentityConfig::default()
+            },
+        ] {
+            let mut resolved = vec![
+                client_key("192.0.2.1".parse().unwrap(), c.client_ipv6_prefix),
+                client_key("2001:db8:1:2:3:4:5:6".parse().unwrap(), c.client_ipv6_prefix),
+                client_key("2001:db8::1".parse().unwrap(), 128),
+                "local:www-data".to_string(),
+                "local:1042".to_string(),
+                "php:www-data:forms/Contact Form+v2.php".to_string(),
+                "unknown".to_string(),
+            ];
+            for login in [
+                "Alice@Example.com",
+                "alice+news@example.com",
+                "bob",
+                "Bob.Smith",
+                "dept/alice",
+                "cafe/12",
+                "o'brien@example.ie",
+                "\"quoted\"@example.com",
+                "élodie@example.fr",
+                "1.2.3.4",
+            ] {
+                resolved.push(normalise_address(&c, login.as_bytes()).unwrap());
+            }
+            for id in resolved {
+                assert_eq!(normalise_target(&c, &id).as_deref(), Ok(id.as_str()), "{id}");
+            }
+        }
+    }
+
     // ---- local submissions (the local door) ----
 
     const QUEUE_ID: &str = "3F2A1C0901";

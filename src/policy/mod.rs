@@ -1652,7 +1652,7 @@ mod tests {
         let text = format!("{extra}\n[locks]\nfile = \"{}\"\n{locks_extra}", lockfile.display());
         let config = Arc::new(Config::parse(&text, Path::new("t.toml")).unwrap());
         let clock = Clock::manual();
-        let locks = FileLocks::open(&lockfile, Arc::new(|s: &str| s.to_lowercase())).unwrap();
+        let locks = FileLocks::open(&lockfile, Arc::new(|s: &str| Ok(s.to_lowercase()))).unwrap();
         let policy = Policy::new(config, Counters::new(clock.clone()), locks);
         Fixture {
             policy,

@@ -483,7 +483,7 @@ rates = { per-minute = "5/1m" }
         let text = format!("{rules}\n[locks]\nfile = \"{}\"\n", lockfile.display());
         let config = Arc::new(Config::parse(&text, Path::new("t.toml")).unwrap());
         let counters = counters.unwrap_or_else(|| Counters::new(Clock::manual()));
-        let locks = FileLocks::open(&lockfile, Arc::new(|s: &str| s.to_lowercase())).unwrap();
+        let locks = FileLocks::open(&lockfile, Arc::new(|s: &str| Ok(s.to_lowercase()))).unwrap();
         Daemon {
             policy: Policy::new(config, counters.clone(), locks),
             clock: counters.clock().clone(),

@@ -461,7 +461,19 @@ impl LockSync {
             if fleet_now.as_ref() != local.get(id) {
                 let entry = match &fleet_now {
                     Some(v) => match decode(v) {
-                        Some(e) => Some(e),
+                        // Held to the rules of this host's lock list, so
+                        // that the entry cannot make the file invalid.
+                        Some(e) => match self.locks.normalise(&e.identity) {
+                            Ok(kept) if kept == e.identity && kept == *id => Some(e),
+                            Ok(kept) => {
+                                warn!(identity = %id, "the fleet's lock entry names {kept:?} here; keeping this host's");
+                                continue;
+                            }
+                            Err(why) => {
+                                warn!(identity = %id, "the fleet's lock entry is refused: {why}; keeping this host's");
+                                continue;
+                            }
+                        },
                         None => {
                             warn!(identity = %id, "the fleet's lock entry does not parse; keeping this host's");
                             continue;

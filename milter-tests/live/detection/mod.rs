@@ -470,7 +470,7 @@ impl LockMonitor {
         loop {
             // A final read after the stop, so nothing set at the end is missed.
             let last = stop.load(Ordering::Relaxed);
-            if let Ok(list) = LockList::read(&self.file, |s: &str| s.trim().to_lowercase()) {
+            if let Ok(list) = LockList::read(&self.file, |s: &str| Ok(s.trim().to_lowercase())) {
                 let now = Instant::now();
                 let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
                 for entry in list.entries {

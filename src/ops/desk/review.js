@@ -23,6 +23,29 @@
     return td;
   }
 
+  // Identities are chosen by senders, up to 254 characters without a
+  // space: lines may break after an "@" or a "." (text nodes and <wbr>,
+  // never HTML), the stylesheet shows at most three lines and cuts the
+  // rest with an ellipsis, and the tooltip has the identity in full.
+  function identityCell(tr, identity) {
+    const td = document.createElement("td");
+    td.className = "identity";
+    td.title = identity;
+    const span = document.createElement("span");
+    for (const part of identity.split(/(?<=[@.])/)) {
+      if (span.childNodes.length) span.appendChild(document.createElement("wbr"));
+      span.appendChild(document.createTextNode(part));
+    }
+    td.appendChild(span);
+    tr.appendChild(td);
+    return td;
+  }
+
+  // A time as "2026-12-08 01:10:50Z", which wraps between date and time.
+  function when(t) {
+    return t ? String(t).replace("T", " ") : t;
+  }
+
   async function get(path) {
     const r = await fetch(path, { credentials: "same-origin", headers: { Accept: "application/json" } });
     if (r.status === 401) { location.reload(); throw new Error("logged out"); }
@@ -62,12 +85,12 @@
       const tr = document.createElement("tr");
       tr.dataset.identity = l.identity;
       if (l.identity === selected) tr.className = "selected";
-      cell(tr, l.identity, "identity");
+      identityCell(tr, l.identity);
       cell(tr, l.source);
       cell(tr, l.reason, "reason");
       cell(tr, l.rule || "");
-      cell(tr, l.locked_at);
-      cell(tr, l.state === "locked" ? (l.expires_at || "never") : "lapsed " + (l.expires_at || ""));
+      cell(tr, when(l.locked_at));
+      cell(tr, l.state === "locked" ? (when(l.expires_at) || "never") : "lapsed " + (when(l.expires_at) || ""));
       cell(tr, l.previous_locks);
       const td = cell(tr, "");
       if (l.state === "locked") {
@@ -174,7 +197,7 @@
       body.replaceChildren();
       for (const t of a.identities) {
         const tr = document.createElement("tr");
-        cell(tr, t.identity);
+        identityCell(tr, t.identity);
         cell(tr, t.last_minute.messages);
         cell(tr, t.last_hour.messages);
         cell(tr, t.last_hour.recipients);
