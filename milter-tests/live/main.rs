@@ -20,6 +20,7 @@ mod ports;
 mod postfix;
 mod queue_tools;
 mod redis;
+mod retries;
 mod scenarios;
 mod sendmail;
 mod sendmail_scenarios;
