@@ -167,5 +167,30 @@ fn every_commented_key_of_the_shipped_configurations_is_valid() {
             "{}",
             path.display()
         );
+        // The commented overrides are the documented recipes: one that
+        // raised a throttle and not the lock rule above it would get the
+        // newsletter it was written for locked (issue 18).
+        assert!(!config.overrides.is_empty(), "{}", path.display());
+        let gaps = egress_milter::config::escalation::gaps(&config);
+        assert!(gaps.is_empty(), "{}: {gaps:#?}", path.display());
     }
+}
+
+/// The newsletter override as it was documented (messages-per-hour and
+/// messages-per-day raised, the lock rules left alone) against the shipped
+/// rules: check-config names the lock rule it leaves alone.
+#[test]
+fn an_override_that_leaves_a_lock_rule_below_its_throttles_is_warned_about() {
+    let text = std::fs::read_to_string(conf_dir().join("egress-milter.toml")).unwrap();
+    let old = format!(
+        "{text}\n[[override]]\nidentity = \"newsletter@example.com\"\nrates = {{ messages-per-hour = \"5000/1h\", messages-per-day = \"20000/1d\" }}\n"
+    );
+    let config = Config::parse(&old, &conf_dir().join("egress-milter.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let warnings = config.warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("identity newsletter@example.com") && w.contains("\"lock-messages\"")),
+        "{warnings:#?}"
+    );
 }

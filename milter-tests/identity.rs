@@ -181,3 +181,121 @@ async fn a_webmail_login_stamps_identities_and_is_counted_itself() {
         "{out:?}"
     );
 }
+
+/// A hand-written lock of one account.
+fn lock_entry(identity: &str) -> String {
+    format!(
+        "[[lock]]\nidentity = \"{identity}\"\nsource = \"manual\"\nlocked_at = \"2026-11-23T14:07:12Z\"\nreason = \"phished, ticket 4711\"\n"
+    )
+}
+
+/// Cyrus sasldb, Dovecot and most user databases take one account under
+/// several spellings; with the realms configured each is the same identity
+/// (issue 18: a locked `mallory` went on sending as `mallory@realm`).
+#[tokio::test]
+async fn every_spelling_of_a_login_is_one_account() {
+    let m = Milter::spawn(&fixture("realms.toml")).await;
+    for login in ["alice", "ALICE@Example.com", "alice@mail.example.com"] {
+        let out = Mta::send(m.addr, &Msg::from_user(login)).await;
+        assert!(out.accepted(), "{login}: {out:?}");
+    }
+    // The fourth, under yet another spelling, is the same account's.
+    let out = Mta::send(m.addr, &Msg::from_user("<Alice@MAIL.example.com.>")).await;
+    assert_eq!(
+        out.refusal().as_deref(),
+        Some("451 4.7.1 Rate limit \"per-minute\" exceeded for alice@example.com, retry in 1m")
+    );
+    // A lock written by hand with any spelling refuses every spelling.
+    std::fs::write(&m.lock_path, lock_entry("Mallory@Mail.Example.com")).unwrap();
+    eventually(Duration::from_secs(5), "the lock read", async || {
+        Mta::send(m.addr, &Msg::from_user("mallory"))
+            .await
+            .refusal()
+            .is_some_and(|r| r.contains("is suspended"))
+    })
+    .await;
+    for login in ["mallory", "MALLORY", "mallory@example.com", "mallory@mail.example.com"] {
+        let out = Mta::send(m.addr, &Msg::from_user(login)).await;
+        assert_eq!(
+            out.refusal().as_deref(),
+            Some("550 5.7.1 Sending as mallory@example.com is suspended; please contact your postmaster"),
+            "{login}"
+        );
+    }
+    // Another domain is another account.
+    assert!(
+        Mta::send(m.addr, &Msg::from_user("mallory@example.org"))
+            .await
+            .accepted()
+    );
+}
+
+/// Adding the realms by a reload makes the locks already in the list cover
+/// every spelling at once: the lock list follows the new normal form.
+#[tokio::test]
+async fn a_reload_that_adds_realms_extends_existing_locks_to_every_spelling() {
+    let without = fixture("realms.toml")
+        .replace("local_realms = [\"mail.example.com\"]\n", "")
+        .replace("default_realm = \"example.com\"\n", "");
+    let m = Milter::spawn(&without).await;
+    std::fs::write(&m.lock_path, lock_entry("mallory@example.com")).unwrap();
+    eventually(Duration::from_secs(5), "the lock read", async || {
+        Mta::send(m.addr, &Msg::from_user("mallory@example.com"))
+            .await
+            .refusal()
+            .is_some_and(|r| r.contains("is suspended"))
+    })
+    .await;
+    // Without the realms, the bare login is another identity.
+    assert!(Mta::send(m.addr, &Msg::from_user("mallory")).await.accepted());
+    write_config(m.dir.path(), &fixture("realms.toml"), &format!("inet:{}", m.addr));
+    m.reload().await;
+    eventually(Duration::from_secs(5), "the bare login refused as locked", async || {
+        Mta::send(m.addr, &Msg::from_user("mallory"))
+            .await
+            .refusal()
+            .is_some_and(|r| r.contains("is suspended"))
+    })
+    .await;
+}
+
+/// The webmail recipe where the webmail host and the users who log in
+/// share a trusted network (issue 18): a user's header is still not
+/// believed, so it can neither escape its limits with invented identities
+/// nor get a colleague locked.
+#[tokio::test]
+async fn a_login_on_the_trusted_network_cannot_stamp_the_header() {
+    let config = fixture("header-logins.toml").replace(
+        "header_logins = [\"webmail@example.com\"]",
+        "header_logins = [\"webmail@example.com\"]\ntrusted_networks = [\"192.0.2.0/24\"]",
+    );
+    let m = Milter::spawn(&config).await;
+    for i in 0..3 {
+        let out = Mta::send(
+            m.addr,
+            &stamped("mallory@example.com", &format!("fresh-{i}@example.com")),
+        )
+        .await;
+        assert!(out.accepted(), "{out:?}");
+    }
+    let out = Mta::send(m.addr, &stamped("mallory@example.com", "fresh-9@example.com")).await;
+    assert!(
+        out.refusal()
+            .unwrap_or_default()
+            .contains("exceeded for mallory@example.com"),
+        "{out:?}"
+    );
+    for _ in 0..4 {
+        Mta::send(m.addr, &stamped("mallory@example.com", "alice@example.com")).await;
+    }
+    eventually(Duration::from_secs(5), "mallory's lock written", async || {
+        m.lock_list().get("mallory@example.com").is_some()
+    })
+    .await;
+    assert!(m.lock_list().get("alice@example.com").is_none());
+    assert!(Mta::send(m.addr, &Msg::from_user("alice@example.com")).await.accepted());
+    // A relay on that network that does not log in is still believed.
+    let relayed =
+        Msg::unauthenticated([192, 0, 2, 30], "x@lists.example").header("X-Authenticated-Sender", "dave@example.com");
+    assert!(Mta::send(m.addr, &relayed).await.accepted());
+}

@@ -146,3 +146,75 @@ async fn the_example_config_throttles_at_its_documented_rate() {
     );
     mta.close().await;
 }
+
+/// The shipped rules plus an override for `newsletter@example.com` with
+/// `rates` (a TOML inline table).
+fn example_with_newsletter(rates: &str) -> String {
+    format!(
+        "{}\n[[override]]\nidentity = \"newsletter@example.com\"\nrates = {rates}\n",
+        example_config()
+    )
+}
+
+/// The newsletter override exactly as conf/egress-milter.toml documents it
+/// (its commented `rates` line).
+fn documented_newsletter_rates() -> String {
+    let text = example_config();
+    let after = text
+        .split_once("# identity = \"newsletter@example.com\"\n")
+        .expect("the documented newsletter override")
+        .1;
+    let line = after.lines().next().unwrap_or_default();
+    line.strip_prefix("# rates = ")
+        .unwrap_or_else(|| panic!("not a rates line: {line}"))
+        .to_string()
+}
+
+/// `n` newsletter messages, one subscriber each (at `domains` domains),
+/// one every `every` of the manual clock, on one connection; how many were
+/// accepted.
+async fn send_newsletter(m: &Milter, n: usize, domains: usize, every: Duration) -> usize {
+    let mut mta = m.mta().await;
+    mta.connect([192, 0, 2, 10]).await;
+    let mut accepted = 0;
+    for i in 0..n {
+        let msg = Msg {
+            rcpts: vec![format!("<subscriber{i}@d{}.example>", i % domains)],
+            ..Msg::from_user("newsletter@example.com")
+        };
+        let out = mta.transaction(&msg).await;
+        if out.accepted() {
+            accepted += 1;
+        } else if out.refusal().is_some_and(|r| r.contains("is suspended")) {
+            break;
+        }
+        m.clock.advance(every);
+    }
+    mta.close().await;
+    accepted
+}
+
+/// Issue 18: the override the docs showed raised messages-per-hour but not
+/// lock-messages, and a newsletter at 20 a minute was locked after 900
+/// accepted messages without ever being throttled.
+#[tokio::test]
+async fn the_documented_newsletter_override_is_never_locked_at_its_pace() {
+    let m = Milter::spawn(&example_with_newsletter(&documented_newsletter_rates())).await;
+    // 50 a minute for half an hour.
+    let accepted = send_newsletter(&m, 1500, 400, Duration::from_millis(1200)).await;
+    assert_eq!(accepted, 1500);
+    assert!(m.lock_list().get("newsletter@example.com").is_none());
+
+    // The override as it was documented: locked at its 901st message at 20
+    // a minute (to the big providers' 20 domains), never throttled before.
+    let m = Milter::spawn(&example_with_newsletter(
+        "{ messages-per-hour = \"5000/1h\", messages-per-day = \"20000/1d\" }",
+    ))
+    .await;
+    let accepted = send_newsletter(&m, 1000, 20, Duration::from_secs(3)).await;
+    assert_eq!(accepted, 900);
+    eventually(Duration::from_secs(5), "the newsletter's lock written", async || {
+        m.lock_list().get("newsletter@example.com").is_some()
+    })
+    .await;
+}

@@ -376,6 +376,9 @@ async fn reload_config(
                 warn!("{w}");
             }
             observer.activity().set_cap(new.status.max_identities);
+            // The lock list is compared in the new normal form (realms,
+            // case, +tags) from the forced reload below on.
+            locks.set_normaliser(crate::locks::lock_normaliser(&new));
             let policy = Policy::new(Arc::new(new), counters.clone(), locks.clone() as _);
             policy::replace(current, policy);
             info!(file = %path.display(), "configuration reloaded");

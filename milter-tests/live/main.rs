@@ -27,6 +27,7 @@ mod sendmail_scenarios;
 mod signals;
 mod sink;
 mod smtp;
+mod trust;
 
 use harness::{LiveMta, skip_unless_live};
 use postfix::{TRUSTED_UPSTREAM, UNTRUSTED_CLIENT};

@@ -45,6 +45,10 @@ pub const LOCAL_USER_PREFIX: &str = "local:";
 /// `php:www-data:contact.php`.
 pub const PHP_SCRIPT_PREFIX: &str = "php:";
 
+/// The identity of every message no source could identify: they share one
+/// set of counters (and one lock list entry), whatever the realms.
+pub const UNIDENTIFIED: &str = "unknown";
+
 /// Whether a (normalised) identity is a local user's or its script's.
 pub fn is_local_identity(identity: &str) -> bool {
     identity.starts_with(LOCAL_USER_PREFIX) || identity.starts_with(PHP_SCRIPT_PREFIX)
@@ -112,11 +116,28 @@ pub fn normalise_address(config: &IdentityConfig, raw: &[u8]) -> Result<String, 
     } else {
         out.push_str(local);
     }
+    let domain = domain.map(|d| d.trim_end_matches('.').to_lowercase());
+    let domain = match domain {
+        // One account, one identity: a login (or address) in one of the
+        // site's own realms is the account in its default realm, or bare.
+        Some(d) if config.is_local_realm(&d) => config.default_realm.clone(),
+        None if config.default_realm.is_some() && s != UNIDENTIFIED && !is_client_address(s) => {
+            config.default_realm.clone()
+        }
+        other => other,
+    };
     if let Some(domain) = domain {
         out.push('@');
-        out.push_str(&domain.trim_end_matches('.').to_lowercase());
+        out.push_str(&domain);
     }
     Ok(out)
+}
+
+/// Whether a bare value is a client address or network (the
+/// `client-address` source's identity, or a network lock), which no realm
+/// qualifies.
+fn is_client_address(s: &str) -> bool {
+    s.parse::<std::net::IpAddr>().is_ok() || s.parse::<ipnet::IpNet>().is_ok()
 }
 
 /// The key under which an identity is counted, locked and looked up: its
@@ -175,6 +196,52 @@ mod tests {
             "Alice@example.com"
         );
         assert_eq!(normalise_address(&keep, b"+x@example.com").unwrap(), "+x@example.com");
+    }
+
+    #[test]
+    fn every_spelling_of_a_login_is_one_identity() {
+        // Cyrus with smtpd_sasl_local_domain, Dovecot with
+        // auth_default_realm: "alice", "alice@example.com" and the host's
+        // realm all log in to one account.
+        let qualified = IdentityConfig {
+            local_realms: vec!["mail.example.com".into()],
+            default_realm: Some("example.com".into()),
+            ..IdentityConfig::default()
+        };
+        for spelling in [
+            "alice",
+            "ALICE",
+            "alice@example.com",
+            "Alice@Example.COM.",
+            "alice@mail.example.com",
+            "<alice@MAIL.example.com>",
+        ] {
+            assert_eq!(lock_key(&qualified, spelling), "alice@example.com", "{spelling}");
+        }
+        // Another domain stays itself; client addresses and networks get
+        // no realm; local identities keep theirs.
+        assert_eq!(lock_key(&qualified, "alice@example.org"), "alice@example.org");
+        assert_eq!(lock_key(&qualified, "203.0.113.5"), "203.0.113.5");
+        assert_eq!(lock_key(&qualified, "2001:db8::/64"), "2001:db8::/64");
+        assert_eq!(lock_key(&qualified, "local:www-data"), "local:www-data");
+        assert_eq!(lock_key(&qualified, "Unknown"), UNIDENTIFIED);
+        // Without a default realm, the account is the bare login.
+        let bare = IdentityConfig {
+            local_realms: vec!["example.com".into(), "mail.example.com".into()],
+            ..IdentityConfig::default()
+        };
+        for spelling in ["alice", "Alice@example.com", "alice@mail.example.com."] {
+            assert_eq!(lock_key(&bare, spelling), "alice", "{spelling}");
+        }
+        assert_eq!(lock_key(&bare, "alice@example.org"), "alice@example.org");
+        // Realms as written in the file are compared normalised.
+        let mut written = IdentityConfig {
+            local_realms: vec![" Mail.Example.COM. ".into()],
+            default_realm: Some("Example.com".into()),
+            ..IdentityConfig::default()
+        };
+        written.normalise_realms();
+        assert_eq!(lock_key(&written, "alice@mail.example.com"), "alice@example.com");
     }
 
     #[test]

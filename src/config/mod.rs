@@ -6,6 +6,7 @@
 //! validated; every error names the file, the line and the key.
 
 pub mod address;
+pub mod escalation;
 pub mod model;
 pub mod notify;
 pub mod validate;
@@ -15,6 +16,7 @@ pub use notify::NotifyConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -135,6 +137,19 @@ pub struct IdentityConfig {
     /// SASL logins (a webmail's or a relay's own account) whose sessions may
     /// stamp the identity header; their own traffic is counted too.
     pub header_logins: Vec<String>,
+    /// The realms (domains) that the SASL user database accepts after a
+    /// login's `@` for the same account as the bare login: `alice`,
+    /// `alice@example.com` and `alice@mail.example.com` are one account
+    /// when both domains are listed. Every identity (login, header,
+    /// envelope sender, lock, override) in one of them is counted in the
+    /// realm of `default_realm`, or bare when that is unset. Lowercase,
+    /// without a trailing dot, once parsed.
+    pub local_realms: Vec<String>,
+    /// The realm of an account's one identity: a bare login gets it, and an
+    /// identity in any of `local_realms` is rewritten to it. Unset: the
+    /// identity is the bare login. Lowercase, without a trailing dot, once
+    /// parsed.
+    pub default_realm: Option<String>,
     /// Lowercase the local part too (the domain is always lowercased).
     pub lowercase_local_part: bool,
     /// Count `alice+news@example.com` as `alice@example.com`.
@@ -146,6 +161,24 @@ pub struct IdentityConfig {
     pub client_ipv6_prefix: u8,
 }
 
+impl IdentityConfig {
+    /// Writes `local_realms` and `default_realm` in the form identities are
+    /// compared in (see [`address::domain_key`]).
+    pub fn normalise_realms(&mut self) {
+        for realm in &mut self.local_realms {
+            *realm = address::domain_key(realm);
+        }
+        if let Some(realm) = &mut self.default_realm {
+            *realm = address::domain_key(realm);
+        }
+    }
+
+    /// Whether `domain` (normalised) is a realm of the site's own accounts.
+    pub fn is_local_realm(&self, domain: &str) -> bool {
+        self.default_realm.as_deref() == Some(domain) || self.local_realms.iter().any(|r| r == domain)
+    }
+}
+
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
@@ -153,6 +186,8 @@ impl Default for IdentityConfig {
             trusted_networks: Vec::new(),
             trust_authenticated_headers: false,
             header_logins: Vec::new(),
+            local_realms: Vec::new(),
+            default_realm: None,
             lowercase_local_part: true,
             fold_subaddress: false,
             subaddress_separator: '+',
@@ -539,7 +574,48 @@ impl Config {
             error(inner.span(), key, inner.message().to_string())
         })?;
         validate::validate(&config).map_err(|v| error(v.span, Some(v.key), v.message))?;
+        let mut config = config;
+        config.identity.normalise_realms();
         Ok(config)
+    }
+
+    /// Where an identity header could be believed from someone other than
+    /// the relays and logins the admin meant: a SASL session is believed
+    /// by its login alone (`header_logins`), a session without a login by
+    /// its address (`trusted_networks`).
+    fn header_trust_warnings(&self) -> Vec<String> {
+        let identity = &self.identity;
+        let sources = identity.sources.get_ref();
+        let first_header = sources.iter().position(|s| matches!(s, IdentitySource::Header(_)));
+        let mut warnings = Vec::new();
+        let Some(first_header) = first_header else {
+            if !identity.header_logins.is_empty() {
+                warnings.push(
+                    "identity.header_logins is set, but identity.sources names no \"header:NAME\" source: those logins are counted as themselves"
+                        .to_string(),
+                );
+            }
+            return warnings;
+        };
+        let auth = sources.iter().position(|s| *s == IdentitySource::Auth);
+        if !identity.header_logins.is_empty() && auth.is_some_and(|a| a < first_header) {
+            warnings.push(
+                "identity.header_logins names logins that may stamp the identity header, but \"auth\" comes before every header source in identity.sources: their sessions are decided by the login at MAIL and the header is never read; put the header source first (docs/configuration.md, header_logins)"
+                    .to_string(),
+            );
+        }
+        let loopback = |n: &Network| {
+            n.0.contains(&IpAddr::from([127, 0, 0, 1]))
+                || n.0.contains(&IpAddr::from(std::net::Ipv6Addr::LOCALHOST))
+                || matches!(n.0.network(), IpAddr::V4(a) if a.is_loopback())
+        };
+        if let Some(net) = identity.trusted_networks.iter().find(|n| loopback(n)) {
+            warnings.push(format!(
+                "identity.trusted_networks includes {}, a loopback address: every program on this host can connect to the MTA from it without logging in and stamp the identity header, choosing whom its mail is counted (and locked) as; trust a webmail on this host by its SASL login (identity.header_logins) instead",
+                net.0
+            ));
+        }
+        warnings
     }
 
     /// Warnings about a valid but probably unintended configuration.
@@ -559,6 +635,8 @@ impl Config {
         }
         let sources = self.identity.sources.get_ref();
         let position = |wanted: &IdentitySource| sources.iter().position(|s| s == wanted);
+        warnings.extend(self.header_trust_warnings());
+        warnings.extend(escalation::gaps(self).iter().map(ToString::to_string));
         let local_user = position(&IdentitySource::LocalUser);
         let php_script = position(&IdentitySource::PhpScript);
         if (local_user.is_some() || php_script.is_some()) && !self.scope.local {
@@ -647,18 +725,6 @@ impl Config {
         }
         if self.locks.write_retry_interval != new.locks.write_retry_interval {
             changed.push("locks.write_retry_interval");
-        }
-        // New mail is resolved with the new normalisation at once, but the
-        // lock list's identities stay normalised as at start.
-        let (a, b) = (&self.identity, &new.identity);
-        if a.lowercase_local_part != b.lowercase_local_part {
-            changed.push("identity.lowercase_local_part (for the lock list)");
-        }
-        if a.fold_subaddress != b.fold_subaddress || a.subaddress_separator != b.subaddress_separator {
-            changed.push("identity.fold_subaddress (for the lock list)");
-        }
-        if a.max_length != b.max_length {
-            changed.push("identity.max_length (for the lock list)");
         }
         if self.status.max_connections != new.status.max_connections {
             changed.push("status.max_connections");
@@ -958,6 +1024,56 @@ mod tests {
         let d = parse("[notify]\ncommand = [\"/bin/true\"]\n").unwrap();
         assert_eq!(a.restart_needed(&d), ["notify (recent queue ids in notifications)"]);
         assert!(d.restart_needed(&a).is_empty());
+    }
+
+    #[test]
+    fn header_trust_that_others_could_borrow_is_warned_about() {
+        let warned = |text: &str, needle: &str| parse(text).unwrap().warnings().iter().any(|w| w.contains(needle));
+        let webmail = "[identity]\nsources = [\"header:X-Authenticated-Sender\", \"auth\", \"client-address\"]\nheader_logins = [\"webmail@example.com\"]\n";
+        assert!(
+            parse(webmail)
+                .unwrap()
+                .warnings()
+                .iter()
+                .all(|w| !w.contains("identity"))
+        );
+        // Loopback: every local program can connect from it.
+        for net in ["127.0.0.0/8", "127.0.0.2", "::1"] {
+            let text = format!("{webmail}trusted_networks = [\"{net}\"]\n");
+            assert!(warned(&text, "loopback"), "{net}");
+        }
+        assert!(!warned(
+            &format!("{webmail}trusted_networks = [\"192.0.2.25\"]\n"),
+            "loopback"
+        ));
+        // The header after "auth": the header logins never stamp.
+        let late = "[identity]\nsources = [\"auth\", \"header:X-Authenticated-Sender\"]\nheader_logins = [\"webmail@example.com\"]\n";
+        assert!(warned(late, "comes before every header source"));
+        // Header logins without a header source.
+        assert!(warned(
+            "[identity]\nheader_logins = [\"webmail@example.com\"]\n",
+            "names no \"header:NAME\" source"
+        ));
+    }
+
+    #[test]
+    fn realms_are_domains_and_are_compared_normalised() {
+        let c = parse("[identity]\nlocal_realms = [\"Mail.Example.COM.\"]\ndefault_realm = \"Example.com\"\n").unwrap();
+        assert_eq!(c.identity.local_realms, ["mail.example.com"]);
+        assert_eq!(c.identity.default_realm.as_deref(), Some("example.com"));
+        assert_eq!(
+            address::lock_key(&c.identity, "ALICE@mail.example.com"),
+            "alice@example.com"
+        );
+        for (text, key) in [
+            ("local_realms = [\"a b\"]", "identity.local_realms[0]"),
+            ("local_realms = [\"\"]", "identity.local_realms[0]"),
+            ("default_realm = \"@example.com\"", "identity.default_realm"),
+        ] {
+            let e = err(&format!("[identity]\n{text}\n"));
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+            assert!(e.message.contains("is not a domain"), "{e}");
+        }
     }
 
     #[test]

@@ -151,6 +151,34 @@ fn identity(identity: &IdentityConfig) -> Result<(), Violation> {
             );
         }
     }
+    let realms = identity
+        .local_realms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("identity.local_realms[{i}]"), r))
+        .chain(
+            identity
+                .default_realm
+                .iter()
+                .map(|r| ("identity.default_realm".to_string(), r)),
+        );
+    for (key, realm) in realms {
+        let d = address::domain_key(realm);
+        let valid = !d.is_empty()
+            && d.len() <= 253
+            && !d.starts_with('.')
+            && d.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b >= 0x80);
+        if !valid {
+            return fail(
+                0..0,
+                &key,
+                format!(
+                    "\"{realm}\" is not a domain: write the realm as your SASL user database spells it after the '@', e.g. \"example.com\""
+                ),
+            );
+        }
+    }
     let sources = &identity.sources;
     if sources.get_ref().is_empty() {
         return fail(

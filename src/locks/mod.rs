@@ -111,7 +111,10 @@ pub fn open_locks(config: &Config) -> Result<Arc<FileLocks>, LockFileError> {
 /// The lock list file as a [`LockStore`].
 pub struct FileLocks {
     path: PathBuf,
-    normalise: Normaliser,
+    /// How identities in the file are compared: the configuration's
+    /// normal form, replaced when a reload changes it (see
+    /// [`FileLocks::set_normaliser`]).
+    normalise: RwLock<Normaliser>,
     /// The last list read or written successfully.
     active: RwLock<Arc<HashMap<String, Arc<LockEntry>>>>,
     /// The domain (`@example.com`) and network (`203.0.113.0/24`) locks
@@ -188,6 +191,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl FileLocks {
+    /// The normal form identities in the file are compared in.
+    fn normaliser(&self) -> Normaliser {
+        self.normalise.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Compares identities in the file in a new normal form (a reloaded
+    /// `[identity]`, with other realms, say); takes effect at the next
+    /// [`FileLocks::reload`], which the caller forces.
+    pub fn set_normaliser(&self, normalise: Normaliser) {
+        *self.normalise.write().unwrap_or_else(|p| p.into_inner()) = normalise;
+    }
+
     /// Loads the lock list. An unparsable list is an error here: at start
     /// there is no last good list to keep in force.
     pub fn open(path: &Path, normalise: Normaliser) -> Result<Arc<Self>, LockFileError> {
@@ -195,7 +210,7 @@ impl FileLocks {
         let list = LockList::read(path, &*normalise)?;
         let locks = Arc::new(Self {
             path: path.to_owned(),
-            normalise,
+            normalise: RwLock::new(normalise),
             active: RwLock::new(Arc::new(HashMap::new())),
             patterns: RwLock::new(Arc::new(Patterns::default())),
             pending: DashMap::new(),
@@ -274,14 +289,16 @@ impl FileLocks {
         let mut snapshot = lock(&self.written);
         let mut answer = None;
         let mut error = None;
-        lockfile::update_cached(&self.path, &*self.normalise, &mut snapshot, |list| match change(list) {
-            Ok((t, changed)) => {
-                answer = Some(t);
-                if changed { Change::Edited } else { Change::None }
-            }
-            Err(e) => {
-                error = Some(e);
-                Change::None
+        lockfile::update_cached(&self.path, &*self.normaliser(), &mut snapshot, |list| {
+            match change(list) {
+                Ok((t, changed)) => {
+                    answer = Some(t);
+                    if changed { Change::Edited } else { Change::None }
+                }
+                Err(e) => {
+                    error = Some(e);
+                    Change::None
+                }
             }
         })
         .map_err(|e| e.to_string())?;
@@ -355,7 +372,7 @@ impl FileLocks {
             self.version.fetch_add(1, Ordering::Relaxed);
         }
         let mut snapshot = lock(&self.written);
-        let written = lockfile::update_cached(&self.path, &*self.normalise, &mut snapshot, |list| {
+        let written = lockfile::update_cached(&self.path, &*self.normaliser(), &mut snapshot, |list| {
             for (identity, entry) in changes {
                 let at = list.entries.iter().position(|e| e.identity == *identity);
                 match (at, entry) {
@@ -430,7 +447,7 @@ impl FileLocks {
             }
             *seen = now_seen;
         }
-        match LockList::read(&self.path, &*self.normalise) {
+        match LockList::read(&self.path, &*self.normaliser()) {
             Ok(list) => {
                 let old = self.install(list);
                 let new = self.active();
@@ -508,7 +525,7 @@ impl FileLocks {
     /// Merges `batch` into the file and the locks in force.
     fn write_batch(&self, snapshot: &mut Option<Snapshot>, batch: &[LockEntry]) -> Result<(), LockFileError> {
         let mut changed = Vec::new();
-        let updated = lockfile::update_cached(&self.path, &*self.normalise, snapshot, |list| {
+        let updated = lockfile::update_cached(&self.path, &*self.normaliser(), snapshot, |list| {
             let merged = merge(list, batch);
             let change = if merged.changed.is_empty() {
                 Change::None

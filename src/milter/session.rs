@@ -134,6 +134,10 @@ struct Message {
     /// The attempt has been counted (at DATA, or at the end of the headers
     /// or of the message where the MTA sends no DATA).
     settled: bool,
+    /// Copies of an identity header that a source before the one that
+    /// decided would have read, had the client (or its login) been trusted
+    /// to set it: logged once at the end of the headers.
+    ignored_header: Option<(String, u32)>,
 }
 
 impl Message {
@@ -251,6 +255,7 @@ impl Session {
             recipient_keys: Vec::new(),
             envelope: 0,
             settled: false,
+            ignored_header: None,
         });
         let cx = Decider::new(&self.policy, &self.reporting, queue_id);
         if outbound.is_none() {
@@ -399,14 +404,28 @@ impl Session {
                 }
             }
         }
-        if let Some(message) = self.message.as_mut()
-            && message.plan.is_none()
-            && message.outbound.is_some()
-        {
-            let identity = &policy.config().identity;
-            message
-                .headers
-                .record(identity.sources.get_ref(), name, value, identity.max_length);
+        let Some(message) = self.message.as_mut().filter(|m| m.outbound.is_some()) else {
+            return;
+        };
+        let sources = policy.config().identity.sources.get_ref();
+        match &message.plan {
+            None => {
+                let identity = &policy.config().identity;
+                message.headers.record(sources, name, value, identity.max_length);
+            }
+            Some(plan) => {
+                // Decided at MAIL by a later source: an identity header of
+                // an earlier one came from a client or login not trusted to
+                // set it (else the identity would have waited for it).
+                let decided = sources.iter().position(|s| *s == plan.identity.source);
+                let earlier = sources[..decided.unwrap_or(sources.len())]
+                    .iter()
+                    .find(|s| matches!(s, IdentitySource::Header(h) if h.as_bytes().eq_ignore_ascii_case(name)));
+                if let Some(IdentitySource::Header(h)) = earlier {
+                    let (_, n) = message.ignored_header.get_or_insert_with(|| (h.clone(), 0));
+                    *n = n.saturating_add(1);
+                }
+            }
         }
     }
 
@@ -435,6 +454,14 @@ impl Session {
             debug!(queue_id, "the MTA's own null-sender notice: passed untouched");
             message.outbound = None;
             return Verdict::Continue;
+        }
+        if let (Some((header, copies)), Some(plan)) = (message.ignored_header.take(), &message.plan) {
+            warn!(
+                queue_id,
+                source = %IdentitySource::Header(header),
+                identity = %plan.identity,
+                "identity source skipped: {copies} copies from a client or login not trusted to set it ignored"
+            );
         }
         if message.plan.is_some() && !message.settled && message.lock.is_none() {
             // An MTA that sends no DATA (Postfix's cleanup for local
@@ -565,6 +592,12 @@ impl Session {
                 return verdict;
             }
         }
+        // A parallel session may have locked the identity (or the login
+        // that stamped it) since this one's MAIL: no message is accepted
+        // once its identity is locked.
+        if let Some(verdict) = cx.locked_meanwhile(message, self.client) {
+            return verdict;
+        }
         let Some(plan) = &message.plan else {
             return Verdict::Continue;
         };
@@ -572,6 +605,10 @@ impl Session {
         let demand = message.whole(cx.policy, self.client);
         let trips = cx.policy.commit_all(&plans, &demand).await;
         let verdict = cx.act(message, trips, Stage::Eom);
+        // A limit a parallel session reached meanwhile refuses the message
+        // here with 4xx: the client's retry of it is a retry, as after a
+        // refusal at any earlier stage.
+        cx.remember_if_deferred(message, &verdict);
         if verdict == Verdict::Continue
             && let Some(plan) = &message.plan
         {
@@ -686,6 +723,31 @@ impl<'a> Decider<'a> {
             client: client.and_then(|c| self.policy.client_value(c.ip())),
             ..Demand::default()
         })
+    }
+
+    /// The lock a parallel session (or an admin) put on the message's
+    /// identity, or on the login that stamped it, after this session last
+    /// looked: the message is then acted on as locked at its end.
+    fn locked_meanwhile(&self, message: &mut Message, client: Option<SocketAddr>) -> Option<Verdict> {
+        if !self.policy.enforcing() {
+            // Dry run: the lock was logged as not enforced at MAIL.
+            return None;
+        }
+        let client = client.map(|c| c.ip());
+        let plan = message.plan.as_ref()?;
+        if let Some(lock) = self.lock_in_force(plan, client) {
+            message.lock = Some(lock);
+        } else if let Some(login) = &message.stamper
+            && let Some(lock) = self.lock_in_force(login, client)
+        {
+            message.lock = Some(lock);
+            message.plan = message.stamper.take();
+        } else {
+            return None;
+        }
+        let identity = message.plan.as_ref().map_or("unknown", |p| p.identity.value.as_str());
+        info!(queue_id = self.queue_id, identity = %identity, "locked while its message was in transit");
+        Some(self.locked(message, Stage::Eom, message.support_only))
     }
 
     /// A 4xx refusal of a whole transaction: its envelope and recipients
@@ -1159,7 +1221,7 @@ fn from_domains(value: &[u8]) -> Vec<String> {
 /// share one set of counters, so they cannot escape the limits.
 fn unidentified() -> Identity {
     Identity {
-        value: "unknown".into(),
+        value: crate::config::address::UNIDENTIFIED.into(),
         source: IdentitySource::ClientAddress,
     }
 }
@@ -1275,6 +1337,92 @@ action = "lock"
         let v = block_on(s.eom("Q"));
         s.abort();
         v
+    }
+
+    /// Drives one message up to (and including) DATA and the end of its
+    /// headers, as a parallel session would stand before its end.
+    fn up_to_eoh(s: &mut Session, login: &str, rcpt: &str) {
+        assert_eq!(
+            block_on(s.mail(b"<a@example.com>", Some(login.as_bytes()), "Q")),
+            Verdict::Continue
+        );
+        assert_eq!(block_on(s.rcpt(rcpt.as_bytes(), "Q")), Verdict::Continue);
+        assert_eq!(block_on(s.data("Q")), Verdict::Continue);
+        assert_eq!(block_on(s.eoh("Q")), Verdict::Continue);
+    }
+
+    #[test]
+    fn a_message_refused_at_its_end_is_a_retry_when_the_client_sends_it_again() {
+        // per-minute 2/1m throttles, lock-5 5/1h locks on attempts.
+        let f = fixture("");
+        let (mut a, mut b, mut c) = (f.session("192.0.2.1"), f.session("192.0.2.1"), f.session("192.0.2.1"));
+        assert_eq!(send(&mut a, "alice@example.com", &["x@example.net"]), Verdict::Continue);
+        // Two parallel sessions both pass DATA with one place left: the
+        // first to end takes it, the other is refused at its end.
+        up_to_eoh(&mut b, "alice@example.com", "<y@example.net>");
+        up_to_eoh(&mut c, "alice@example.com", "<z@example.net>");
+        assert_eq!(block_on(b.eom("Q")), Verdict::Continue);
+        b.abort();
+        let refused = block_on(c.eom("Q"));
+        assert!(refused_with(&refused, "451"), "{refused:?}");
+        c.abort();
+        // Three attempts so far. The customer's MTA retries its deferred
+        // message on its schedule: each retry is refused by the throttle
+        // and, being a retry, never counts towards lock-5.
+        for n in 0..6 {
+            let v = send(&mut c, "alice@example.com", &["<z@example.net>"]);
+            assert!(refused_with(&v, "451"), "retry {n}: {v:?}");
+        }
+        assert!(
+            f.policy.lock_of("alice@example.com").is_none(),
+            "locked by its own retries"
+        );
+        // A new message is an attempt: two more reach the lock.
+        assert!(refused_with(
+            &send(&mut c, "alice@example.com", &["<n1@example.net>"]),
+            "451"
+        ));
+        assert!(refused_with(
+            &send(&mut c, "alice@example.com", &["<n2@example.net>"]),
+            "451"
+        ));
+        assert!(refused_with(
+            &send(&mut c, "alice@example.com", &["<n3@example.net>"]),
+            "550"
+        ));
+        assert!(f.policy.lock_of("alice@example.com").is_some());
+    }
+
+    #[test]
+    fn no_message_is_accepted_once_its_identity_is_locked() {
+        let f = fixture("");
+        let mut s = f.session("192.0.2.1");
+        up_to_eoh(&mut s, "alice@example.com", "<y@example.net>");
+        // A parallel session (or an admin) locks alice meanwhile.
+        f.lock("alice@example.com");
+        let v = block_on(s.eom("Q"));
+        assert!(refused_with(&v, "550"), "{v:?}");
+        assert_eq!(s.enforced_lock(), Some("alice@example.com"));
+        s.abort();
+    }
+
+    #[test]
+    fn no_message_is_accepted_once_the_login_that_stamped_it_is_locked() {
+        let rules = RULES.replace(
+            "trusted_networks = [\"10.0.0.0/8\"]",
+            "trusted_networks = [\"10.0.0.0/8\"]\nheader_logins = [\"webmail@example.com\"]",
+        );
+        let f = fixture_with(&rules, "");
+        let mut s = f.session("192.0.2.9");
+        let login = Some(&b"webmail@example.com"[..]);
+        assert_eq!(block_on(s.mail(b"<bob@example.com>", login, "Q")), Verdict::Continue);
+        assert_eq!(block_on(s.rcpt(b"<y@example.net>", "Q")), Verdict::Continue);
+        s.header(b"X-Sender", b"bob@example.com");
+        assert_eq!(block_on(s.eoh("Q")), Verdict::Continue);
+        f.lock("webmail@example.com");
+        let v = block_on(s.eom("Q"));
+        assert!(refused_with(&v, "550"), "{v:?}");
+        assert_eq!(s.enforced_lock(), Some("webmail@example.com"));
     }
 
     #[test]

@@ -311,10 +311,7 @@ pub struct Skipped {
 /// Tries the configured sources in order.
 pub fn resolve(config: &IdentityConfig, facts: &Facts<'_>) -> (Resolution, Vec<Skipped>) {
     let mut skipped = Vec::new();
-    let header_trusted = facts
-        .client_ip
-        .is_some_and(|ip| config.trusted_networks.iter().any(|n| n.0.contains(&ip)))
-        || stamping_login(config, facts).is_some();
+    let header_trusted = header_trusted(config, facts);
 
     for source in config.sources.get_ref() {
         let mut skip = |why: String| {
@@ -331,7 +328,10 @@ pub fn resolve(config: &IdentityConfig, facts: &Facts<'_>) -> (Resolution, Vec<S
             IdentitySource::Header(name) => {
                 if !header_trusted {
                     if let Some(h) = facts.headers.and_then(|h| h.values.get(name)) {
-                        skip(format!("{} copies from an untrusted client ignored", h.len()));
+                        skip(format!(
+                            "{} copies from a client or login not trusted to set it ignored",
+                            h.len()
+                        ));
                     }
                     continue;
                 }
@@ -423,6 +423,22 @@ pub fn resolve(config: &IdentityConfig, facts: &Facts<'_>) -> (Resolution, Vec<S
         }
     }
     (Resolution::Unidentified, skipped)
+}
+
+/// Whether the identity headers of this session are believed. A session
+/// that logged in with SASL is trusted by its login alone: only the
+/// `header_logins` may stamp the header, whatever network they connect
+/// from, so that a user on the webmail host's network (or on loopback
+/// beside it) cannot choose whom it is counted or locked as. A client that
+/// did not log in is trusted by its address (`trusted_networks`): a relay
+/// that stamps the header for the users it authenticated itself.
+pub fn header_trusted(config: &IdentityConfig, facts: &Facts<'_>) -> bool {
+    if facts.auth.is_some() {
+        return stamping_login(config, facts).is_some();
+    }
+    facts
+        .client_ip
+        .is_some_and(|ip| config.trusted_networks.iter().any(|n| n.0.contains(&ip)))
 }
 
 /// The session's SASL login, if it is one of `identity.header_logins`: a
@@ -702,7 +718,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(id.value, "198.51.100.7");
-        assert!(skipped[0].why.contains("untrusted"));
+        assert!(skipped[0].why.contains("not trusted"));
         // Without headers yet, an untrusted client is resolved at once.
         let early = Facts {
             client_ip: Some("198.51.100.7".parse().unwrap()),
@@ -739,7 +755,44 @@ mod tests {
         // Any other login's header is ignored: it is counted as itself.
         let (res, skipped) = resolve(&c, &facts(b"mallory@example.org"));
         assert_eq!(resolved((res, skipped.clone())).value, "mallory@example.org");
-        assert!(skipped[0].why.contains("untrusted"), "{skipped:?}");
+        assert!(skipped[0].why.contains("not trusted"), "{skipped:?}");
+    }
+
+    #[test]
+    fn a_login_on_a_trusted_network_is_still_trusted_by_its_login_alone() {
+        // The webmail host and its users share 10.0.0.0/8: a user who logs
+        // in from there is not the webmail, and its header chooses nothing.
+        let mut c = config(&["header:X-Authenticated-Sender", "auth", "client-address"]);
+        c.header_logins = vec!["webmail@example.org".into()];
+        let mut headers = HeaderValues::default();
+        headers.record(
+            c.sources.get_ref(),
+            b"X-Authenticated-Sender",
+            b"alice@example.org",
+            254,
+        );
+        let facts = |login: Option<&'static [u8]>| Facts {
+            auth: login,
+            client_ip: Some("10.9.9.9".parse().unwrap()),
+            headers: Some(&headers),
+            ..Facts::default()
+        };
+        let (res, skipped) = resolve(&c, &facts(Some(b"mallory@example.org")));
+        assert_eq!(resolved((res, skipped.clone())).value, "mallory@example.org");
+        assert!(skipped[0].why.contains("not trusted"), "{skipped:?}");
+        // At MAIL, before any header, mallory is known at once.
+        let early = Facts {
+            headers: None,
+            ..facts(Some(b"mallory@example.org"))
+        };
+        assert_eq!(resolved(resolve(&c, &early)).value, "mallory@example.org");
+        // The webmail's own login stamps; a relay without a login on the
+        // trusted network too.
+        assert_eq!(
+            resolved(resolve(&c, &facts(Some(b"webmail@example.org")))).value,
+            "alice@example.org"
+        );
+        assert_eq!(resolved(resolve(&c, &facts(None))).value, "alice@example.org");
     }
 
     #[test]
