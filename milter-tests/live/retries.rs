@@ -39,11 +39,11 @@ use std::time::{Duration, Instant};
 
 /// Windows and Postfix's retry schedule are divided by this: the shipped
 /// hour is 30 s, and Postfix retries first after 3 s (300 s), at most every
-/// 33 s (4000 s). The first pass over the batch (about 14 s here) stays
+/// 33 s (4000 s). The first pass over the batch (9 to 14 s here) stays
 /// inside one window of the lock rule, as the real one (seconds) stays
 /// inside its hour, and a wave of retries (a few hundred milliseconds) inside
 /// one window of the minute's throttle, as the real one does. Three hours'
-/// limit takes 4 to 5.5 minutes to get through: after two windows the
+/// limit takes 3.8 to 5.5 minutes to get through: after two windows the
 /// retries come in waves at the maximal backoff, and the minute's throttle
 /// lets 30 of each wave through (its burst), as it would at full scale.
 const FACTOR: u32 = 120;
