@@ -21,6 +21,7 @@ mod ports;
 mod postfix;
 mod queue_tools;
 mod redis;
+mod retries;
 mod scenarios;
 mod sendmail;
 mod sendmail_scenarios;

@@ -28,11 +28,12 @@
 //! full form (`EGRESS_DETECTION_FULL=1` too, `bench/run-detection.sh`) 6x,
 //! with larger populations. `EGRESS_DETECTION_OUT=FILE` writes the table.
 
-mod actors;
-mod compress;
-mod report;
-mod styles;
-mod traffic;
+// Shared with retries.rs, which runs one customer's MTA the same way.
+pub(crate) mod actors;
+pub(crate) mod compress;
+pub(crate) mod report;
+pub(crate) mod styles;
+pub(crate) mod traffic;
 
 use crate::egress::{EgressMilter, MilterConfig};
 use crate::harness::{LiveMta, skip_unless_live};
@@ -210,20 +211,10 @@ impl Bench {
             .customers
             .iter()
             .map(|c| {
-                let own_domain = format!("transport_maps = inline:{{{}=discard:}}", c.domain);
-                // What the customer's application submits is held, to be
-                // released in one go.
-                let hold = "smtpd_end_of_data_restrictions = check_client_access inline:{127.0.0.2=HOLD}";
-                let host = c.domain.replace('.', "-");
-                let mta_of_customer = relaying_postfix(
-                    &host,
-                    c.bind,
-                    mta.postfix.submission_port(),
-                    Some((&c.login, &password(&c.login))),
-                    form.factor,
-                    &[&own_domain, hold],
-                );
-                (c.clone(), mta_of_customer)
+                (
+                    c.clone(),
+                    customer_postfix(c, mta.postfix.submission_port(), form.factor),
+                )
             })
             .collect();
         Bench {
@@ -407,9 +398,30 @@ fn relaying_postfix(
     PostfixInstance::start(options).unwrap_or_else(|e| panic!("cannot start the {host} Postfix: {e}"))
 }
 
+/// A customer's own MTA: a Postfix that relays everything to the
+/// submission port `submission` of the Postfix under test with AUTH as the
+/// customer's login, from the customer's address, on Postfix's retry
+/// schedule compressed `factor` times and otherwise at Postfix's defaults
+/// (concurrency included). What the customer's application submits (from
+/// 127.0.0.2) is held, to be released in one go; the DSNs it makes for its
+/// own domain are discarded.
+pub(crate) fn customer_postfix(customer: &CustomerMta, submission: u16, factor: u32) -> PostfixInstance {
+    let own_domain = format!("transport_maps = inline:{{{}=discard:}}", customer.domain);
+    let hold = "smtpd_end_of_data_restrictions = check_client_access inline:{127.0.0.2=HOLD}";
+    let host = customer.domain.replace('.', "-");
+    relaying_postfix(
+        &host,
+        customer.bind,
+        submission,
+        Some((&customer.login, &password(&customer.login))),
+        factor,
+        &[&own_domain, hold],
+    )
+}
+
 /// Submits a customer's batch to its own MTA, which holds it, and waits
 /// until all of it is on hold.
-fn inject_batch(customer: &CustomerMta, postfix: &PostfixInstance) {
+pub(crate) fn inject_batch(customer: &CustomerMta, postfix: &PostfixInstance) {
     let sessions = 4;
     let mut plans: Vec<Vec<_>> = vec![Vec::new(); sessions];
     for (i, message) in customer.batch.iter().enumerate() {
@@ -453,20 +465,20 @@ fn inject_batch(customer: &CustomerMta, postfix: &PostfixInstance) {
 
 /// Reads the lock list every [`LOCK_POLL`] and notes when each identity
 /// first appears in it.
-struct LockMonitor {
+pub(crate) struct LockMonitor {
     file: PathBuf,
     seen: Arc<Mutex<BTreeMap<String, Instant>>>,
 }
 
 impl LockMonitor {
-    fn new(file: PathBuf) -> LockMonitor {
+    pub(crate) fn new(file: PathBuf) -> LockMonitor {
         LockMonitor {
             file,
             seen: Arc::new(Mutex::new(BTreeMap::new())),
         }
     }
 
-    fn watch(&self, stop: &AtomicBool) {
+    pub(crate) fn watch(&self, stop: &AtomicBool) {
         loop {
             // A final read after the stop, so nothing set at the end is missed.
             let last = stop.load(Ordering::Relaxed);
@@ -484,7 +496,7 @@ impl LockMonitor {
         }
     }
 
-    fn seen(&self) -> BTreeMap<String, Instant> {
+    pub(crate) fn seen(&self) -> BTreeMap<String, Instant> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

@@ -38,7 +38,7 @@ pub struct LockLine {
 
 /// The value of ` key=value` in a log line (up to the next space; quotes
 /// kept out).
-fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     let at = line.find(&format!(" {key}="))? + key.len() + 2;
     let rest = &line[at..];
     let value = rest.split(' ').next().unwrap_or("");
