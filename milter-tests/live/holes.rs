@@ -378,12 +378,7 @@ fn only_the_named_webmail_login_may_stamp_the_identity_header() {
         return;
     }
     let webmail = "webmail@example.com";
-    let config = MilterConfig::fixture("small-limits.toml")
-        .set(
-            "identity.sources",
-            vec!["header:X-Authenticated-Sender", "auth", "client-address"],
-        )
-        .set("identity.header_logins", vec![webmail]);
+    let config = webmail_recipe(webmail);
     let live = Live::start_with(config, |o| o.user(webmail, &password(webmail)));
     let port = live.mta.postfix.submission_port();
     let stamped = |login: &str, header: &str, subject: &str| {
@@ -611,4 +606,15 @@ fn hold_mode_holds_a_locked_bots_flood_only_up_to_the_hold_limit() {
     postfix.release_hold().expect("postsuper -H ALL");
     live.assert_all_delivered(5);
     assert!(live.mta.sink.messages().iter().all(|m| m.mail_from == bot));
+}
+
+/// The documented webmail recipe on the small limits: the header source
+/// first, and only `webmail`'s sessions may stamp it.
+pub(crate) fn webmail_recipe(webmail: &str) -> MilterConfig {
+    MilterConfig::fixture("small-limits.toml")
+        .set(
+            "identity.sources",
+            vec!["header:X-Authenticated-Sender", "auth", "client-address"],
+        )
+        .set("identity.header_logins", vec![webmail])
 }

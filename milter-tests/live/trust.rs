@@ -22,10 +22,7 @@ use crate::smtp::{Envelope, SendOutcome, Stage};
 fn realm_config() -> MilterConfig {
     MilterConfig::fixture("small-limits.toml")
         .set("identity.default_realm", "example.com")
-        .set(
-            "identity.local_realms",
-            toml::Value::Array(vec!["mail.example.com".into()]),
-        )
+        .set("identity.local_realms", vec!["mail.example.com"])
 }
 
 /// One message logged in as `spelling` with the password of `account`.
@@ -110,20 +107,7 @@ fn a_user_on_the_webmail_network_cannot_stamp_the_header() {
         return;
     }
     let webmail = "webmail@example.com";
-    let config = MilterConfig::fixture("small-limits.toml")
-        .set(
-            "identity.sources",
-            toml::Value::Array(vec![
-                "header:X-Authenticated-Sender".into(),
-                "auth".into(),
-                "client-address".into(),
-            ]),
-        )
-        .set("identity.header_logins", toml::Value::Array(vec![webmail.into()]))
-        .set(
-            "identity.trusted_networks",
-            toml::Value::Array(vec!["127.0.0.0/8".into()]),
-        );
+    let config = crate::holes::webmail_recipe(webmail).set("identity.trusted_networks", vec!["127.0.0.0/8"]);
     let live = Live::start_with(config, |o| o.user(webmail, &password(webmail)));
     let port = live.mta.postfix.submission_port();
     let stamped = |login: &str, identity: &str, subject: &str| {
@@ -194,7 +178,7 @@ fn the_bare_login_and_the_login_in_cyrus_default_realm_are_one_account() {
     let account = format!("dave@{host}");
     let config = MilterConfig::fixture("small-limits.toml")
         .set("identity.default_realm", "example.com")
-        .set("identity.local_realms", toml::Value::Array(vec![host.into()]));
+        .set("identity.local_realms", vec![host]);
     let live = Live::start_with(config, |o| o.user(&account, &password(&account)));
     let spellings = ["dave", account.as_str(), "dave", account.as_str()];
     let outcomes: Vec<SendOutcome> = spellings

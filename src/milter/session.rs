@@ -1364,6 +1364,19 @@ action = "lock"
         assert_eq!(block_on(s.eoh("Q")), Verdict::Continue);
     }
 
+    /// alice's MTA retries its deferred message to `rcpt` `n` times: each
+    /// refused by the throttle, none counted towards the lock rule.
+    fn retries_not_counted(f: &Fixture, s: &mut Session, rcpt: &str, n: usize) {
+        for i in 0..n {
+            let v = send(s, "alice@example.com", &[rcpt]);
+            assert!(refused_with(&v, "451"), "retry {i}: {v:?}");
+        }
+        assert!(
+            f.policy.lock_of("alice@example.com").is_none(),
+            "locked by its own retries"
+        );
+    }
+
     #[test]
     fn a_message_refused_at_its_end_is_a_retry_when_the_client_sends_it_again() {
         // per-minute 2/1m throttles, lock-5 5/1h locks on attempts.
@@ -1382,14 +1395,7 @@ action = "lock"
         // Three attempts so far. The customer's MTA retries its deferred
         // message on its schedule: each retry is refused by the throttle
         // and, being a retry, never counts towards lock-5.
-        for n in 0..6 {
-            let v = send(&mut c, "alice@example.com", &["<z@example.net>"]);
-            assert!(refused_with(&v, "451"), "retry {n}: {v:?}");
-        }
-        assert!(
-            f.policy.lock_of("alice@example.com").is_none(),
-            "locked by its own retries"
-        );
+        retries_not_counted(&f, &mut c, "<z@example.net>", 6);
         // A new message is an attempt: two more reach the lock.
         assert!(refused_with(
             &send(&mut c, "alice@example.com", &["<n1@example.net>"]),
@@ -1437,14 +1443,7 @@ action = "lock"
         assert_eq!(block_on(s.eoh("Q")), Verdict::Continue);
         assert_eq!(block_on(s.eom("Q")), Verdict::Continue);
         s.abort();
-        for n in 0..8 {
-            let v = send(&mut s, "alice@example.com", &["<z@example.net>"]);
-            assert!(refused_with(&v, "451"), "retry {n}: {v:?}");
-        }
-        assert!(
-            f.policy.lock_of("alice@example.com").is_none(),
-            "locked by its own retries"
-        );
+        retries_not_counted(&f, &mut s, "<z@example.net>", 8);
         f.clock.advance(std::time::Duration::from_secs(61));
         assert_eq!(
             send(&mut s, "alice@example.com", &["<z@example.net>"]),
