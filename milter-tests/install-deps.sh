@@ -30,6 +30,25 @@ installed() {
     [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true)" = installed ]
 }
 
+# Sets the caller's `missing` to those of the packages named that are not
+# installed. Returns 1 (after saying so) when none is missing, so that the
+# caller can return; exits when some are missing and this is not root.
+find_missing() {
+    missing=()
+    local pkg
+    for pkg in "$@"; do
+        installed "$pkg" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        say "already installed: $*"
+        return 1
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        say "must run as root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+}
+
 # A "No configuration" install leaves no /etc/postfix/main.cf. The private
 # instances bring their own, but postfix-script also asks the default
 # instance for multi_instance_directories (postconf -c /etc/postfix), which
@@ -188,18 +207,8 @@ install_local_door() {
 redis_packages=(redis-server redis-tools redis-sentinel)
 
 install_redis() {
-    local missing=() pkg
-    for pkg in "${redis_packages[@]}"; do
-        installed "$pkg" || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
-        say "already installed: ${redis_packages[*]}"
-        return 0
-    fi
-    if [ "$(id -u)" != 0 ]; then
-        say "must run as root to install: ${missing[*]}" >&2
-        exit 1
-    fi
+    local missing=()
+    find_missing "${redis_packages[@]}" || return 0
     say "missing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     local had_server=0
@@ -264,18 +273,8 @@ disable_system_redis() {
 dovecot_packages=(dovecot-core)
 
 install_dovecot() {
-    local missing=() pkg
-    for pkg in "${dovecot_packages[@]}"; do
-        installed "$pkg" || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
-        say "already installed: ${dovecot_packages[*]}"
-        return 0
-    fi
-    if [ "$(id -u)" != 0 ]; then
-        say "must run as root to install: ${missing[*]}" >&2
-        exit 1
-    fi
+    local missing=()
+    find_missing "${dovecot_packages[@]}" || return 0
     say "missing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
 
@@ -489,18 +488,8 @@ install_sendmail() {
 chromium_packages=(chromium chromium-driver)
 
 install_chromium() {
-    local missing=() pkg
-    for pkg in "${chromium_packages[@]}"; do
-        installed "$pkg" || missing+=("$pkg")
-    done
-    if [ ${#missing[@]} -eq 0 ]; then
-        say "already installed: ${chromium_packages[*]}"
-        return 0
-    fi
-    if [ "$(id -u)" != 0 ]; then
-        say "must run as root to install: ${missing[*]}" >&2
-        exit 1
-    fi
+    local missing=()
+    find_missing "${chromium_packages[@]}" || return 0
     export DEBIAN_FRONTEND=noninteractive
     local candidate
     candidate=$(apt-cache policy chromium 2>/dev/null || true)
