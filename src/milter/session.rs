@@ -154,6 +154,7 @@ impl Message {
             recipient_values: &self.recipient_values,
             client: client.and_then(|c| policy.client_value(c.ip())),
             foreign: self.foreign,
+            ..Demand::default()
         }
     }
 
