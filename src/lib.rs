@@ -39,7 +39,9 @@
 //!   message is uploaded), the connection count and the connections waiting
 //!   for a slot, commands the milter library drops, oversized packets;
 //! - [`milter::throttle`]: rate-limited log lines;
-//! - [`milter::Reporting`]: where verdicts and new locks are reported.
+//! - [`milter::Reporting`]: where verdicts and new locks are reported;
+//! - [`scan`]: the content scanner's client (rspamd over HTTP), asked at
+//!   the end of a message for the content rules.
 //!
 //! Operations, off the mail path:
 //! - [`ops`]: the activity registry, Prometheus metrics, the HTTP status
@@ -68,6 +70,7 @@ pub mod milter;
 pub mod notify;
 pub mod ops;
 pub mod policy;
+pub mod scan;
 pub mod store;
 pub mod users;
 
