@@ -7,6 +7,7 @@
 //! `EGRESS_MILTER_LIVE=1`, as root, with Postfix installed
 //! (milter-tests/install-deps.sh); otherwise each one says it is skipped.
 
+mod content;
 mod desk;
 mod detection;
 mod dovecot;
@@ -21,6 +22,7 @@ mod ports;
 mod postfix;
 mod queue_tools;
 mod redis;
+mod rspamd;
 mod scenarios;
 mod sendmail;
 mod sendmail_scenarios;
