@@ -73,16 +73,32 @@ fn spam_locks_a_login_through_postfix_and_rspamd_and_mail_flows_without_it() {
 
     // An honest login: scanned ham, never counted.
     for i in 0..5 {
-        assert_accepted(&send(&live, "bob@example.com", &format!("ham-{i}"), "Lunch tomorrow?\n"));
+        assert_accepted(&send(
+            &live,
+            "bob@example.com",
+            &format!("ham-{i}"),
+            "Lunch tomorrow?\n",
+        ));
     }
     // A login sending GTUBE under every volume limit: three get through,
     // the fourth trips lock-spam (refused at the end of DATA, locked), the
     // fifth is refused as locked at RCPT.
     for i in 1..=3 {
-        assert_accepted(&send(&live, "mallory@example.com", &format!("spam-{i}"), &format!("{GTUBE}\n")));
+        assert_accepted(&send(
+            &live,
+            "mallory@example.com",
+            &format!("spam-{i}"),
+            &format!("{GTUBE}\n"),
+        ));
     }
     let fourth = send(&live, "mallory@example.com", "spam-4", &format!("{GTUBE}\n"));
-    assert_refused(&fourth, Stage::DataEnd, 550, "5.7.1", &locked_text("mallory@example.com"));
+    assert_refused(
+        &fourth,
+        Stage::DataEnd,
+        550,
+        "5.7.1",
+        &locked_text("mallory@example.com"),
+    );
     let lock = live
         .milter
         .wait_for_lock("mallory@example.com", WAIT)
@@ -95,7 +111,13 @@ fn spam_locks_a_login_through_postfix_and_rspamd_and_mail_flows_without_it() {
     let phish = format!("Your account is blocked, log in at http://{PHISHING_HOST}/verify\n");
     assert_accepted(&send(&live, "trudy@example.net", "phish-1", &phish));
     let second = send(&live, "trudy@example.net", "phish-2", &phish);
-    assert_refused(&second, Stage::DataEnd, 550, "5.7.1", "Rate limit \"phishing\" exceeded");
+    assert_refused(
+        &second,
+        Stage::DataEnd,
+        550,
+        "5.7.1",
+        "Rate limit \"phishing\" exceeded",
+    );
 
     // Bob is still fine: his ham was never counted.
     assert_accepted(&send(&live, "bob@example.com", "ham-5", "See you.\n"));
@@ -110,7 +132,12 @@ fn spam_locks_a_login_through_postfix_and_rspamd_and_mail_flows_without_it() {
     rspamd.stop();
     for i in 0..3 {
         let sent = Instant::now();
-        assert_accepted(&send(&live, "bob@example.com", &format!("unscanned-{i}"), "Still there?\n"));
+        assert_accepted(&send(
+            &live,
+            "bob@example.com",
+            &format!("unscanned-{i}"),
+            "Still there?\n",
+        ));
         assert!(sent.elapsed() < Duration::from_secs(5), "{:?}", sent.elapsed());
     }
     let (code, body) = http_get(&status, "/healthz");
@@ -118,7 +145,10 @@ fn spam_locks_a_login_through_postfix_and_rspamd_and_mail_flows_without_it() {
     assert!(body.starts_with("degraded: the content scanner"), "{body}");
     assert!(body.contains("cannot connect"), "{body}");
     assert_eq!(metric(&status, "egress_milter_scanner_degraded"), 1.0);
-    assert_eq!(metric(&status, "egress_milter_scanner_errors_total{cause=\"connect\"}"), 3.0);
+    assert_eq!(
+        metric(&status, "egress_milter_scanner_errors_total{cause=\"connect\"}"),
+        3.0
+    );
     assert!(
         live.milter.log().contains("content scanner failed (cannot connect"),
         "{}",
@@ -126,7 +156,13 @@ fn spam_locks_a_login_through_postfix_and_rspamd_and_mail_flows_without_it() {
     );
     // The lock holds without the scanner.
     let locked = send(&live, "mallory@example.com", "spam-6", "Hello.\n");
-    assert_refused(&locked, Stage::RcptTo, 550, "5.7.1", &locked_text("mallory@example.com"));
+    assert_refused(
+        &locked,
+        Stage::RcptTo,
+        550,
+        "5.7.1",
+        &locked_text("mallory@example.com"),
+    );
     live.assert_all_delivered(5 + 3 + 1 + 1 + 3);
     println!(
         "figures: rspamd up in {:.1} s; mean wait for a verdict {mean_ms:.1} ms over {waits} scans; test {:.1} s",

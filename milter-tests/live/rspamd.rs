@@ -128,8 +128,11 @@ impl RspamdServer {
             .expect("temp dir for rspamd");
         let root = dir.path().to_path_buf();
         fs::write(root.join("rspamd.conf"), RSPAMD_CONF).expect("write rspamd.conf");
-        fs::write(root.join("rules.lua"), RULES_LUA.replace("PHISHING_HOST", PHISHING_HOST))
-            .expect("write rules.lua");
+        fs::write(
+            root.join("rules.lua"),
+            RULES_LUA.replace("PHISHING_HOST", PHISHING_HOST),
+        )
+        .expect("write rules.lua");
         fs::create_dir_all(HS_CACHE).expect("create the hyperscan cache directory");
         // rspamd's workers run as _rspamd: they write the log, the state
         // files and the hyperscan cache.
@@ -228,9 +231,7 @@ impl RspamdServer {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let exited = poll_until(Duration::from_secs(10), || child.try_wait().ok().flatten().is_some());
         if !exited {
             let _ = child.kill();

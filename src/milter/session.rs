@@ -944,7 +944,7 @@ impl<'a> Decider<'a> {
         stats.scanned(&content.to_string(), waited);
         let waited_ms = waited.as_millis();
         if content.is_clean() {
-            debug!(queue_id = self.queue_id, identity = %plan.identity, action = %report.action, score = report.score, waited_ms, "scanned: ham");
+            debug!(queue_id = self.queue_id, identity = %plan.identity, action = ?report.action, score = report.score, waited_ms, "scanned: ham");
             return None;
         }
         info!(
@@ -954,7 +954,7 @@ impl<'a> Decider<'a> {
             spam = content.spam,
             phishing = content.phishing,
             virus = content.virus,
-            action = %report.action,
+            action = ?report.action,
             score = report.score,
             retry = message.retry,
             waited_ms,
