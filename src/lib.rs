@@ -34,6 +34,8 @@
 //! The milter adapter, protocol in and verdicts out ([`milter`]):
 //! - [`milter::callbacks`]: indymilter negotiation and thin stage callbacks;
 //! - [`milter::session`]: one MTA connection's stages turned into policy calls;
+//! - [`milter::content`]: the message kept for the content scanner, and
+//!   the scanner asked and its failures reported;
 //! - [`milter::listener`]: socket specs, stale sockets, TCP_QUICKACK;
 //! - [`milter::watchdog`]: read and idle timeouts (a longer one while a
 //!   message is uploaded), the connection count and the connections waiting

@@ -20,14 +20,13 @@
 //!   reached meanwhile by a parallel session: then it is refused uncounted.
 
 use super::Reporting;
-use super::throttle::Throttle;
+use super::content::{self, ContentText};
 use crate::config::LockedAction;
 use crate::config::{Action, IdentitySource, ReplySpec, format_duration};
 use crate::locks::file::LockEntry;
 use crate::notify::Sample;
 use crate::ops::metrics::{RULE_CONFLICT, RULE_HOLD_LIMIT, RULE_LOCKED, RULE_MAX_RECIPIENTS, Refusal};
 use crate::policy::bounce::{self, MAX_REPORT_BYTES};
-use crate::policy::content::Content;
 use crate::policy::identity::{self, Facts, HeaderValues, Identity, LocalUser, Resolution};
 use crate::policy::locked::{LockedStep, Stage, locked_step};
 use crate::policy::reply::{self, Reply, Vars};
@@ -36,7 +35,6 @@ use crate::scan;
 use crate::users::UserNames;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// Largest number of recipients remembered while the identity is pending.
@@ -83,45 +81,6 @@ pub struct Session {
 
 /// The longest HELO name kept for the scanner.
 const MAX_HELO: usize = 255;
-
-/// The message as received, for the content scanner, while content rules
-/// apply to it: its headers and body up to `scanner.max_message_size`, and
-/// its accepted recipients.
-struct ContentText {
-    text: Vec<u8>,
-    rcpts: Vec<Vec<u8>>,
-    /// It grew past the limit: `text` was dropped, the rest is not read and
-    /// the message is not scanned.
-    over: bool,
-}
-
-impl ContentText {
-    fn new() -> Self {
-        Self {
-            text: Vec::new(),
-            rcpts: Vec::new(),
-            over: false,
-        }
-    }
-
-    /// Appends `parts` unless the text would grow past `limit` bytes; returns
-    /// whether more is wanted.
-    fn append(&mut self, parts: &[&[u8]], limit: u64) -> bool {
-        if self.over {
-            return false;
-        }
-        let grown = self.text.len() + parts.iter().map(|p| p.len()).sum::<usize>();
-        if u64::try_from(grown).unwrap_or(u64::MAX) > limit {
-            self.over = true;
-            self.text = Vec::new();
-            return false;
-        }
-        for part in parts {
-            self.text.extend_from_slice(part);
-        }
-        true
-    }
-}
 
 struct Message {
     /// Why the message is subject to the rules; `None`: inbound mail,
@@ -300,7 +259,7 @@ impl Session {
         } else {
             MtaNotice::No
         };
-        let content = (outbound.is_some() && self.policy.scans()).then(ContentText::new);
+        let content = (outbound.is_some() && self.policy.scans()).then(ContentText::default);
         let message = self.message.insert(Message {
             outbound,
             envelope_from: from.to_vec(),
@@ -792,10 +751,6 @@ impl Session {
     }
 }
 
-/// One "content scanner failed" line every 10 seconds at most: with the
-/// scanner down every message would log one.
-static SCANNER_LOG: Throttle = Throttle::new(Duration::from_secs(10));
-
 /// One stage's decision: the policy snapshot, where to report, the queue id.
 struct Decider<'a> {
     policy: &'a Policy,
@@ -891,8 +846,8 @@ impl<'a> Decider<'a> {
     /// Asks the content scanner for its verdict on the message, counts it
     /// against the content rules and acts on what they say. The message
     /// passes unscanned, counted nowhere, when it is over
-    /// `scanner.max_message_size` or the scanner fails (loudly: a metric,
-    /// /healthz and a warning at most every [`SCANNER_LOG`] interval).
+    /// `scanner.max_message_size` or the scanner fails (loudly: see
+    /// [`content::Asked::verdict`]).
     /// A client's retry of a message refused with 4xx is scanned again but
     /// only asks the throttles: a false positive retried by a customer's
     /// MTA is not counted again, and spam that was throttled is not let
@@ -900,19 +855,6 @@ impl<'a> Decider<'a> {
     async fn scan(&self, message: &mut Message, client: Option<SocketAddr>, helo: Option<&str>) -> Option<Verdict> {
         let text = message.content.take()?;
         let plan = message.plan.as_ref()?;
-        let scanner = &self.policy.config().scanner;
-        let url = scanner.url.as_ref()?;
-        let stats = self.reporting.observer.scanner();
-        if text.over {
-            stats.skipped_size();
-            info!(
-                queue_id = self.queue_id,
-                identity = %plan.identity,
-                limit = scanner.max_message_size,
-                "not scanned: the message is over scanner.max_message_size"
-            );
-            return None;
-        }
         let envelope = scan::Envelope {
             from: &message.envelope_from,
             rcpts: &text.rcpts,
@@ -921,47 +863,18 @@ impl<'a> Decider<'a> {
             queue_id: self.queue_id,
             helo,
         };
-        let started = Instant::now();
-        let result = scan::scan(url, scanner.timeout.0, &envelope, text.text.into()).await;
-        let waited = started.elapsed();
-        let report = match result {
-            Ok(report) => report,
-            Err(e) => {
-                stats.failed(e.cause(), waited, e.to_string());
-                if let Some(events) = SCANNER_LOG.note() {
-                    warn!(
-                        queue_id = self.queue_id,
-                        scanner = %url,
-                        cause = e.cause(),
-                        left_out = events - 1,
-                        "content scanner failed ({e}): the message passes unscanned, the spam, phishing and virus rules count nothing until it answers"
-                    );
-                }
-                return None;
-            }
+        let asked = content::Asked {
+            scanner: &self.policy.config().scanner,
+            stats: self.reporting.observer.scanner(),
+            identity: &plan.identity,
+            retry: message.retry,
         };
-        let content = Content::classify(&report, scanner);
-        stats.scanned(&content.to_string(), waited);
-        let waited_ms = waited.as_millis();
-        if content.is_clean() {
-            debug!(queue_id = self.queue_id, identity = %plan.identity, action = ?report.action, score = report.score, waited_ms, "scanned: ham");
+        let verdict = asked.verdict(&envelope, text.text, text.over).await?;
+        if verdict.is_clean() {
             return None;
         }
-        info!(
-            queue_id = self.queue_id,
-            identity = %plan.identity,
-            verdict = %content,
-            spam = content.spam,
-            phishing = content.phishing,
-            virus = content.virus,
-            action = ?report.action,
-            score = report.score,
-            retry = message.retry,
-            waited_ms,
-            "scanned"
-        );
         let plans: Vec<&Plan> = std::iter::once(plan).chain(message.stamper.as_ref()).collect();
-        let trips = self.policy.check_content(&plans, content, !message.retry).await;
+        let trips = self.policy.check_content(&plans, verdict, !message.retry).await;
         let verdict = self.act(message, trips, Stage::Eom);
         self.remember_if_deferred(message, &verdict);
         (verdict != Verdict::Continue).then_some(verdict)
