@@ -167,6 +167,19 @@ fn every_commented_key_of_the_shipped_configurations_is_valid() {
             "{}",
             path.display()
         );
+        // The commented content rules and their scanner go together: on,
+        // they are valid, and check-config has nothing to say about them.
+        assert!(
+            config.scanner.is_enabled() && config.rules.iter().any(|r| r.count.is_content()),
+            "{}",
+            path.display()
+        );
+        let warnings = config.warnings();
+        assert!(
+            !warnings.iter().any(|w| w.contains("[scanner]")),
+            "{}: {warnings:#?}",
+            path.display()
+        );
         // The commented overrides are the documented recipes: one that
         // raised a throttle and not the lock rule above it would get the
         // newsletter it was written for locked (issue 18).

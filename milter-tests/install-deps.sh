@@ -3,7 +3,8 @@
 # (milter-tests/live/) needs: Postfix, and the Cyrus SASL tools and plugins
 # used for AUTH on the private instances' submission port; then two test
 # users for the local-door test (see the local-door section); then Redis, for
-# the fleet scenarios (see the Redis section); then Dovecot, for the Dovecot
+# the fleet scenarios (see the Redis section); then rspamd, for the content
+# verdicts (see the rspamd section); then Dovecot, for the Dovecot
 # SASL test (see the Dovecot section); then Sendmail, unpacked into
 # a private root (see the Sendmail section); then, for the package boot
 # test of milter-tests/package.sh, systemd-nspawn, debootstrap and a cached
@@ -12,7 +13,7 @@
 #
 # Idempotent: exits 0 quickly when everything is already there. Must run as
 # root to install anything. Postfix is installed non-interactively ("No
-# configuration"), Redis and Dovecot as they come, all with a temporary
+# configuration"), Redis, rspamd and Dovecot as they come, all with a temporary
 # /usr/sbin/policy-rc.d that forbids starting services, so the install never
 # starts a system-wide Postfix that would hold port 25, a system Redis on
 # port 6379 nor a system Dovecot on the IMAP and POP3 ports; that file is
@@ -602,11 +603,59 @@ install_boot_root() {
     say "boot-test root made in $BOOT_ROOT ($(head -n1 "$boot_stamp"))"
 }
 
+# ----------------------------------------------------------------- rspamd
+# For the content-verdict test (milter-tests/live/scanner.rs): the test starts
+# its own rspamd (the normal worker only) on a free loopback port with a
+# minimal top-level configuration it writes itself, so only the binaries are
+# needed. Debian's rspamd package enables and starts a system rspamd (ports
+# 11332-11334): the install runs under the temporary policy-rc.d (nothing
+# starts), then the service is disabled and stopped, as for Redis. An rspamd
+# installed before is the admin's and left as it is.
+install_rspamd() {
+    if installed rspamd; then
+        say "already installed: rspamd"
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        say "must run as root to install: rspamd" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    forbid_service_starts
+    local candidate
+    candidate=$(apt-cache policy rspamd 2>/dev/null || true)
+    if [[ "$candidate" != *"Candidate: "[0-9]* ]]; then
+        say "apt-get update"
+        apt-get update -q
+    fi
+    say "apt-get install rspamd"
+    apt-get install -y -q --no-install-recommends rspamd
+    allow_service_starts
+    if [ -e /lib/systemd/system/rspamd.service ] && command -v deb-systemd-helper >/dev/null; then
+        say "disabling rspamd.service (the tests run their own)"
+        deb-systemd-helper disable rspamd.service >/dev/null 2>&1 || true
+    fi
+    if [ -e /etc/init.d/rspamd ] && command -v update-rc.d >/dev/null; then
+        update-rc.d rspamd disable >/dev/null 2>&1 || true
+    fi
+    if [ -d /run/systemd/system ]; then
+        systemctl stop rspamd.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/rspamd ] && /etc/init.d/rspamd status >/dev/null 2>&1; then
+        say "stopping the system rspamd the package started"
+        /etc/init.d/rspamd stop >/dev/null 2>&1 || true
+    fi
+    if [ ! -x /usr/bin/rspamd ]; then
+        say "error: /usr/bin/rspamd is missing after the install" >&2
+        exit 1
+    fi
+}
+
 case "${1:-all}" in
 all)
     install_postfix
     install_local_door
     install_redis
+    install_rspamd
     install_dovecot
     install_chromium
     install_sendmail

@@ -19,6 +19,7 @@ mod local_door;
 mod lock_list;
 mod locking;
 mod notify;
+mod scanner;
 mod shared_counters;
 mod signals;
 mod status;

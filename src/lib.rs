@@ -34,12 +34,16 @@
 //! The milter adapter, protocol in and verdicts out ([`milter`]):
 //! - [`milter::callbacks`]: indymilter negotiation and thin stage callbacks;
 //! - [`milter::session`]: one MTA connection's stages turned into policy calls;
+//! - [`milter::content`]: the message kept for the content scanner, and
+//!   the scanner asked and its failures reported;
 //! - [`milter::listener`]: socket specs, stale sockets, TCP_QUICKACK;
 //! - [`milter::watchdog`]: read and idle timeouts (a longer one while a
 //!   message is uploaded), the connection count and the connections waiting
 //!   for a slot, commands the milter library drops, oversized packets;
 //! - [`milter::throttle`]: rate-limited log lines;
-//! - [`milter::Reporting`]: where verdicts and new locks are reported.
+//! - [`milter::Reporting`]: where verdicts and new locks are reported;
+//! - [`scan`]: the content scanner's client (rspamd over HTTP), asked at
+//!   the end of a message for the content rules.
 //!
 //! Operations, off the mail path:
 //! - [`ops`]: the activity registry, Prometheus metrics, the HTTP status
@@ -73,6 +77,7 @@ pub mod milter;
 pub mod notify;
 pub mod ops;
 pub mod policy;
+pub mod scan;
 pub mod store;
 pub mod users;
 

@@ -238,6 +238,8 @@ pub struct Msg {
     pub from: String,
     pub rcpts: Vec<String>,
     pub headers: Vec<(String, String)>,
+    /// Sent after the headers where the milter asked for bodies.
+    pub body: Option<String>,
     pub queue_id: String,
 }
 
@@ -258,6 +260,7 @@ impl Msg {
             from: format!("<{login}>"),
             rcpts: vec!["<friend-{n}@example.net>".into()],
             headers: vec![("Subject".into(), "hello".into())],
+            body: None,
             queue_id: "4ABCDEF".into(),
         }
     }
@@ -269,6 +272,7 @@ impl Msg {
             from: format!("<{from}>"),
             rcpts: vec!["<friend-{n}@example.net>".into()],
             headers: vec![("Subject".into(), "hello".into())],
+            body: None,
             queue_id: "4ABCDEF".into(),
         }
     }
@@ -285,6 +289,11 @@ impl Msg {
 
     pub fn header(mut self, name: &str, value: &str) -> Msg {
         self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn body(mut self, text: &str) -> Msg {
+        self.body = Some(text.into());
         self
     }
 }
@@ -307,6 +316,10 @@ impl Mta {
 
     pub fn negotiated_actions(&self) -> Actions {
         self.conn.negotiated_actions()
+    }
+
+    pub fn negotiated_opts(&self) -> ProtoOpts {
+        self.conn.negotiated_opts()
     }
 
     pub fn requested_macros(&self) -> &std::collections::HashMap<MacroStage, std::ffi::CString> {
@@ -379,6 +392,17 @@ impl Mta {
             if eoh_refused {
                 conn.abort().await.unwrap();
                 return out;
+            }
+        }
+        if let Some(body) = &msg.body
+            && !conn.negotiated_opts().contains(ProtoOpts::NO_BODY)
+        {
+            // Postfix sends the body in chunks of at most 64 KiB; the
+            // milter may ask to skip the rest.
+            for chunk in body.as_bytes().chunks(65_535) {
+                if conn.body(chunk.to_vec()).await.unwrap() == Status::Skip {
+                    break;
+                }
             }
         }
         conn.macros(MacroStage::Eom, [("i", msg.queue_id.as_str())])

@@ -7,6 +7,7 @@
 //! `EGRESS_MILTER_LIVE=1`, as root, with Postfix installed
 //! (milter-tests/install-deps.sh); otherwise each one says it is skipped.
 
+mod content;
 mod desk;
 mod detection;
 mod dovecot;
@@ -22,6 +23,7 @@ mod postfix;
 mod queue_tools;
 mod redis;
 mod retries;
+mod rspamd;
 mod scenarios;
 mod sendmail;
 mod sendmail_scenarios;

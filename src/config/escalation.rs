@@ -101,6 +101,9 @@ pub fn gaps(config: &Config) -> Vec<Gap> {
 /// a dry run) and counting a quantity that throttles and locks share.
 fn counts_escalation(rule: &RuleConfig, action: Action) -> bool {
     rule.action == action && !rule.dry_run && !matches!(rule.count, Counted::Bounces | Counted::ForeignSenders)
+        // Content rules count every scanned message, throttles as locks:
+        // no throttle admits less than its lock rule counts.
+        && !rule.count.is_content()
 }
 
 fn target(config: &Config, over: &OverrideConfig) -> Option<String> {

@@ -9,11 +9,13 @@ pub mod address;
 pub mod escalation;
 pub mod model;
 pub mod notify;
+pub mod scanner;
 pub mod secret;
 pub mod validate;
 
 pub use model::*;
 pub use notify::NotifyConfig;
+pub use scanner::{ScannerConfig, ScannerUrl};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -115,6 +117,9 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// Where counters live: in memory, or on Redis for a fleet (docs/fleet.md).
     pub store: StoreConfig,
+    /// The content scanner asked for the `spam`, `phishing` and `virus`
+    /// rules (docs/detection.md); off while its `url` is unset.
+    pub scanner: ScannerConfig,
 }
 
 impl Default for Config {
@@ -141,6 +146,7 @@ impl Default for Config {
             status: StatusConfig::default(),
             notify: NotifyConfig::default(),
             store: StoreConfig::default(),
+            scanner: ScannerConfig::default(),
         }
     }
 }
@@ -734,6 +740,12 @@ impl Config {
         if bounce_rules && local_user.is_none() && php_script.is_none() {
             warnings.push(
                 "a rule counts \"bounces\", but identity.sources names neither \"local-user\" nor \"php-script\": without the pickup stamp (docs/postfix.md) the MTA's bounces cannot be told from a local user's null-sender mail, so none is read and the bounce rules never act"
+                    .to_string(),
+            );
+        }
+        if self.scanner.is_enabled() && !self.rules.iter().any(|r| r.count.is_content()) {
+            warnings.push(
+                "[scanner] url is set, but no [[rule]] counts \"spam\", \"phishing\" or \"virus\": no message is scanned"
                     .to_string(),
             );
         }

@@ -274,6 +274,12 @@ pub enum Counted {
     /// Messages whose envelope sender or `From:` is at a domain the
     /// identity may not send as.
     ForeignSenders,
+    /// Messages the content scanner classifies as spam (`[scanner]`).
+    Spam,
+    /// Messages carrying one of `scanner.phishing_symbols`.
+    Phishing,
+    /// Messages carrying one of `scanner.virus_symbols`.
+    Virus,
 }
 
 impl Counted {
@@ -283,6 +289,11 @@ impl Counted {
             self,
             Counted::DistinctRecipients | Counted::DistinctRecipientDomains | Counted::DistinctClientAddresses
         )
+    }
+
+    /// Counts the content scanner's verdicts (`[scanner]`).
+    pub fn is_content(self) -> bool {
+        matches!(self, Counted::Spam | Counted::Phishing | Counted::Virus)
     }
 }
 
@@ -296,6 +307,9 @@ impl fmt::Display for Counted {
             Counted::DistinctClientAddresses => "distinct-client-addresses",
             Counted::Bounces => "bounces",
             Counted::ForeignSenders => "foreign-senders",
+            Counted::Spam => "spam",
+            Counted::Phishing => "phishing",
+            Counted::Virus => "virus",
         })
     }
 }

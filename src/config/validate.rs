@@ -53,7 +53,28 @@ pub fn validate(config: &Config) -> Result<(), Violation> {
     replies(&config.replies)?;
     locks(&config.locks)?;
     store(config)?;
-    config.notify.validate()
+    config.notify.validate()?;
+    scanner(config)
+}
+
+/// `[scanner]`, and the content rules that need it.
+fn scanner(config: &Config) -> Result<(), Violation> {
+    config.scanner.validate()?;
+    if config.scanner.is_enabled() {
+        return Ok(());
+    }
+    match config.rules.iter().enumerate().find(|(_, r)| r.count.is_content()) {
+        Some((i, rule)) => fail(
+            rule.name.span(),
+            &format!("rule[{i}].count"),
+            format!(
+                "rule \"{}\" counts \"{}\", which only a content scanner can tell: set [scanner] url (e.g. \"http://127.0.0.1:11333\", rspamd's normal worker) or remove the rule",
+                rule.name.get_ref(),
+                rule.count
+            ),
+        ),
+        None => Ok(()),
+    }
 }
 
 /// `[store]` with `backend = "redis"`: the address, timeouts, fleet size.

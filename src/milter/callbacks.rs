@@ -47,7 +47,8 @@ pub struct Connection {
 /// The callbacks of every connection: each one takes the policy current
 /// when it starts, and reports to `reporting`.
 pub fn make_callbacks(current: CurrentPolicy, reporting: Reporting) -> Callbacks<Connection> {
-    let (c1, c2, c3, c4, c5, c6, c7, c8) = (
+    let (c1, c2, c3, c4, c5, c6, c7, c8, c9) = (
+        current.clone(),
         current.clone(),
         current.clone(),
         current.clone(),
@@ -62,6 +63,7 @@ pub fn make_callbacks(current: CurrentPolicy, reporting: Reporting) -> Callbacks
             Box::pin(handle_negotiate(current.clone(), reporting.clone(), cx, actions, opts))
         })
         .on_connect(move |cx, _host, socket| Box::pin(handle_connect(c1.clone(), cx, socket)))
+        .on_helo(move |cx, name| Box::pin(handle_helo(c9.clone(), cx, name)))
         .on_mail(move |cx, args| Box::pin(handle_mail(c2.clone(), cx, args)))
         .on_rcpt(move |cx, args| Box::pin(handle_rcpt(c3.clone(), cx, args)))
         .on_data(move |cx| Box::pin(handle_data(c8.clone(), cx)))
@@ -115,9 +117,11 @@ async fn handle_negotiate(
     if !session.needs_headers() && opts.contains(ProtoOpts::NO_HEADER | ProtoOpts::NO_EOH) {
         cx.requested_opts |= ProtoOpts::NO_HEADER | ProtoOpts::NO_EOH;
     }
-    // Bodies are read only for the MTA's bounces, while bounce rules exist;
-    // every other body is skipped after its first chunk (or, where the MTA
-    // cannot skip, read and dropped).
+    // Bodies are read only for the MTA's bounces, while bounce rules exist,
+    // and for the content scanner, while content rules and a scanner
+    // exist (up to scanner.max_message_size); every other body is skipped
+    // after its first chunk (or, where the MTA cannot skip, read and
+    // dropped).
     if !session.needs_body() && opts.contains(ProtoOpts::NO_BODY) {
         cx.requested_opts |= ProtoOpts::NO_BODY;
     } else if opts.contains(ProtoOpts::SKIP) {
@@ -145,6 +149,12 @@ async fn handle_connect(current: CurrentPolicy, cx: &mut Context<Connection>, so
         SocketInfo::Unix(_) | SocketInfo::Unknown => None,
     };
     conn.session.connect(client);
+    Status::Continue
+}
+
+async fn handle_helo(current: CurrentPolicy, cx: &mut Context<Connection>, name: CString) -> Status {
+    let conn = connection!(current, cx);
+    conn.session.helo(name.as_bytes());
     Status::Continue
 }
 

@@ -6,6 +6,7 @@
 //! of egress-milter that knows indymilter.
 
 pub mod callbacks;
+pub mod content;
 pub mod listener;
 pub mod session;
 pub mod throttle;

@@ -20,6 +20,7 @@
 //!   reached meanwhile by a parallel session: then it is refused uncounted.
 
 use super::Reporting;
+use super::content::{self, ContentText};
 use crate::config::LockedAction;
 use crate::config::{Action, IdentitySource, ReplySpec, format_duration};
 use crate::locks::file::LockEntry;
@@ -30,6 +31,7 @@ use crate::policy::identity::{self, Facts, HeaderValues, Identity, LocalUser, Re
 use crate::policy::locked::{LockedStep, Stage, locked_step};
 use crate::policy::reply::{self, Reply, Vars};
 use crate::policy::{Demand, Door, Outbound, Plan, Policy, RecipientValue, Trip, most_severe};
+use crate::scan;
 use crate::users::UserNames;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -72,8 +74,13 @@ pub struct Session {
     /// The client as the MTA reported it (127.0.0.1 port 0 for Postfix's
     /// local submission).
     client: Option<SocketAddr>,
+    /// The client's HELO/EHLO name (bounded), told to the content scanner.
+    helo: Option<String>,
     message: Option<Message>,
 }
+
+/// The longest HELO name kept for the scanner.
+const MAX_HELO: usize = 255;
 
 struct Message {
     /// Why the message is subject to the rules; `None`: inbound mail,
@@ -116,6 +123,12 @@ struct Message {
     /// The MTA's own bounce, while bounce rules exist: the message as
     /// received (bounded by [`MAX_REPORT_BYTES`]), to read its report.
     bounce_text: Option<Vec<u8>>,
+    /// The message for the content scanner, while content rules apply to
+    /// it (see [`ContentText`]).
+    content: Option<ContentText>,
+    /// The attempt was a client's retry of a transaction refused with 4xx:
+    /// its content verdict only asks the throttles, counting nothing.
+    retry: bool,
     /// Null-sender mail from the local door: the MTA's own notice (bounce,
     /// delay, postmaster notice) unless it carries the pickup stamp that
     /// Postfix puts on what a local user submits; decided at the end of the
@@ -154,6 +167,7 @@ impl Message {
             recipient_values: &self.recipient_values,
             client: client.and_then(|c| policy.client_value(c.ip())),
             foreign: self.foreign,
+            ..Demand::default()
         }
     }
 
@@ -188,6 +202,7 @@ impl Session {
             policy,
             reporting,
             client: None,
+            helo: None,
             message: None,
         }
     }
@@ -207,16 +222,24 @@ impl Session {
             || self.policy.config().notify.arf_enabled()
             || self.policy.counts_foreign_senders()
             || self.policy.counts_bounces()
+            || self.policy.scans()
     }
 
-    /// Whether message bodies are read: only those of the MTA's own bounces,
-    /// and only while bounce rules exist.
+    /// Whether message bodies are read: those of the MTA's own bounces,
+    /// while bounce rules exist, and outbound messages, while a scanner and
+    /// content rules exist (up to `scanner.max_message_size`).
     pub fn needs_body(&self) -> bool {
-        self.policy.counts_bounces()
+        self.policy.counts_bounces() || self.policy.scans()
     }
 
     pub fn connect(&mut self, client: Option<SocketAddr>) {
         self.client = client;
+    }
+
+    /// HELO/EHLO: the name is told to the content scanner.
+    pub fn helo(&mut self, name: &[u8]) {
+        let name = String::from_utf8_lossy(&name[..name.len().min(MAX_HELO)]);
+        self.helo = Some(name.into_owned());
     }
 
     /// MAIL FROM. `auth` is the `{auth_authen}` macro.
@@ -236,6 +259,7 @@ impl Session {
         } else {
             MtaNotice::No
         };
+        let content = (outbound.is_some() && self.policy.scans()).then(ContentText::default);
         let message = self.message.insert(Message {
             outbound,
             envelope_from: from.to_vec(),
@@ -254,6 +278,8 @@ impl Session {
             from_overflow: false,
             foreign: false,
             bounce_text,
+            content,
+            retry: false,
             notice,
             held: Vec::new(),
             attempted: 0,
@@ -289,6 +315,9 @@ impl Session {
         };
         let uncounted = cx.policy.bounce_uncounted(&identity, bounce, Door::of(self.client));
         let plan = message.plan.insert(cx.policy.plan(identity, uncounted));
+        if !cx.policy.scans_for(plan) {
+            message.content = None;
+        }
         message.lock = cx.lock_in_force(plan, self.client.map(|c| c.ip()));
         if message.lock.is_some() {
             return cx.locked(message, Stage::Mail, false);
@@ -342,6 +371,11 @@ impl Session {
             }
             message.recipients += 1;
             message.recipient_values.extend(value);
+            if let Some(content) = message.content.as_mut()
+                && content.rcpts.len() < MAX_RECIPIENT_VALUES
+            {
+                content.rcpts.push(rcpt.to_vec());
+            }
             return Verdict::Continue;
         };
         if message.lock.is_some() {
@@ -384,6 +418,11 @@ impl Session {
             message.recipients += 1;
             message.support_only = false;
             message.recipient_values.extend(this);
+            if let Some(content) = message.content.as_mut()
+                && content.rcpts.len() < MAX_RECIPIENT_VALUES
+            {
+                content.rcpts.push(rcpt.to_vec());
+            }
         }
         verdict
     }
@@ -397,6 +436,10 @@ impl Session {
         }
         if let Some(text) = self.message.as_mut().and_then(|m| m.bounce_text.as_mut()) {
             append_bounded(text, &[name, b": ", value, b"\r\n"]);
+        }
+        let limit = policy.config().scanner.max_message_size;
+        if let Some(content) = self.message.as_mut().and_then(|m| m.content.as_mut()) {
+            content.append(&[name, b": ", value, b"\r\n"], limit);
         }
         if let Some(message) = self.message.as_mut()
             && message.outbound.is_some()
@@ -445,6 +488,10 @@ impl Session {
         if let Some(text) = message.bounce_text.as_mut() {
             append_bounded(text, &[b"\r\n"]);
         }
+        let limit = cx.policy.config().scanner.max_message_size;
+        if let Some(content) = message.content.as_mut() {
+            content.append(&[b"\r\n"], limit);
+        }
         if message.notice == MtaNotice::Pending {
             message.notice = if message.headers.is_stamped(Some(queue_id)) {
                 // A local user's: its body is not read.
@@ -460,6 +507,7 @@ impl Session {
             // report, if any, is read at the end of the message.
             debug!(queue_id, "the MTA's own null-sender notice: passed untouched");
             message.outbound = None;
+            message.content = None;
             return Verdict::Continue;
         }
         if let (Some((header, copies)), Some(plan)) = (message.ignored_header.take(), &message.plan) {
@@ -537,6 +585,9 @@ impl Session {
             }
         }
         message.foreign = message.sent_as_foreign(cx.policy, &plan.identity);
+        if !cx.policy.scans_for(&plan) && !message.stamper.as_ref().is_some_and(|l| cx.policy.scans_for(l)) {
+            message.content = None;
+        }
         let plan = message.plan.insert(plan);
         message.lock = lock;
         if message.lock.is_some() {
@@ -556,6 +607,7 @@ impl Session {
         let retry = cx.policy.is_retry(plan, message.envelope);
         let attempt = if retry { Demand::default() } else { demand };
         let trips = cx.policy.check(&plans, &attempt, &demand).await;
+        message.retry = retry;
         message.support_only = false;
         message.settled = true;
         let verdict = cx.act(message, trips, Stage::Eoh);
@@ -563,14 +615,23 @@ impl Session {
         verdict
     }
 
-    /// A chunk of the body; returns whether more is wanted (only the
-    /// MTA's bounces are read, up to [`MAX_REPORT_BYTES`]).
+    /// A chunk of the body; returns whether more is wanted: the MTA's
+    /// bounces are read up to [`MAX_REPORT_BYTES`], messages for the
+    /// content scanner up to `scanner.max_message_size`.
     pub fn body(&mut self, chunk: &[u8]) -> bool {
-        let Some(text) = self.message.as_mut().and_then(|m| m.bounce_text.as_mut()) else {
+        let limit = self.policy.config().scanner.max_message_size;
+        let Some(message) = self.message.as_mut() else {
             return false;
         };
-        append_bounded(text, &[chunk]);
-        text.len() < MAX_REPORT_BYTES
+        let mut more = false;
+        if let Some(text) = message.bounce_text.as_mut() {
+            append_bounded(text, &[chunk]);
+            more |= text.len() < MAX_REPORT_BYTES;
+        }
+        if let Some(content) = message.content.as_mut() {
+            more |= content.append(&[chunk], limit);
+        }
+        more
     }
 
     /// End of message: hold a locked identity's mail, or count the message.
@@ -603,6 +664,11 @@ impl Session {
         // that stamped it) since this one's MAIL: no message is accepted
         // once its identity is locked.
         if let Some(verdict) = cx.locked_meanwhile(message, self.client) {
+            return verdict;
+        }
+        // The content rules: the scanner's verdict is counted (and acted
+        // on) before the message is, whatever becomes of it.
+        if let Some(verdict) = cx.scan(message, self.client, self.helo.as_deref()).await {
             return verdict;
         }
         let Some(plan) = &message.plan else {
@@ -708,10 +774,11 @@ impl<'a> Decider<'a> {
     async fn settle(&self, message: &mut Message, client: Option<SocketAddr>, stage: Stage) -> Verdict {
         message.settled = true;
         let mut trips = std::mem::take(&mut message.held);
-        if let Some(plan) = &message.plan
-            && let Some(attempt) = self.message_attempt(plan, message, client)
-        {
-            trips.extend(self.policy.check(&[plan], &attempt, &Demand::default()).await);
+        if let Some(plan) = &message.plan {
+            match self.message_attempt(plan, message, client) {
+                Some(attempt) => trips.extend(self.policy.check(&[plan], &attempt, &Demand::default()).await),
+                None => message.retry = true,
+            }
         }
         let verdict = self.act(message, trips, stage);
         self.remember_if_deferred(message, &verdict);
@@ -774,6 +841,43 @@ impl<'a> Decider<'a> {
             keys.push(message.envelope);
             self.policy.remember_deferred(plan, &keys);
         }
+    }
+
+    /// Asks the content scanner for its verdict on the message, counts it
+    /// against the content rules and acts on what they say. The message
+    /// passes unscanned, counted nowhere, when it is over
+    /// `scanner.max_message_size` or the scanner fails (loudly: see
+    /// [`content::Asked::verdict`]).
+    /// A client's retry of a message refused with 4xx is scanned again but
+    /// only asks the throttles: a false positive retried by a customer's
+    /// MTA is not counted again, and spam that was throttled is not let
+    /// through on its retry.
+    async fn scan(&self, message: &mut Message, client: Option<SocketAddr>, helo: Option<&str>) -> Option<Verdict> {
+        let text = message.content.take()?;
+        let plan = message.plan.as_ref()?;
+        let envelope = scan::Envelope {
+            from: &message.envelope_from,
+            rcpts: &text.rcpts,
+            ip: client.map(|c| c.ip()),
+            user: message.auth.as_deref(),
+            queue_id: self.queue_id,
+            helo,
+        };
+        let asked = content::Asked {
+            scanner: &self.policy.config().scanner,
+            stats: self.reporting.observer.scanner(),
+            identity: &plan.identity,
+            retry: message.retry,
+        };
+        let verdict = asked.verdict(&envelope, text.text, text.over).await?;
+        if verdict.is_clean() {
+            return None;
+        }
+        let plans: Vec<&Plan> = std::iter::once(plan).chain(message.stamper.as_ref()).collect();
+        let trips = self.policy.check_content(&plans, verdict, !message.retry).await;
+        let verdict = self.act(message, trips, Stage::Eom);
+        self.remember_if_deferred(message, &verdict);
+        (verdict != Verdict::Continue).then_some(verdict)
     }
 
     /// A transaction given up before DATA: its attempt counts; a lock rule

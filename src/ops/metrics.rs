@@ -134,6 +134,64 @@ pub struct SlotWaits {
     pub waiting: AtomicU64,
 }
 
+/// The content scanner's scans, failures and state (`[scanner]`). Counted
+/// whether or not the observer is enabled: a few atomics per message, and
+/// /healthz reads the state.
+#[derive(Debug, Default)]
+pub struct ScannerStats {
+    /// Scans by [`SCAN_VERDICTS`].
+    verdicts: [AtomicU64; 5],
+    /// Failures by [`crate::scan::CAUSES`].
+    errors: [AtomicU64; 5],
+    /// The last exchange failed (until one succeeds), and why.
+    degraded: std::sync::Mutex<Option<String>>,
+    /// Time spent waiting for verdicts, in microseconds, over `waits`.
+    wait_us: AtomicU64,
+    waits: AtomicU64,
+}
+
+/// The `verdict` labels of `egress_milter_scans_total`.
+pub const SCAN_VERDICTS: [&str; 5] = ["ham", "spam", "phishing", "virus", "skipped_size"];
+
+impl ScannerStats {
+    /// A verdict came back after `waited`: the scanner works.
+    pub fn scanned(&self, verdict: &str, waited: Duration) {
+        if let Some(i) = SCAN_VERDICTS.iter().position(|v| *v == verdict) {
+            self.verdicts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.wait_us
+            .fetch_add(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut d) = self.degraded.lock() {
+            *d = None;
+        }
+    }
+
+    /// A message too big to scan (`scanner.max_message_size`).
+    pub fn skipped_size(&self) {
+        self.verdicts[4].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// No verdict: `cause` is a [`crate::scan::CAUSES`] label, `why` what
+    /// /healthz says until the next verdict.
+    pub fn failed(&self, cause: &str, waited: Duration, why: String) {
+        if let Some(i) = crate::scan::CAUSES.iter().position(|c| *c == cause) {
+            self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.wait_us
+            .fetch_add(u64::try_from(waited.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.waits.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut d) = self.degraded.lock() {
+            *d = Some(why);
+        }
+    }
+
+    /// Why the scanner is degraded, if the last exchange failed.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded.lock().ok().and_then(|d| d.clone())
+    }
+}
+
 /// Counts verdicts; shared by every policy snapshot of a running daemon.
 pub struct Observer {
     enabled: bool,
@@ -151,6 +209,7 @@ pub struct Observer {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     slot_waits: SlotWaits,
+    scanner: ScannerStats,
 }
 
 impl std::fmt::Debug for Observer {
@@ -195,7 +254,13 @@ impl Observer {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             slot_waits: SlotWaits::default(),
+            scanner: ScannerStats::default(),
         }
+    }
+
+    /// The content scanner's figures.
+    pub fn scanner(&self) -> &ScannerStats {
+        &self.scanner
     }
 
     /// The waits for a connection slot, for the connection guard to count.
@@ -333,6 +398,8 @@ pub struct Gauges {
     pub notifications: Vec<(&'static str, u64)>,
     /// The fleet store's figures; `None` with the in-memory store.
     pub store: Option<StoreGauges>,
+    /// A content scanner is configured: its figures are shown.
+    pub scanner: bool,
 }
 
 /// `[store] backend = "redis"`: how the shared store is doing.
@@ -607,6 +674,49 @@ impl Collector for Exposition {
             "MTA connections waiting for a slot now (max_connections reached), of those the daemon holds (at most 128; more wait in the kernel's listen queue).",
             load(&o.slot_waits.waiting),
         )?;
+        if g.scanner {
+            let sc = &o.scanner;
+            {
+                let mut m = e.encode_descriptor(
+                    "scans",
+                    "Messages handed to the content scanner ([scanner]), by verdict (ham, spam, phishing, virus: the worst it feeds), and messages not scanned for their size (skipped_size: over scanner.max_message_size).",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (verdict, v) in SCAN_VERDICTS.iter().zip(&sc.verdicts) {
+                    ConstCounter::new(load(v)).encode(m.encode_family(&[("verdict", *verdict)])?)?;
+                }
+            }
+            {
+                let mut m = e.encode_descriptor(
+                    "scanner_errors",
+                    "Messages passed unscanned because the scanner failed, by cause: connect (unreachable), timeout (scanner.timeout), http (exchange broken), status (not 200), parse (not rspamd's JSON).",
+                    None,
+                    MetricType::Counter,
+                )?;
+                for (cause, v) in crate::scan::CAUSES.iter().zip(&sc.errors) {
+                    ConstCounter::new(load(v)).encode(m.encode_family(&[("cause", *cause)])?)?;
+                }
+            }
+            gauge(
+                &mut e,
+                "scanner_degraded",
+                "1 after the content scanner failed, until its next verdict: messages pass unscanned meanwhile.",
+                u64::from(sc.degraded().is_some()),
+            )?;
+            ConstCounter::new(load(&sc.wait_us) as f64 / 1e6).encode(e.encode_descriptor(
+                "scanner_wait_seconds",
+                "Time the end of message waited for the scanner, over scanner_waits exchanges (verdicts and failures).",
+                None,
+                MetricType::Counter,
+            )?)?;
+            counter(
+                &mut e,
+                "scanner_waits",
+                "Exchanges with the scanner, verdicts and failures.",
+                load(&sc.waits),
+            )?;
+        }
         {
             let mut m = e.encode_descriptor(
                 "config_reloads",

@@ -9,7 +9,7 @@
 //! | path | answer |
 //! | --- | --- |
 //! | `GET /metrics` | the metrics, OpenMetrics text format |
-//! | `GET /healthz` | `200 ok`, or `503` and the reason |
+//! | `GET /healthz` | `200 ok`, `200 degraded: …` (Redis, the scanner), or `503` and the reason |
 //! | `GET /api/identities?top=N&sort=messages\|recipients` | the busiest identities now |
 //! | `GET /api/identities/ID` | every rule's count for ID, its lock and activity |
 //! | `GET /api/report?since=24h` | per-identity totals over the last hours |
@@ -348,6 +348,7 @@ fn metrics(state: &State) -> Answer {
             locks_pushed: load(&st.locks_pushed),
             locks_pulled: load(&st.locks_pulled),
         }),
+        scanner: state.policy().config().scanner.is_enabled(),
     };
     match crate::ops::metrics::encode(&state.observer, gauges) {
         Ok(body) => reply(
@@ -379,15 +380,32 @@ pub fn health_problem(locks: &FileLocks) -> Option<String> {
 }
 
 /// 200 `ok`, or 200 `degraded: ...` while Redis is unavailable (mail
-/// flows, decided on local counters), or 503 with what is wrong.
+/// flows, decided on local counters) or the content scanner fails (mail
+/// flows, unscanned), one line each, or 503 with what is wrong.
+///
+/// A failing content scanner is degraded too: mail flows, unscanned.
 fn health(state: &State) -> Answer {
-    match health_problem(&state.locks) {
-        Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
-        None if state.store.as_ref().is_some_and(|st| st.is_degraded()) => text(
-            StatusCode::OK,
-            "degraded: Redis is unavailable; deciding on local counters at the degraded limits (a rule's count / store.fleet_size), enforcing the locks known here",
-        ),
-        None => text(StatusCode::OK, "ok"),
+    if let Some(why) = health_problem(&state.locks) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
+    let mut degraded = Vec::new();
+    if state.store.as_ref().is_some_and(|st| st.is_degraded()) {
+        degraded.push(
+            "degraded: Redis is unavailable; deciding on local counters at the degraded limits (a rule's count / store.fleet_size), enforcing the locks known here".to_string(),
+        );
+    }
+    let policy = state.policy();
+    if let Some(url) = &policy.config().scanner.url
+        && let Some(why) = state.observer.scanner().degraded()
+    {
+        degraded.push(format!(
+            "degraded: the content scanner {url} failed ({why}); messages pass unscanned and the spam, phishing and virus rules count nothing until it answers again"
+        ));
+    }
+    if degraded.is_empty() {
+        text(StatusCode::OK, "ok")
+    } else {
+        text(StatusCode::OK, degraded.join("\n"))
     }
 }
 

@@ -7,6 +7,7 @@
 //! It knows nothing of the milter protocol.
 
 pub mod bounce;
+pub mod content;
 pub mod distinct;
 pub mod identity;
 pub mod limiter;
@@ -482,6 +483,9 @@ pub struct Demand<'a> {
     /// The message is sent as a domain its identity may not use (see
     /// [`Policy::is_foreign_sender`]).
     pub foreign: bool,
+    /// What the content scanner said of the message (see
+    /// [`Policy::check_content`]).
+    pub content: content::Content,
 }
 
 impl Demand<'_> {
@@ -654,10 +658,12 @@ impl Policy {
         // Retries are told by their envelope, per host: a client retries
         // through the host that refused it (or another one, where the
         // attempt counts once more).
+        // Content rules count every scanned message, whatever their action:
+        // a retry of one refused with 4xx is not counted again either.
         let lock_rates = config
             .rules
             .iter()
-            .filter(|r| r.action == Action::Lock)
+            .filter(|r| r.action == Action::Lock || r.count.is_content())
             .map(|r| (r.rate.count.get(), r.rate.window));
         let shortest_lock_window = lock_rates.clone().map(|(_, w)| w).min();
         let retry_budget = shortest_lock_window.map(|window| {
@@ -831,7 +837,11 @@ impl Policy {
                 entries.push(PlanEntry {
                     rule: idx,
                     role: Role::Limit {
-                        counts_attempts: rule.action == Action::Lock && rule.count != Counted::Bounces,
+                        // Content rules count every scanned message, as
+                        // lock rules count attempts: the verdict comes at
+                        // the end, whether the message is then refused or not.
+                        counts_attempts: (rule.action == Action::Lock && rule.count != Counted::Bounces)
+                            || rule.count.is_content(),
                     },
                     rate,
                     key: meter.route(key, cap),
@@ -918,6 +928,9 @@ impl Policy {
             Counted::Messages => demand.messages,
             Counted::Recipients => demand.recipients,
             Counted::ForeignSenders => u32::from(demand.foreign),
+            Counted::Spam => u32::from(demand.content.spam),
+            Counted::Phishing => u32::from(demand.content.phishing),
+            Counted::Virus => u32::from(demand.content.virus),
             // A bounce rule is counted by the MTA's bounces only
             // (`Policy::charge_bounces`); a message asks whether its
             // identity is over the rule.
@@ -967,6 +980,52 @@ impl Policy {
         }
         let key = identity::client_key(client, self.config.identity.client_ipv6_prefix);
         Some(self.counters.key(&format!("c:{key}")))
+    }
+
+    /// Whether messages are to be scanned: a scanner is configured and a
+    /// rule counts its verdicts.
+    pub fn scans(&self) -> bool {
+        self.config.scanner.is_enabled() && self.rules.iter().any(|r| r.count.is_content())
+    }
+
+    /// Whether a message of `plan`'s identity is to be scanned: some content
+    /// rule applies to it (none does to an exempt identity).
+    pub fn scans_for(&self, plan: &Plan) -> bool {
+        self.config.scanner.is_enabled()
+            && plan
+                .entries
+                .iter()
+                .any(|e| matches!(e.role, Role::Limit { .. }) && self.rules[e.rule].count.is_content())
+    }
+
+    /// The content rules asked at the end of a scanned message: its verdict
+    /// is counted (`count`), whether the message is then accepted or
+    /// refused, or, for a client's retry of a message refused with 4xx,
+    /// only the throttles are asked whether one more would exceed them,
+    /// counting nothing (the lock rules are not asked).
+    /// Returns the rules exceeded.
+    pub async fn check_content(&self, plans: &[&Plan], content: content::Content, count: bool) -> Vec<Trip> {
+        let demand = Demand {
+            content,
+            ..Demand::default()
+        };
+        let kind = if count { OpKind::Count } else { OpKind::Peek };
+        let ops: Vec<Op<'_>> = plans
+            .iter()
+            .flat_map(|p| {
+                p.entries
+                    .iter()
+                    .filter(|e| matches!(e.role, Role::Limit { .. }) && self.rules[e.rule].count.is_content())
+                    // A retry is no new attempt: the lock rules are not
+                    // asked, as at every other stage.
+                    .filter(|e| count || self.rules[e.rule].action != Action::Lock)
+                    .map(move |e| (*p, e))
+            })
+            .map(|(p, e)| self.op(p, e, &demand, kind))
+            .filter(|op| op.n > 0)
+            .collect();
+        let answers = self.apply(&ops, false).await;
+        self.trips(&ops, &answers)
     }
 
     /// Whether any rule counts messages sent as a foreign domain (so the
@@ -2059,6 +2118,7 @@ rates = {{ per-minute = \"1/1m\" }}
             recipient_values: &accepted,
             client,
             foreign,
+            ..Demand::default()
         };
         most_severe(&block_on(p.commit_all(&[plan], &message))).map(|t| t.action)
     }
@@ -2233,6 +2293,102 @@ action = "lock"
         assert_ne!(r("<a@x.example>").domain, r("<a@y.example>").domain);
         // No distinct-client rule: nothing to compute.
         assert_eq!(p.client_value("192.0.2.1".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn content_rules_count_every_scanned_verdict_and_a_retry_only_asks() {
+        let f = fixture(
+            r#"
+[scanner]
+url = "http://127.0.0.1:11333"
+
+[[rule]]
+name = "spam-throttle"
+count = "spam"
+rate = "2/10m"
+action = "tempfail"
+
+[[rule]]
+name = "lock-spam"
+count = "spam"
+rate = "3/10m"
+action = "lock"
+
+[[rule]]
+name = "phishing-log"
+count = "phishing"
+rate = "1/1h"
+action = "log"
+dry_run = true
+
+[[rule]]
+name = "messages"
+rate = "100/1h"
+action = "tempfail"
+
+[[override]]
+identity = "newsletter@x.org"
+rates = { spam-throttle = "20/10m", lock-spam = "30/10m" }
+
+[[override]]
+identity = "relay@x.org"
+exempt = true
+"#,
+        );
+        let p = &f.policy;
+        assert!(p.scans());
+        let alice = p.plan(id("alice@x.org"), false);
+        assert!(p.scans_for(&alice));
+        assert!(!p.scans_for(&p.plan(id("relay@x.org"), false)), "exempt: not scanned");
+        let spam = content::Content {
+            spam: true,
+            ..content::Content::default()
+        };
+        let rules = |trips: Vec<Trip>| trips.into_iter().map(|t| t.rule).collect::<Vec<_>>();
+        // Volume decisions never touch the content counts, nor ham theirs.
+        for _ in 0..5 {
+            assert!(p.attempt(&alice, 1, 1).is_empty());
+            assert!(block_on(p.check_content(&[&alice], content::Content::default(), true)).is_empty());
+        }
+        assert!(block_on(p.check_content(&[&alice], spam, true)).is_empty());
+        assert!(block_on(p.check_content(&[&alice], spam, true)).is_empty());
+        // The third spam in ten minutes trips the throttle; refused, it is
+        // counted all the same (as an attempt), so the fourth locks.
+        assert_eq!(
+            rules(block_on(p.check_content(&[&alice], spam, true))),
+            ["spam-throttle"]
+        );
+        // A client's retry of the refused one only asks: still over the
+        // throttle, and nothing counted.
+        for _ in 0..3 {
+            assert_eq!(
+                rules(block_on(p.check_content(&[&alice], spam, false))),
+                ["spam-throttle"]
+            );
+        }
+        let fourth = block_on(p.check_content(&[&alice], spam, true));
+        assert_eq!(most_severe(&fourth).map(|t| t.rule.as_str()), Some("lock-spam"));
+        assert_eq!(most_severe(&fourth).map(|t| t.counted), Some(Counted::Spam));
+        // Overrides apply as to any rule.
+        let news = p.plan(id("newsletter@x.org"), false);
+        for _ in 0..10 {
+            assert!(block_on(p.check_content(&[&news], spam, true)).is_empty());
+        }
+        // A dry-run rule trips, flagged as such.
+        let phish = content::Content {
+            phishing: true,
+            ..content::Content::default()
+        };
+        let bob = p.plan(id("bob@x.org"), false);
+        assert!(block_on(p.check_content(&[&bob], phish, true)).is_empty());
+        let trips = block_on(p.check_content(&[&bob], phish, true));
+        assert!(
+            trips.len() == 1 && trips[0].dry_run && trips[0].action == Action::Log,
+            "{trips:?}"
+        );
+        // The window frees them.
+        f.clock.advance(Duration::from_secs(601));
+        assert!(block_on(p.check_content(&[&alice], spam, true)).is_empty());
     }
 
     #[test]
