@@ -15,6 +15,8 @@ async fn negotiation_requests_only_what_is_needed() {
     assert_eq!(mta.negotiated_actions(), Actions::QUARANTINE);
     let mail = mta.requested_macros().get(&MacroStage::Mail).unwrap();
     assert_eq!(mail.to_str().unwrap(), "i {auth_authen}");
+    // No content scanner: neither HELO nor bodies.
+    assert!(mta.negotiated_opts().contains(ProtoOpts::NO_HELO | ProtoOpts::NO_BODY));
     mta.close().await;
 }
 

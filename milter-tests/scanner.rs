@@ -271,10 +271,20 @@ async fn bodies_are_asked_for_only_with_a_scanner_and_content_rules() {
         fake.addr
     ))
     .await;
-    assert!(alone.mta().await.negotiated_opts().contains(ProtoOpts::NO_BODY));
+    assert!(
+        alone
+            .mta()
+            .await
+            .negotiated_opts()
+            .contains(ProtoOpts::NO_BODY | ProtoOpts::NO_HELO)
+    );
     assert!(Mta::send(alone.addr, &spam("alice@example.com")).await.accepted());
     let with = Milter::spawn(&config(&fake, "")).await;
-    assert!(!with.mta().await.negotiated_opts().contains(ProtoOpts::NO_BODY));
+    let opts = with.mta().await.negotiated_opts();
+    assert!(
+        !opts.contains(ProtoOpts::NO_BODY) && !opts.contains(ProtoOpts::NO_HELO),
+        "{opts:?}"
+    );
     // Inbound mail (no login, from the internet) is never scanned.
     let inbound = Msg::unauthenticated([198, 51, 100, 7], "someone@example.net").body(GTUBE);
     assert!(Mta::send(with.addr, &inbound).await.accepted());
@@ -381,20 +391,38 @@ async fn phishing_is_its_own_count_and_dry_runs_only_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_over_the_size_bound_is_skipped_unscanned() {
+async fn a_message_over_the_size_bound_is_scanned_on_its_first_bytes() {
+    // Padding spam past max_message_size (4096 here) does not take it out
+    // of the scanner's sight: the scanner gets the first 4096 bytes, where
+    // the text and its URLs are.
     let fake = FakeRspamd::start().await;
     let d = start(&config(&fake, "")).await;
-    let big = format!("{}GTUBE-TEST\r\n", "x".repeat(5000));
-    for _ in 0..5 {
-        let out = Mta::send(d.process.addr, &Msg::from_user("alice@example.com").body(&big)).await;
+    let padded = format!("{GTUBE}{}\r\n", "x".repeat(50_000));
+    for _ in 0..2 {
+        let out = Mta::send(d.process.addr, &Msg::from_user("alice@example.com").body(&padded)).await;
         assert!(out.accepted(), "{out:?}");
     }
-    assert!(fake.seen().is_empty());
-    assert_eq!(
-        metric(d.status, "egress_milter_scans_total{verdict=\"skipped_size\"}"),
-        5.0
+    let third = Mta::send(d.process.addr, &Msg::from_user("alice@example.com").body(&padded)).await;
+    assert!(
+        third
+            .refusal()
+            .is_some_and(|r| r.starts_with("451 ") && r.contains("spam-throttle")),
+        "{third:?}"
     );
-    assert!(d.process.log_text().contains("over scanner.max_message_size"));
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|s| s.body.len() == 4096),
+        "{:?}",
+        seen.iter().map(|s| s.body.len()).collect::<Vec<_>>()
+    );
+    assert_eq!(metric(d.status, "egress_milter_scans_truncated_total"), 3.0);
+    assert_eq!(metric(d.status, "egress_milter_scans_total{verdict=\"spam\"}"), 3.0);
+    assert!(
+        d.process
+            .log_text()
+            .contains("over scanner.max_message_size: scanned on its first max_message_size bytes")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,11 @@ async fn handle_negotiate(
     if noreply_header {
         cx.requested_opts |= ProtoOpts::NOREPLY_HEADER;
     }
+    // HELO is only told to the content scanner: without one, the MTA is
+    // asked not to send it (one round trip less per connection).
+    if !session.needs_helo() && opts.contains(ProtoOpts::NO_HELO) {
+        cx.requested_opts |= ProtoOpts::NO_HELO;
+    }
     if !session.needs_headers() && opts.contains(ProtoOpts::NO_HEADER | ProtoOpts::NO_EOH) {
         cx.requested_opts |= ProtoOpts::NO_HEADER | ProtoOpts::NO_EOH;
     }

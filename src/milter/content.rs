@@ -28,25 +28,29 @@ static SCANNER_LOG: Throttle = Throttle::new(Duration::from_secs(10));
 pub struct ContentText {
     pub text: Vec<u8>,
     pub rcpts: Vec<Vec<u8>>,
-    /// It grew past the limit: `text` was dropped, the rest is not read and
-    /// the message is not scanned.
+    /// It grew past the limit: `text` holds its first `limit` bytes, the
+    /// rest is not read, and the scanner gets what was kept.
     pub over: bool,
 }
 
 impl ContentText {
-    /// Appends `parts` unless the text would grow past `limit` bytes; returns
-    /// whether more is wanted.
+    /// Appends `parts`, keeping at most `limit` bytes in all; returns whether
+    /// more is wanted. A message cut at the limit is still scanned on what
+    /// was kept: padding spam past the limit must not take it out of the
+    /// scanner's sight (the text, URLs and the start of attachments come
+    /// first).
     pub fn append(&mut self, parts: &[&[u8]], limit: u64) -> bool {
         if self.over {
             return false;
         }
-        let grown = self.text.len() + parts.iter().map(|p| p.len()).sum::<usize>();
-        if u64::try_from(grown).unwrap_or(u64::MAX) > limit {
-            self.over = true;
-            self.text = Vec::new();
-            return false;
-        }
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         for part in parts {
+            let room = limit.saturating_sub(self.text.len());
+            if part.len() > room {
+                self.text.extend_from_slice(&part[..room]);
+                self.over = true;
+                return false;
+            }
             self.text.extend_from_slice(part);
         }
         true
@@ -64,21 +68,19 @@ pub struct Asked<'a> {
 
 impl Asked<'_> {
     /// The verdict on `text` (the message as received; `over`: it grew
-    /// past `max_message_size` and is not scanned), or `None` when there
-    /// is none: the message is too big or the scanner failed. Reports
-    /// either way.
+    /// past `max_message_size` and `text` is its first `max_message_size`
+    /// bytes), or `None` when the scanner failed. Reports either way.
     pub async fn verdict(&self, envelope: &scan::Envelope<'_>, text: Vec<u8>, over: bool) -> Option<Content> {
         let queue_id = envelope.queue_id;
         let url = self.scanner.url.as_ref()?;
         if over {
-            self.stats.skipped_size();
+            self.stats.truncated();
             info!(
                 queue_id,
                 identity = %self.identity,
                 limit = self.scanner.max_message_size,
-                "not scanned: the message is over scanner.max_message_size"
+                "over scanner.max_message_size: scanned on its first max_message_size bytes"
             );
-            return None;
         }
         let started = Instant::now();
         let result = scan::scan(url, self.scanner.timeout.0, envelope, text.into()).await;
@@ -128,13 +130,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_text_is_kept_up_to_the_bound_and_then_dropped() {
+    fn the_text_is_kept_up_to_the_bound_and_cut_there() {
         let mut t = ContentText::default();
         assert!(t.append(&[b"Subject: x", b"\r\n"], 20));
         assert!(t.append(&[b"\r\n"], 20));
         assert_eq!(t.text, b"Subject: x\r\n\r\n");
         assert!(!t.append(&[b"0123456789"], 20), "over the bound");
-        assert!(t.over && t.text.is_empty() && t.text.capacity() == 0);
+        assert!(t.over);
+        assert_eq!(t.text, b"Subject: x\r\n\r\n012345");
         assert!(!t.append(&[b"x"], 20), "nothing more once over");
+        assert_eq!(t.text.len(), 20);
     }
 }

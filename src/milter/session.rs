@@ -232,6 +232,11 @@ impl Session {
         self.policy.counts_bounces() || self.policy.scans()
     }
 
+    /// Whether the HELO name is wanted: only for the content scanner.
+    pub fn needs_helo(&self) -> bool {
+        self.policy.scans()
+    }
+
     pub fn connect(&mut self, client: Option<SocketAddr>) {
         self.client = client;
     }

@@ -140,7 +140,10 @@ pub struct SlotWaits {
 #[derive(Debug, Default)]
 pub struct ScannerStats {
     /// Scans by [`SCAN_VERDICTS`].
-    verdicts: [AtomicU64; 5],
+    verdicts: [AtomicU64; 4],
+    /// Messages over `scanner.max_message_size`, scanned on their first
+    /// `max_message_size` bytes.
+    truncated: AtomicU64,
     /// Failures by [`crate::scan::CAUSES`].
     errors: [AtomicU64; 5],
     /// The last exchange failed (until one succeeds), and why.
@@ -151,7 +154,7 @@ pub struct ScannerStats {
 }
 
 /// The `verdict` labels of `egress_milter_scans_total`.
-pub const SCAN_VERDICTS: [&str; 5] = ["ham", "spam", "phishing", "virus", "skipped_size"];
+pub const SCAN_VERDICTS: [&str; 4] = ["ham", "spam", "phishing", "virus"];
 
 impl ScannerStats {
     /// A verdict came back after `waited`: the scanner works.
@@ -167,9 +170,10 @@ impl ScannerStats {
         }
     }
 
-    /// A message too big to scan (`scanner.max_message_size`).
-    pub fn skipped_size(&self) {
-        self.verdicts[4].fetch_add(1, Ordering::Relaxed);
+    /// A message over `scanner.max_message_size`, scanned on its first
+    /// `max_message_size` bytes.
+    pub fn truncated(&self) {
+        self.truncated.fetch_add(1, Ordering::Relaxed);
     }
 
     /// No verdict: `cause` is a [`crate::scan::CAUSES`] label, `why` what
@@ -679,7 +683,7 @@ impl Collector for Exposition {
             {
                 let mut m = e.encode_descriptor(
                     "scans",
-                    "Messages handed to the content scanner ([scanner]), by verdict (ham, spam, phishing, virus: the worst it feeds), and messages not scanned for their size (skipped_size: over scanner.max_message_size).",
+                    "Messages handed to the content scanner ([scanner]), by verdict (ham, spam, phishing, virus: the worst it feeds).",
                     None,
                     MetricType::Counter,
                 )?;
@@ -687,6 +691,12 @@ impl Collector for Exposition {
                     ConstCounter::new(load(v)).encode(m.encode_family(&[("verdict", *verdict)])?)?;
                 }
             }
+            counter(
+                &mut e,
+                "scans_truncated",
+                "Messages over scanner.max_message_size, handed to the scanner cut to their first max_message_size bytes (also counted in scans by their verdict).",
+                load(&sc.truncated),
+            )?;
             {
                 let mut m = e.encode_descriptor(
                     "scanner_errors",
