@@ -673,7 +673,15 @@ impl Session {
         }
         // The content rules: the scanner's verdict is counted (and acted
         // on) before the message is, whatever becomes of it.
+        let scanned = message.content.is_some();
         if let Some(verdict) = cx.scan(message, self.client, self.helo.as_deref()).await {
+            return verdict;
+        }
+        // Once more after a scan, which may have waited for seconds.
+        if scanned
+            && message.lock.is_none()
+            && let Some(verdict) = cx.locked_meanwhile(message, self.client)
+        {
             return verdict;
         }
         let Some(plan) = &message.plan else {
