@@ -135,7 +135,9 @@ async fn exchange(url: &ScannerUrl, envelope: &Envelope<'_>, message: Bytes) -> 
     };
     tokio::select! {
         result = answer => result,
-        () = connection => unreachable!("the connection future never ends"),
+        // Never taken (the connection future ends pending), but an answer
+        // that never comes is an error, not a panic.
+        () = connection => Err(ScanError::Http("the connection ended without an answer".into())),
     }
 }
 
