@@ -9,6 +9,7 @@
 //! garbage: mail flows within the timeout, loudly (metrics, /healthz, log).
 
 use crate::common::*;
+use crate::status::{Daemon, start};
 use http_body_util::BodyExt;
 use hyper::service::service_fn;
 use indymilter_test::*;
@@ -150,13 +151,6 @@ async fn answer(
     }
 }
 
-/// The daemon as the real binary (for its log), with a status listener.
-struct Daemon {
-    process: Process,
-    status: SocketAddr,
-    dir: tempfile::TempDir,
-}
-
 /// The identities on the lock list.
 fn locked(d: &Daemon) -> Vec<String> {
     let path = d.dir.path().join("locks.toml");
@@ -168,20 +162,6 @@ fn locked(d: &Daemon) -> Vec<String> {
         .iter()
         .map(|e| e.identity.clone())
         .collect()
-}
-
-async fn start(config: &str) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let status: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = format!("{config}\n[status]\nlisten = \"{status}\"\n");
-    let path = write_config(dir.path(), &config, &format!("inet:{addr}"));
-    let process = Process::start(&path, addr).await;
-    eventually(Duration::from_secs(10), "status listener answers", async || {
-        std::net::TcpStream::connect(status).is_ok()
-    })
-    .await;
-    Daemon { process, status, dir }
 }
 
 /// A plain HTTP/1.0 GET: (status, body).

@@ -13,14 +13,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A daemon (real binary) with a status listener on a free port.
-struct Daemon {
-    process: Process,
-    config: PathBuf,
-    status: SocketAddr,
-    dir: tempfile::TempDir,
+pub(crate) struct Daemon {
+    pub(crate) process: Process,
+    pub(crate) config: PathBuf,
+    pub(crate) status: SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
 }
 
-async fn start(config: &str) -> Daemon {
+/// Starts the binary with `config` and a status listener; waits until the
+/// listener answers.
+pub(crate) async fn start(config: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let status: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

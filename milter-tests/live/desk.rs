@@ -261,11 +261,10 @@ impl Drop for Browser {
     }
 }
 
-#[test]
-fn a_support_person_releases_a_lock_from_the_browser_and_mail_flows() {
-    if skip_unless_live() {
-        return;
-    }
+/// The small limits with the desk on a free port and one user (`USER`,
+/// `PASSWORD`): the users file's directory (kept while the test runs), the
+/// listener's address and the configuration.
+fn desk_config() -> (tempfile::TempDir, String, MilterConfig) {
     let users = tempfile::tempdir().expect("temp dir");
     let users_file = users.path().join("users");
     let hash = egress_milter::ops::auth::hash_password(PASSWORD).expect("hash");
@@ -275,6 +274,15 @@ fn a_support_person_releases_a_lock_from_the_browser_and_mail_flows() {
         .set("status.listen", status.as_str())
         .set("status.users_file", users_file.display().to_string())
         .set("locks.poll_interval", "200ms");
+    (users, status, config)
+}
+
+#[test]
+fn a_support_person_releases_a_lock_from_the_browser_and_mail_flows() {
+    if skip_unless_live() {
+        return;
+    }
+    let (_users, status, config) = desk_config();
     let live = Live::start(config);
     let mallory = "mallory@example.com";
     push_until_locked(&live, mallory);
@@ -350,15 +358,7 @@ fn a_long_identity_leaves_the_reason_readable() {
     if skip_unless_live() {
         return;
     }
-    let users = tempfile::tempdir().expect("temp dir");
-    let users_file = users.path().join("users");
-    let hash = egress_milter::ops::auth::hash_password(PASSWORD).expect("hash");
-    std::fs::write(&users_file, format!("{USER}:{hash}\n")).expect("write the users file");
-    let status = format!("127.0.0.1:{}", free_port().expect("a free port"));
-    let config = MilterConfig::fixture("small-limits.toml")
-        .set("status.listen", status.as_str())
-        .set("status.users_file", users_file.display().to_string())
-        .set("locks.poll_interval", "200ms");
+    let (_users, status, config) = desk_config();
     let milter = EgressMilter::start(&config);
     let long = format!(
         "{}@mail.customer-with-a-very-long-domain-name.example.com",
