@@ -24,12 +24,12 @@
 use crate::detection::actors::{ACTOR_HEADER, Planned};
 use crate::detection::compress::{POSTFIX_RETRY_DEFAULTS, compress_config, postfix_retry_schedule};
 use crate::detection::report::{decisions, field, upstream_deliveries};
-use crate::detection::styles::{CustomerMta, Kind, password};
+use crate::detection::styles::{CustomerMta, Kind, password, shipping_notices};
 use crate::detection::traffic::FREEMAIL;
 use crate::detection::{LockMonitor, customer_postfix, inject_batch};
 use crate::egress::{EgressMilter, MilterConfig};
 use crate::harness::{LiveMta, skip_unless_live};
-use crate::postfix::{PostfixInstance, TRUSTED_UPSTREAM};
+use crate::postfix::PostfixInstance;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -79,19 +79,8 @@ fn rule_count(config: &MilterConfig, name: &str) -> usize {
 /// the five big providers (few domains: only the message rules are in
 /// play; every recipient exists at the sink).
 fn batch(n: usize) -> Vec<Planned> {
-    let sender = format!("orders@{DOMAIN}");
-    (0..n)
-        .map(|i| {
-            let rcpt = format!("buyer{i:04}@{}", FREEMAIL[i % FREEMAIL.len()]);
-            Planned::new(
-                Duration::ZERO,
-                &sender,
-                vec![rcpt],
-                format!("Your order {i} has shipped"),
-                TRUSTED_UPSTREAM,
-            )
-        })
-        .collect()
+    let rcpts = (0..n).map(|i| format!("buyer{i:04}@{}", FREEMAIL[i % FREEMAIL.len()]));
+    shipping_notices(&format!("orders@{DOMAIN}"), rcpts)
 }
 
 /// The end of a message's refusal by the milter as Postfix under test

@@ -34,6 +34,14 @@ pub struct ContentText {
 }
 
 impl ContentText {
+    /// Keeps an accepted recipient for the scanner's `Rcpt` headers, at most
+    /// `max` of them.
+    pub fn recipient(&mut self, rcpt: &[u8], max: usize) {
+        if self.rcpts.len() < max {
+            self.rcpts.push(rcpt.to_vec());
+        }
+    }
+
     /// Appends `parts`, keeping at most `limit` bytes in all; returns whether
     /// more is wanted. A message cut at the limit is still scanned on what
     /// was kept: padding spam past the limit must not take it out of the

@@ -376,10 +376,8 @@ impl Session {
             }
             message.recipients += 1;
             message.recipient_values.extend(value);
-            if let Some(content) = message.content.as_mut()
-                && content.rcpts.len() < MAX_RECIPIENT_VALUES
-            {
-                content.rcpts.push(rcpt.to_vec());
+            if let Some(content) = message.content.as_mut() {
+                content.recipient(rcpt, MAX_RECIPIENT_VALUES);
             }
             return Verdict::Continue;
         };
@@ -423,10 +421,8 @@ impl Session {
             message.recipients += 1;
             message.support_only = false;
             message.recipient_values.extend(this);
-            if let Some(content) = message.content.as_mut()
-                && content.rcpts.len() < MAX_RECIPIENT_VALUES
-            {
-                content.rcpts.push(rcpt.to_vec());
+            if let Some(content) = message.content.as_mut() {
+                content.recipient(rcpt, MAX_RECIPIENT_VALUES);
             }
         }
         verdict

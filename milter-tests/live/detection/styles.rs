@@ -711,20 +711,7 @@ fn customer(
         stale_share: 0.01,
     }
     .generate(&mut rng);
-    let sender = format!("orders@{domain}");
-    let batch = customers
-        .into_iter()
-        .enumerate()
-        .map(|(i, rcpt)| {
-            Planned::new(
-                Duration::ZERO,
-                &sender,
-                vec![rcpt],
-                format!("Your order {i} has shipped"),
-                TRUSTED_UPSTREAM,
-            )
-        })
-        .collect();
+    let batch = shipping_notices(&format!("orders@{domain}"), customers);
     CustomerMta {
         style: style.into(),
         kind,
@@ -734,6 +721,24 @@ fn customer(
         batch,
         release,
     }
+}
+
+/// A shop's batch as its MTA holds it: one "Your order N has shipped"
+/// from `sender` to each of `rcpts`, all at once.
+pub(crate) fn shipping_notices(sender: &str, rcpts: impl IntoIterator<Item = String>) -> Vec<Planned> {
+    rcpts
+        .into_iter()
+        .enumerate()
+        .map(|(i, rcpt)| {
+            Planned::new(
+                Duration::ZERO,
+                sender,
+                vec![rcpt],
+                format!("Your order {i} has shipped"),
+                TRUSTED_UPSTREAM,
+            )
+        })
+        .collect()
 }
 
 /// A webmail host relaying for `users` people: each sends about 6 messages
